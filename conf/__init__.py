@@ -1,0 +1,1 @@
+"""Packaged configuration: default TOML, registry profiles, nomenclature table, JSON schemas."""

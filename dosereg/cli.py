@@ -1,0 +1,204 @@
+"""The ``dosereg`` command line (../shared/spec/README.md section 1).
+
+Thin wiring only: each verb reads the configuration, calls one stage's public API and
+prints. Every failure is one line on stderr naming the file or setting at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dosereg.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dosereg")
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr (exit status 2 unless given)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="F", help="configuration file (default: $DOSEREG_CONFIG, else packaged)")
+    p.add_argument("--data-dir", metavar="DIR", help="overrides storage.data_dir")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: DEBUG, may show PHI)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dosereg",
+        description="CT radiation-dose registry pipeline: receive, extract, evaluate, export.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("listen", help="run the DICOM C-STORE SCP until SIGINT/SIGTERM")
+    _common(p)
+    p.add_argument("--port", type=int, help="TCP port (overrides listener.port)")
+    p.add_argument("--host", help="address to bind (overrides listener.host)")
+    p.add_argument("--ae-title", help="our AE title (overrides listener.ae_title)")
+
+    p = sub.add_parser("import", help="ingest files and folders (recursive) as if received")
+    _common(p)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--jobs", type=int, default=None, help="parallel workers (default: all cores)")
+
+    p = sub.add_parser("extract", help="parse dose objects, store nothing, print JSON Lines")
+    _common(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+
+    p = sub.add_parser("studies", help="list the catalog's studies")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="JSON Lines of study records")
+
+    p = sub.add_parser("export", help="write a registry submission batch, billing flags and report")
+    _common(p)
+    p.add_argument("--out", metavar="DIR", help="write under DIR instead of the data directory")
+
+    p = sub.add_parser("report", help="write the completeness report alone")
+    _common(p)
+    p.add_argument("--out", metavar="DIR", help="write under DIR instead of the data directory")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.extract import extract_file
+    from dosereg.registry_export import evaluated_dict, rules_from_config
+
+    rules = rules_from_config(cfg)
+    failed = 0
+    out = sys.stdout
+    for name in args.files:
+        record = extract_file(name)
+        if record.error is not None:
+            failed += 1
+        out.write(json.dumps(evaluated_dict(record, rules, export=None), ensure_ascii=False) + "\n")
+        out.flush()
+    return 1 if failed else 0
+
+
+def cmd_listen(cfg: Config, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from dosereg.ingest import serve
+
+    overrides: dict[str, Any] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.ae_title is not None:
+        overrides["ae_title"] = args.ae_title
+    if overrides:
+        cfg = replace(cfg, listener=replace(cfg.listener, **overrides))
+    return serve(cfg)
+
+
+def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.ingest import import_paths
+
+    summary = import_paths(cfg, [Path(p) for p in args.paths], jobs=args.jobs, progress=sys.stderr.isatty())
+    print(summary.line())
+    return 0 if summary.ok else 1
+
+
+def _evaluated_studies(cfg: Config) -> Any:
+    from dosereg.ingest import open_catalog
+    from dosereg.registry_export import evaluated_dict, export_marks, rules_from_config
+
+    rules = rules_from_config(cfg)
+    marks = export_marks(cfg)
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        for record in catalog.iter_studies():
+            mark = marks.get(record.study_instance_uid or "")
+            yield evaluated_dict(record, rules, export=mark)
+    finally:
+        catalog.close()
+
+
+def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
+    if args.json:
+        for d in _evaluated_studies(cfg):
+            sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+        return 0
+    from dosereg.registry_export import studies_table
+
+    sys.stdout.write(studies_table(_evaluated_studies(cfg)))
+    return 0
+
+
+def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.ingest import open_catalog
+    from dosereg.registry_export import export_batch
+
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        result = export_batch(cfg, catalog.iter_studies, out_dir=Path(args.out) if args.out else None)
+    finally:
+        catalog.close()
+    print(result.summary())
+    return 0
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.ingest import open_catalog
+    from dosereg.registry_export import write_report
+
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        paths = write_report(cfg, catalog.iter_studies, out_dir=Path(args.out) if args.out else None)
+    finally:
+        catalog.close()
+    for p in paths:
+        print(p)
+    return 0
+
+
+COMMANDS = {
+    "extract": cmd_extract,
+    "listen": cmd_listen,
+    "import": cmd_import,
+    "studies": cmd_studies,
+    "export": cmd_export,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config, data_dir=args.data_dir)
+        return COMMANDS[args.command](cfg, args)
+    except ConfigError as exc:
+        print(f"dosereg: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"dosereg {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the contract: never a bare traceback
+        log.debug("unexpected failure", exc_info=True)
+        print(f"dosereg {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""DICOM dose object -> typed study record (TID 10011 / Philips dose screens), and merging.
+
+Public API:
+
+* :func:`extract_file` / :func:`extract_bytes` -- one object in, one :class:`StudyRecord`
+  out. Never raises for bad input: an unusable object gives a record whose ``error`` is set
+  (``code`` and a ``message`` naming the file, element and reason).
+* :func:`merge_study` -- several records of one study (in order received) -> one record,
+  per ../shared/spec/README.md section 3.
+"""
+
+from .merge import merge_study
+from .model import (
+    Code,
+    DoseCheck,
+    DoseObjectRef,
+    Equipment,
+    ErrorInfo,
+    Event,
+    Patient,
+    Problem,
+    ReportInfo,
+    Source,
+    StudyRecord,
+    error_record,
+)
+from .reader import extract_bytes, extract_file
+
+__all__ = [
+    "Code", "DoseCheck", "DoseObjectRef", "Equipment", "ErrorInfo", "Event", "Patient", "Problem",
+    "ReportInfo", "Source", "StudyRecord", "error_record", "extract_bytes", "extract_file", "merge_study",
+]

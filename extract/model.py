@@ -1,0 +1,259 @@
+"""Typed dose-report model: the study record of ../shared/spec/README.md section 2.
+
+The classes follow the DICOM templates they are read from (PS3.16):
+
+* :class:`StudyRecord` -- header modules plus TID 10011 "CT Radiation Dose" (root 113701)
+* :class:`ReportInfo` -- TID 10011 rows "Procedure reported", "Has Intent", start/end of
+  X-Ray irradiation, "Source of Dose Information"
+* :class:`Event` -- TID 10013 "CT Irradiation Event Data" (container 113819)
+* :class:`Source` -- TID 10013 "CT X-Ray Source Parameters" (container 113831)
+* :class:`DoseCheck` -- TID 10015 "CT Dose Check Details" (113900 / 113908)
+* the accumulated totals come from TID 10012 "CT Accumulated Dose Data" (113811)
+
+All are frozen dataclasses; ``to_dict`` gives the JSON form of the contract, and
+``from_dict`` reads it back (the catalog stores that form). Values are kept exactly as
+stated by the object; absent values are ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+SCHEMA_ID = "dosereg.study/1"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Record:
+    """Mixin: ordered ``to_dict`` over the dataclass fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Code(_Record):
+    """A coded concept (value, coding scheme designator, meaning)."""
+
+    value: str | None
+    scheme: str | None
+    meaning: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Code | None:
+        if d is None:
+            return None
+        return cls(d.get("value"), d.get("scheme"), d.get("meaning"))
+
+
+@dataclass(frozen=True)
+class ErrorInfo(_Record):
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Patient(_Record):
+    id: str | None = None
+    name: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None  # "M" | "F" | "O" | None
+    age_years: float | None = None
+    weight_kg: float | None = None
+    height_m: float | None = None
+
+
+@dataclass(frozen=True)
+class Equipment(_Record):
+    manufacturer: str | None = None
+    model: str | None = None
+    station_name: str | None = None
+    serial_number: str | None = None
+    software_versions: str | None = None
+    institution_name: str | None = None
+    device_observer_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class DoseObjectRef(_Record):
+    sop_instance_uid: str
+    sop_class_uid: str
+    kind: str  # "rdsr" | "enhanced_sr" | "comprehensive_sr" | "philips_dose_info"
+    received_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportInfo(_Record):
+    procedure_reported: Code | None = None  # (121058, DCM, "Procedure reported")
+    has_intent: Code | None = None  # (363703001, SCT, "Has Intent")
+    start_datetime: str | None = None  # (113809, DCM, "Start of X-Ray Irradiation")
+    end_datetime: str | None = None  # (113810, DCM, "End of X-Ray Irradiation")
+    source_of_dose_information: Code | None = None  # (113854, DCM)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ReportInfo | None:
+        if d is None:
+            return None
+        return cls(
+            procedure_reported=Code.from_dict(d.get("procedure_reported")),
+            has_intent=Code.from_dict(d.get("has_intent")),
+            start_datetime=d.get("start_datetime"),
+            end_datetime=d.get("end_datetime"),
+            source_of_dose_information=Code.from_dict(d.get("source_of_dose_information")),
+        )
+
+
+@dataclass(frozen=True)
+class Source(_Record):
+    """TID 10013 CT X-Ray Source Parameters (113831), one per tube."""
+
+    id: str | None = None  # (113832) Identification of the X-Ray Source
+    kvp_kV: float | None = None  # (113733) KVP
+    max_tube_current_mA: float | None = None  # (113833) Maximum X-Ray Tube Current
+    tube_current_mA: float | None = None  # (113734) X-Ray Tube Current
+    exposure_time_per_rotation_s: float | None = None  # (113834)
+
+
+@dataclass(frozen=True)
+class DoseCheck(_Record):
+    """TID 10015 CT Dose Check Details: Alert (113900) and Notification (113908) details."""
+
+    ctdivol_alert_mGy: float | None = None  # (113902) CTDIvol Alert Value
+    dlp_alert_mGycm: float | None = None  # (113903) DLP Alert Value
+    ctdivol_notification_mGy: float | None = None  # (113911) CTDIvol Notification Value
+    dlp_notification_mGycm: float | None = None  # (113912) DLP Notification Value
+    ctdivol_forward_estimate_mGy: float | None = None  # (113905 / 113913) forward estimate
+    dlp_forward_estimate_mGycm: float | None = None  # (113904 / 113914) forward estimate
+    reason: str | None = None  # (113907 / 113910) Reason For Proceeding
+    person: str | None = None  # (113906 / 113909) Person Name
+
+
+ACQUISITION_TYPES = ("spiral", "sequenced", "constant_angle", "stationary", "free", "cone_beam", "unknown")
+PHANTOMS = ("head16", "body32", "other")
+
+
+@dataclass(frozen=True)
+class Event(_Record):
+    """TID 10013 CT Irradiation Event Data (113819)."""
+
+    irradiation_event_uid: str | None = None  # (113769)
+    acquisition_protocol: str | None = None  # (125203)
+    target_region: Code | None = None  # (123014)
+    acquisition_type: str = "unknown"  # from (113820) CT Acquisition Type
+    acquisition_type_code: Code | None = None
+    procedure_context: Code | None = None  # (G-C32C, SRT / 408730004, SCT)
+    start_datetime: str | None = None  # (111526) DateTime Started
+    exposure_time_s: float | None = None  # (113824)
+    scanning_length_mm: float | None = None  # (113825)
+    nominal_single_collimation_mm: float | None = None  # (113826)
+    nominal_total_collimation_mm: float | None = None  # (113827)
+    pitch_factor: float | None = None  # (113828)
+    number_of_xray_sources: float | None = None  # (113823)
+    sources: tuple[Source, ...] = ()
+    ctdivol_mGy: float | None = None  # (113830) Mean CTDIvol
+    phantom: str | None = None  # from (113835) CTDIw Phantom Type
+    phantom_code: Code | None = None
+    dlp_mGycm: float | None = None  # (113838)
+    ssde_mGy: float | None = None  # (113930) Size Specific Dose Estimation
+    water_equivalent_diameter_mm: float | None = None  # (113987 / 113980)
+    effective_dose_mSv: float | None = None  # (113839)
+    dose_check: DoseCheck | None = None
+    is_timing_run: bool = False  # set by registry_export.rules when the record is read
+    comment: str | None = None  # (121106)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        kw = {f.name: d.get(f.name) for f in fields(cls) if f.name in d}
+        for key in ("target_region", "acquisition_type_code", "procedure_context", "phantom_code"):
+            kw[key] = Code.from_dict(d.get(key))
+        kw["sources"] = tuple(Source(**s) for s in d.get("sources") or ())
+        kw["dose_check"] = DoseCheck(**d["dose_check"]) if d.get("dose_check") else None
+        kw["is_timing_run"] = bool(d.get("is_timing_run", False))
+        kw["acquisition_type"] = d.get("acquisition_type") or "unknown"
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Problem(_Record):
+    """Something wrong with one element of the object, found while reading it.
+
+    ``path`` is the study-record path (``events[2].ctdivol_mGy``), ``value`` the
+    offending value as text and ``reason`` what is wrong. Completeness evaluation
+    reports these as ``invalid`` elements; the rest of the report is kept.
+    """
+
+    path: str
+    value: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class StudyRecord(_Record):
+    """A study record built from one dose object, or merged from all objects of a study."""
+
+    schema: str = SCHEMA_ID
+    error: ErrorInfo | None = None
+    study_instance_uid: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    requested_procedure_description: str | None = None
+    procedure_codes: tuple[Code, ...] = ()
+    modality: str | None = None
+    patient: Patient = field(default_factory=Patient)
+    equipment: Equipment = field(default_factory=Equipment)
+    dose_objects: tuple[DoseObjectRef, ...] = ()
+    report: ReportInfo | None = None
+    total_events: int | None = None
+    total_dlp_mGycm: float | None = None
+    reported_total_dlp_mGycm: float | None = None
+    events: tuple[Event, ...] = ()
+    # Extra fields (the contract allows additions):
+    problems: tuple[Problem, ...] = ()  # elements that could not be read, with reasons
+    source_file: str | None = None  # where the object was read from (extract / import)
+    series_number: int | None = None  # Philips screens: events keyed by series number
+    dose_screens: tuple[DoseObjectRef, ...] = ()  # Philips screens kept but not counted
+
+    def with_changes(self, **changes: Any) -> StudyRecord:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyRecord:
+        err = d.get("error")
+        return cls(
+            schema=d.get("schema", SCHEMA_ID),
+            error=ErrorInfo(**err) if err else None,
+            study_instance_uid=d.get("study_instance_uid"),
+            accession_number=d.get("accession_number"),
+            study_date=d.get("study_date"),
+            study_time=d.get("study_time"),
+            study_description=d.get("study_description"),
+            requested_procedure_description=d.get("requested_procedure_description"),
+            procedure_codes=tuple(c for c in (Code.from_dict(x) for x in d.get("procedure_codes") or ()) if c),
+            modality=d.get("modality"),
+            patient=Patient(**(d.get("patient") or {})),
+            equipment=Equipment(**(d.get("equipment") or {})),
+            dose_objects=tuple(DoseObjectRef(**o) for o in d.get("dose_objects") or ()),
+            report=ReportInfo.from_dict(d.get("report")),
+            total_events=d.get("total_events"),
+            total_dlp_mGycm=d.get("total_dlp_mGycm"),
+            reported_total_dlp_mGycm=d.get("reported_total_dlp_mGycm"),
+            events=tuple(Event.from_dict(e) for e in d.get("events") or ()),
+            problems=tuple(Problem(**p) for p in d.get("problems") or ()),
+            source_file=d.get("source_file"),
+            series_number=d.get("series_number"),
+            dose_screens=tuple(DoseObjectRef(**o) for o in d.get("dose_screens") or ()),
+        )
+
+
+def error_record(code: str, message: str, **header: Any) -> StudyRecord:
+    """A record for an input that is not a usable CT dose object."""
+    return StudyRecord(error=ErrorInfo(code, message), **header)
