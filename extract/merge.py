@@ -1,10 +1,124 @@
-"""Placeholder: replaced by the real merge."""
+"""Merging several dose objects of one study (../shared/spec/README.md section 3).
+
+A pure function: records in the order they were received in, one merged record out.
+
+* Study key: the header's Study Instance UID (callers group by it).
+* Objects: the same SOP Instance UID received again replaces the earlier object (last
+  received wins; identical content therefore changes nothing).
+* Events: keyed by (Study Instance UID, Irradiation Event UID); a later object's values win.
+  Cumulative reports (each repeats earlier events) and continuation reports (each holds
+  new events) both end with every event exactly once.
+* Philips dose screens describe the same scans as an RDSR of the study: when the study has
+  an RDSR (or other SR) its events win and the screens are kept (``dose_screens``) but not
+  counted; a study with screens only keys their events by series number.
+* ``reported_total_dlp_mGycm``: the newest object's stated total when its events include
+  all earlier ones (cumulative), else the sum of the objects' stated totals (continuation).
+"""
+
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
 
-from .model import StudyRecord
+from .model import Event, Problem, StudyRecord
+
+SCREEN = "philips_dose_info"
+
+
+def _event_key(obj_index: int, ev_index: int, ev: Event, screen: bool) -> tuple[str, object]:
+    if not screen and ev.irradiation_event_uid:
+        return ("uid", ev.irradiation_event_uid)
+    if screen and ev.series_number is not None:
+        return ("series", ev.series_number)
+    # no key stated: this object's own event, never merged with another's
+    return ("anon", (obj_index, ev_index))
+
+
+_EVENT_PATH = re.compile(r"^events\[(\d+)\]")
+
+
+def _order_keys(events: dict[tuple[str, object], Event]) -> list[tuple[str, object]]:
+    """Event start time, then order of appearance; untimed events follow (spec section 2)."""
+    timed = sorted((k for k, e in events.items() if e.start_datetime), key=lambda k: events[k].start_datetime or "")
+    return timed + [k for k, e in events.items() if not e.start_datetime]
 
 
 def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
-    return records[-1]
+    """Merge the records of one study's dose objects, given in the order received."""
+    usable = [r for r in records if r.error is None]
+    if not usable:
+        if not records:
+            raise ValueError("merge_study needs at least one record")
+        return records[-1]
+    # last received wins per SOP Instance UID; keep first-arrival order of distinct objects
+    by_sop: dict[str, StudyRecord] = {}
+    for r in usable:
+        sop = r.dose_objects[0].sop_instance_uid if r.dose_objects else f"#{id(r)}"
+        by_sop.pop(sop, None)
+        by_sop[sop] = r
+    objects = list(by_sop.values())
+    if len(objects) == 1:
+        return objects[0]
+
+    srs = [r for r in objects if not _is_screen(r)]
+    screens = [r for r in objects if _is_screen(r)]
+    counted = srs if srs else screens
+    screen_mode = not srs
+
+    events: dict[tuple[str, object], Event] = {}
+    # which object's version of each event won, to carry that object's problems along
+    event_problems: dict[tuple[str, object], list[Problem]] = {}
+    study_problems: list[Problem] = []
+    totals: list[float | None] = []
+    cumulative = True
+    newest = counted[-1]
+    for oi, r in enumerate(counted):
+        keys = [_event_key(oi, ei, e, screen_mode) for ei, e in enumerate(r.events)]
+        if oi == len(counted) - 1:
+            # cumulative when the newest object's events include every earlier event
+            cumulative = all(k in set(keys) for k in events)
+        for k, e in zip(keys, r.events, strict=True):
+            events.pop(k, None)
+            events[k] = e
+            event_problems[k] = []
+        for p in r.problems:
+            m = _EVENT_PATH.match(p.path)
+            if m and int(m.group(1)) < len(keys):
+                event_problems[keys[int(m.group(1))]].append(p)
+            elif oi == len(counted) - 1:
+                study_problems.append(p)
+        totals.append(r.reported_total_dlp_mGycm)
+
+    if cumulative:
+        reported = newest.reported_total_dlp_mGycm
+    else:
+        stated = [t for t in totals if t is not None]
+        reported = sum(stated) if stated else None
+
+    ordered_keys = _order_keys(events)
+    merged_events = tuple(events[k] for k in ordered_keys)
+    problems = list(study_problems)
+    for index, k in enumerate(ordered_keys):
+        for p in event_problems.get(k, ()):
+            problems.append(replace(p, path=_EVENT_PATH.sub(f"events[{index}]", p.path, count=1)))
+    dlps = [e.dlp_mGycm for e in merged_events if e.dlp_mGycm is not None]
+    # Header fields: the newest counted object describes the study
+    base = newest
+    dose_objects = tuple(o for r in counted for o in r.dose_objects)
+    screen_refs = tuple(o for r in screens for o in r.dose_objects) if srs else ()
+    return replace(
+        base,
+        dose_objects=dose_objects,
+        dose_screens=screen_refs,
+        events=merged_events,
+        total_events=len(merged_events),
+        total_dlp_mGycm=sum(dlps) if dlps else None,
+        reported_total_dlp_mGycm=reported,
+        problems=tuple(problems),
+        source_file=None,
+    )
+
+
+def _is_screen(r: StudyRecord) -> bool:
+    return bool(r.dose_objects) and r.dose_objects[0].kind == SCREEN

@@ -167,6 +167,9 @@ class Event(_Record):
     dose_check: DoseCheck | None = None
     is_timing_run: bool = False  # set by registry_export.rules when the record is read
     comment: str | None = None  # (121106)
+    # Extra (the contract allows additions): Philips dose screens have no event UID and
+    # are keyed by the series number of the acquisition (spec section 3).
+    series_number: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:

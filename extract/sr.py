@@ -1,0 +1,188 @@
+"""SR content items (PS3.3 C.17.3) over the byte reader's plain datasets.
+
+A :class:`ContentItem` is a thin view of one Content Sequence item: relationship, value
+type, concept name and a lazily decoded value. Reading a value never raises: a value
+that breaks its VR is reported through :class:`~dosereg.extract.values.ValueProblem`
+by the typed accessors, so the caller can record that one element as invalid and go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .dicom_bytes import Dataset
+from .model import Code
+from .values import TextDecoder, ValueProblem, ascii_text, clean_name, clean_text, parse_dt, parse_fd
+
+RELATIONSHIP_TYPE = 0x0040A010
+VALUE_TYPE = 0x0040A040
+CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
+CONTENT_SEQUENCE = 0x0040A730
+TEXT_VALUE = 0x0040A160
+UID = 0x0040A124
+DATETIME = 0x0040A120
+PERSON_NAME = 0x0040A123
+CONCEPT_CODE_SEQUENCE = 0x0040A168
+MEASURED_VALUE_SEQUENCE = 0x0040A300
+NUMERIC_VALUE = 0x0040A30A
+FLOATING_POINT_VALUE = 0x0040A161
+MEASUREMENT_UNITS_CODE_SEQUENCE = 0x004008EA
+CODE_VALUE = 0x00080100
+CODING_SCHEME_DESIGNATOR = 0x00080102
+CODE_MEANING = 0x00080104
+LONG_CODE_VALUE = 0x00080119
+URN_CODE_VALUE = 0x00080120
+
+
+def read_code(item: Dataset, text: TextDecoder) -> Code:
+    """A Code Sequence item -> :class:`Code` (Code Value, Long Code Value or URN Code Value)."""
+    raw = item.get(CODE_VALUE) or item.get(LONG_CODE_VALUE) or item.get(URN_CODE_VALUE)
+    value = clean_text(text(raw[1])) if raw else None
+    scheme_raw = item.get(CODING_SCHEME_DESIGNATOR)
+    scheme = clean_text(text(scheme_raw[1])) if scheme_raw else None
+    meaning_raw = item.get(CODE_MEANING)
+    meaning = clean_text(text(meaning_raw[1])) if meaning_raw else None
+    return Code(value, scheme, meaning)
+
+
+def first_code(ds: Dataset, tag: int, text: TextDecoder) -> Code | None:
+    el = ds.get(tag)
+    if not el or el[0] != "SQ" or not el[1]:
+        return None
+    return read_code(el[1][0], text)
+
+
+class ContentItem:
+    __slots__ = ("ds", "text", "little", "_concept", "_children")
+
+    def __init__(self, ds: Dataset, text: TextDecoder, little: bool = True) -> None:
+        self.ds = ds
+        self.text = text
+        self.little = little
+        self._concept: Code | None | bool = False
+        self._children: list[ContentItem] | None = None
+
+    # -- structure ---------------------------------------------------------------
+    @property
+    def relationship(self) -> str | None:
+        el = self.ds.get(RELATIONSHIP_TYPE)
+        return ascii_text(el[1]) if el else None
+
+    @property
+    def value_type(self) -> str | None:
+        el = self.ds.get(VALUE_TYPE)
+        return ascii_text(el[1]) if el else None
+
+    @property
+    def concept(self) -> Code | None:
+        if self._concept is False:
+            self._concept = first_code(self.ds, CONCEPT_NAME_CODE_SEQUENCE, self.text)
+        return self._concept  # type: ignore[return-value]
+
+    @property
+    def code_value(self) -> str | None:
+        c = self.concept
+        return c.value if c else None
+
+    @property
+    def children(self) -> list[ContentItem]:
+        if self._children is None:
+            el = self.ds.get(CONTENT_SEQUENCE)
+            items = el[1] if el and el[0] == "SQ" else []
+            self._children = [ContentItem(d, self.text, self.little) for d in items]
+        return self._children
+
+    def name(self) -> str:
+        """How a reason names this item: its concept meaning, else its code."""
+        c = self.concept
+        if c is None:
+            return "content item without a concept name"
+        return c.meaning or f"({c.value}, {c.scheme})"
+
+    # -- navigation --------------------------------------------------------------
+    def find_all(self, code: str) -> Iterator[ContentItem]:
+        """Children with this concept code value, and those a vendor tucked one level down
+        under a HAS PROPERTIES / HAS CONCEPT MOD child (domain primer: GE via PixelMed)."""
+        for child in self.children:
+            if child.code_value == code:
+                yield child
+        for child in self.children:
+            if child.relationship in ("HAS PROPERTIES", "HAS CONCEPT MOD") or child.value_type != "CONTAINER":
+                for grandchild in child.children:
+                    if grandchild.code_value == code:
+                        yield grandchild
+
+    def find(self, code: str) -> ContentItem | None:
+        return next(self.find_all(code), None)
+
+    def walk(self) -> Iterator[ContentItem]:
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+    # -- values ------------------------------------------------------------------
+    def text_value(self) -> str | None:
+        for tag in (TEXT_VALUE, UID, PERSON_NAME):
+            el = self.ds.get(tag)
+            if el:
+                s = self.text(el[1])
+                return clean_name(s) if tag == PERSON_NAME else clean_text(s)
+        return None
+
+    def uid_value(self) -> str | None:
+        el = self.ds.get(UID) or self.ds.get(TEXT_VALUE)
+        return clean_text(ascii_text(el[1])) if el else None
+
+    def code(self) -> Code | None:
+        """The CODE item's value; ValueProblem when the Concept Code Sequence is missing."""
+        el = self.ds.get(CONCEPT_CODE_SEQUENCE)
+        if not el or el[0] != "SQ" or not el[1]:
+            raise ValueProblem("CODE content item has no Concept Code Sequence")
+        return read_code(el[1][0], self.text)
+
+    def datetime(self) -> str | None:
+        el = self.ds.get(DATETIME)
+        if not el:
+            return None
+        return parse_dt(ascii_text(el[1]))
+
+    def num(self) -> tuple[float | None, str | None]:
+        """(number, unit code value) of a NUM item; (None, None) when no value is stated."""
+        el = self.ds.get(MEASURED_VALUE_SEQUENCE)
+        if not el or el[0] != "SQ" or not el[1]:
+            return None, None
+        mv = el[1][0]
+        units = first_code(mv, MEASUREMENT_UNITS_CODE_SEQUENCE, self.text)
+        unit = units.value if units else None
+        raw = mv.get(NUMERIC_VALUE)
+        text = ascii_text(raw[1]) if raw else ""
+        if text:
+            from .values import parse_ds
+
+            try:
+                return parse_ds(text), unit
+            except ValueProblem:
+                fd = mv.get(FLOATING_POINT_VALUE)
+                if fd:
+                    v = parse_fd(fd[1], self.little)
+                    if v is not None:
+                        return v, unit
+                raise
+        fd = mv.get(FLOATING_POINT_VALUE)
+        if fd:
+            return parse_fd(fd[1], self.little), unit
+        return None, unit
+
+
+def value_repr(item: ContentItem) -> str | None:
+    """The raw value of an item as text, for reporting an invalid element."""
+    el = item.ds.get(MEASURED_VALUE_SEQUENCE)
+    if el and el[0] == "SQ" and el[1]:
+        raw = el[1][0].get(NUMERIC_VALUE)
+        return ascii_text(raw[1]) if raw else None
+    for tag in (TEXT_VALUE, DATETIME, UID):
+        raw2: Any = item.ds.get(tag)
+        if raw2:
+            return ascii_text(raw2[1])
+    return None
