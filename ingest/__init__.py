@@ -1,19 +1,31 @@
 """DICOM in: C-STORE SCP, folder import, durable spool, study catalog.
 
-Public API: :func:`serve`, :func:`import_paths`, :func:`open_catalog` (-> :class:`Catalog`).
+Public API: :func:`serve`, :func:`import_paths` (-> :class:`ImportSummary`),
+:func:`open_catalog` (-> :class:`Catalog`).
 """
+
 from __future__ import annotations
 
-from typing import Any
+from dosereg.config import Config
+
+from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
+from .importer import ImportSummary, import_paths
+from .pipeline import Pipeline, Received
 
 
-def serve(cfg: Any) -> int:
-    raise NotImplementedError("listen is not implemented yet")
+def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
+    """The catalog of ``cfg``'s data directory (created and migrated unless ``readonly``)."""
+    return Catalog(catalog_path(cfg.data_dir), readonly=readonly)
 
 
-def import_paths(cfg: Any, paths: Any, jobs: int | None = None, progress: bool = False) -> Any:
-    raise NotImplementedError("import is not implemented yet")
+def serve(cfg: Config) -> int:
+    """Run ``dosereg listen`` until SIGINT/SIGTERM (see :mod:`dosereg.ingest.listener`)."""
+    from .listener import serve as _serve
+
+    return _serve(cfg)
 
 
-def open_catalog(cfg: Any, readonly: bool = False) -> Any:
-    raise NotImplementedError("the catalog is not implemented yet")
+__all__ = [
+    "SCHEMA_VERSION", "Catalog", "CatalogError", "ImportSummary", "Pipeline", "Received",
+    "import_paths", "open_catalog", "serve",
+]

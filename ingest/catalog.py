@@ -1,0 +1,469 @@
+"""The study catalog: embedded SQLite (WAL), versioned schema, merge on arrival.
+
+Tables (schema version 1):
+
+* ``received``   -- one row per object taken into the spool (listener or import), in
+  received order; ``state`` is ``spooled`` until processed, then ``done``.
+* ``objects``    -- one row per usable dose object (key: SOP Instance UID) with its
+  extracted record as JSON, the SHA-256 of its bytes and where its bytes are kept.
+* ``quarantine`` -- objects that could not be used (key: SHA-256 of the bytes).
+* ``studies``    -- the merged study record (JSON) per Study Instance UID, re-merged
+  from its objects in received order (``dosereg.extract.merge_study``) on every change.
+* ``events``     -- the merged study's events, one row each, for ad-hoc SQL.
+
+Verdicts (completeness, flags) are not stored: they are computed when a record is read.
+The spool files are the durable truth for anything not yet processed, so the catalog
+runs with ``synchronous=NORMAL``: a power cut can lose the last catalog rows but never
+an acknowledged object (the listener re-processes whatever is still in the spool).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dosereg.extract import StudyRecord, merge_study
+
+log = logging.getLogger("dosereg.ingest.catalog")
+
+SCHEMA_VERSION = 1
+CATALOG_NAME = "catalog.sqlite"
+
+# Each entry migrates the schema from version i to i + 1.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version INTEGER NOT NULL,
+        applied_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS received (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        sha256 TEXT NOT NULL,
+        sop_instance_uid TEXT,
+        sop_class_uid TEXT,
+        calling_ae_title TEXT,
+        source TEXT,
+        received_at TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'spooled',
+        outcome TEXT
+    );
+    CREATE INDEX IF NOT EXISTS received_state ON received(state, id);
+    CREATE INDEX IF NOT EXISTS received_sop ON received(sop_instance_uid);
+    CREATE TABLE IF NOT EXISTS objects (
+        sop_instance_uid TEXT PRIMARY KEY,
+        study_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT,
+        sha256 TEXT,
+        raw_path TEXT,
+        received_at TEXT,
+        seq INTEGER NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS objects_study ON objects(study_instance_uid, seq);
+    CREATE INDEX IF NOT EXISTS objects_sha ON objects(sha256);
+    CREATE TABLE IF NOT EXISTS quarantine (
+        sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        sop_instance_uid TEXT,
+        error_code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        received_at TEXT,
+        path TEXT
+    );
+    CREATE TABLE IF NOT EXISTS studies (
+        study_instance_uid TEXT PRIMARY KEY,
+        n_objects INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        record_json TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS events (
+        study_instance_uid TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        irradiation_event_uid TEXT,
+        acquisition_protocol TEXT,
+        acquisition_type TEXT,
+        ctdivol_mGy REAL,
+        dlp_mGycm REAL,
+        PRIMARY KEY (study_instance_uid, position)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+class CatalogError(Exception):
+    """The catalog cannot be opened or is of an unknown (newer) schema."""
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC timestamp with microseconds (``2026-11-25T19:50:00.123456Z``)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dumps(d: dict[str, Any]) -> str:
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+
+def object_uid(record: StudyRecord) -> str:
+    """The SOP Instance UID of a single-object record."""
+    if not record.dose_objects:
+        raise ValueError("record has no dose object (no SOP Instance UID)")
+    return record.dose_objects[0].sop_instance_uid
+
+
+class Catalog:
+    """The SQLite catalog. Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    # Nothing received yet: an empty catalog, not an error.
+                    self._conn = sqlite3.connect(":memory:", check_same_thread=False)
+                    self._conn.executescript(_MIGRATIONS[0])
+                else:
+                    self._conn = sqlite3.connect(
+                        f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                        timeout=30,
+                    )
+                    self._conn.execute("PRAGMA busy_timeout = 30000")
+                    self._check_version()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30,
+                                             isolation_level=None)
+                self._conn.execute("PRAGMA busy_timeout = 30000")
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise CatalogError(f"{self.path}: cannot open the catalog: {exc}") from None
+        self._seq = self._max_seq()
+
+    # -- schema -----------------------------------------------------------------------
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> None:
+        version = self._user_version()
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path}: catalog schema version {version} is newer than this dosereg ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path}: catalog schema version {version} needs migrating; run `dosereg listen` "
+                "or `dosereg import` once"
+            )
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._user_version()
+            if version > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"{self.path}: catalog schema version {version} is newer than this dosereg "
+                    f"({SCHEMA_VERSION})"
+                )
+            while version < SCHEMA_VERSION:
+                script = _MIGRATIONS[version]
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    version += 1
+                    self._conn.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, utc_now())
+                    )
+                    self._conn.execute(f"PRAGMA user_version = {version}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                log.info("catalog %s migrated to schema version %d", self.path, version)
+
+    @property
+    def schema_version(self) -> int:
+        return self._user_version()
+
+    def _max_seq(self) -> int:
+        row = self._conn.execute("SELECT MAX(seq) FROM objects").fetchone()
+        return int(row[0] or 0)
+
+    # -- reading ----------------------------------------------------------------------
+    def iter_studies(self) -> Iterator[StudyRecord]:
+        """Merged study records ordered by Study Instance UID."""
+        cur = self._conn.execute("SELECT record_json FROM studies ORDER BY study_instance_uid")
+        try:
+            while True:
+                rows = cur.fetchmany(500)
+                if not rows:
+                    break
+                for (text,) in rows:
+                    yield StudyRecord.from_dict(json.loads(text))
+        finally:
+            cur.close()
+
+    def get_study(self, uid: str) -> StudyRecord | None:
+        row = self._conn.execute(
+            "SELECT record_json FROM studies WHERE study_instance_uid = ?", (uid,)
+        ).fetchone()
+        return StudyRecord.from_dict(json.loads(row[0])) if row else None
+
+    def count_studies(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+
+    def count_objects(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+
+    def object_rows(self) -> list[dict[str, Any]]:
+        """Every usable object (without its record JSON), in received order."""
+        cur = self._conn.execute(
+            "SELECT sop_instance_uid, study_instance_uid, sop_class_uid, sha256, raw_path, received_at, seq "
+            "FROM objects ORDER BY seq"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def received_rows(self) -> list[dict[str, Any]]:
+        """Everything taken into the spool, in received order."""
+        cur = self._conn.execute("SELECT * FROM received ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def quarantine_rows(self) -> list[dict[str, Any]]:
+        cur = self._conn.execute("SELECT * FROM quarantine ORDER BY received_at, name")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def known_sha256(self, sha256: str) -> str | None:
+        """``"object"`` or ``"quarantine"`` when bytes with this hash are already kept."""
+        if self._conn.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
+            return "object"
+        if self._conn.execute("SELECT 1 FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone():
+            return "quarantine"
+        return None
+
+    def quarantine_path(self, sha256: str) -> str | None:
+        row = self._conn.execute("SELECT path FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone()
+        return row[0] if row else None
+
+    # -- the spool's ledger -------------------------------------------------------------
+    def record_received(self, *, name: str, sha256: str, sop_instance_uid: str | None,
+                        sop_class_uid: str | None, calling_ae_title: str | None, source: str | None,
+                        received_at: str) -> int:
+        """Note an object just made durable in the spool; returns its received id."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
+                "source, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = 'spooled' RETURNING id",
+                (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at),
+            )
+            row = cur.fetchone()
+            cur.close()
+            return int(row[0])
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Received but not yet processed, in received order."""
+        cur = self._conn.execute("SELECT * FROM received WHERE state = 'spooled' ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def received_names(self) -> set[str]:
+        return {r[0] for r in self._conn.execute("SELECT name FROM received")}
+
+    def forget_received(self, name: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM received WHERE name = ?", (name,))
+
+    def mark_processed(self, received_id: int, outcome: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
+            )
+
+    # -- writing ------------------------------------------------------------------------
+    def add_quarantined(self, *, sha256: str, name: str, sop_instance_uid: str | None, error_code: str,
+                        message: str, received_at: str | None, path: str | None,
+                        received_id: int | None = None) -> str:
+        """Record an unusable object; ``"new"`` or ``"duplicate"`` (same bytes already kept)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(
+                    "INSERT INTO quarantine (sha256, name, sop_instance_uid, error_code, message, received_at, "
+                    "path) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                    (sha256, name, sop_instance_uid, error_code, message, received_at, path),
+                )
+                outcome = "new" if cur.rowcount == 1 else "duplicate"
+                if received_id is not None:
+                    self._conn.execute(
+                        "UPDATE received SET state = 'done', outcome = ? WHERE id = ?",
+                        (f"quarantined:{error_code}" if outcome == "new" else "duplicate", received_id),
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return outcome
+
+    def add_object(self, record: StudyRecord, raw_path: str | None = None,
+                   content_sha256: str | None = None, received_id: int | None = None) -> str:
+        """Add one extracted object and re-merge its study: ``new``, ``duplicate`` or ``replaced``.
+
+        Same SOP Instance UID with identical content (same SHA-256, or the same record
+        when no hash is given) changes nothing; different content replaces the earlier
+        object (last received wins, logged).
+        """
+        if record.error is not None:
+            raise ValueError(f"cannot catalog an error record ({record.error.code}); quarantine it")
+        if not record.study_instance_uid:
+            raise ValueError("record has no Study Instance UID")
+        sop_uid = object_uid(record)
+        text = _dumps(record.to_dict())
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute(
+                    "SELECT sha256, record_json, study_instance_uid FROM objects WHERE sop_instance_uid = ?",
+                    (sop_uid,),
+                ).fetchone()
+                if row is not None:
+                    same = (row[0] == content_sha256) if (row[0] and content_sha256) else (row[1] == text)
+                    if same:
+                        outcome = "duplicate"
+                    else:
+                        outcome = "replaced"
+                        old_study = row[2]
+                        self._seq += 1
+                        self._conn.execute(
+                            "UPDATE objects SET study_instance_uid = ?, sop_class_uid = ?, sha256 = ?, "
+                            "raw_path = ?, received_at = ?, seq = ?, record_json = ? WHERE sop_instance_uid = ?",
+                            (record.study_instance_uid, record.dose_objects[0].sop_class_uid, content_sha256,
+                             raw_path, record.dose_objects[0].received_at, self._seq, text, sop_uid),
+                        )
+                        log.warning(
+                            "object %s received again with different content: the newer replaces the older",
+                            sop_uid,
+                        )
+                        self._remerge(record.study_instance_uid)
+                        if old_study != record.study_instance_uid:
+                            self._remerge(old_study)
+                else:
+                    outcome = "new"
+                    self._seq += 1
+                    self._conn.execute(
+                        "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
+                        "raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sop_uid, record.study_instance_uid, record.dose_objects[0].sop_class_uid,
+                         content_sha256, raw_path, record.dose_objects[0].received_at, self._seq, text),
+                    )
+                    self._remerge(record.study_instance_uid)
+                if received_id is not None:
+                    self._conn.execute(
+                        "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._seq = self._max_seq()
+                raise
+        return outcome
+
+    def _remerge(self, study_uid: str) -> None:
+        rows = self._conn.execute(
+            "SELECT record_json FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study_uid,)
+        ).fetchall()
+        self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (study_uid,))
+        if not rows:
+            self._conn.execute("DELETE FROM studies WHERE study_instance_uid = ?", (study_uid,))
+            return
+        records = [StudyRecord.from_dict(json.loads(r[0])) for r in rows]
+        self._write_studies([(study_uid, len(records), merge_study(records))])
+
+    def _write_studies(self, merged: list[tuple[str, int, StudyRecord]]) -> None:
+        now = utc_now()
+        self._conn.executemany(
+            "INSERT INTO studies (study_instance_uid, n_objects, updated_at, record_json) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(study_instance_uid) DO UPDATE SET n_objects = excluded.n_objects, "
+            "updated_at = excluded.updated_at, record_json = excluded.record_json",
+            [(uid, n, now, _dumps(rec.to_dict())) for uid, n, rec in merged],
+        )
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO events (study_instance_uid, position, irradiation_event_uid, "
+            "acquisition_protocol, acquisition_type, ctdivol_mGy, dlp_mGycm) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (uid, i, ev.irradiation_event_uid, ev.acquisition_protocol, ev.acquisition_type,
+                 ev.ctdivol_mGy, ev.dlp_mGycm)
+                for uid, _, rec in merged
+                for i, ev in enumerate(rec.events)
+            ],
+        )
+
+    def add_objects(self, records: Iterable[StudyRecord]) -> None:
+        """Bulk load in one transaction (no per-object fsync); last one wins per SOP Instance UID."""
+        records = [r for r in records]
+        for r in records:
+            if r.error is not None or not r.study_instance_uid or not r.dose_objects:
+                raise ValueError("add_objects takes usable single-object records with a study and SOP UID")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = []
+                for r in records:
+                    self._seq += 1
+                    ref = r.dose_objects[0]
+                    rows.append((ref.sop_instance_uid, r.study_instance_uid, ref.sop_class_uid, None, None,
+                                 ref.received_at, self._seq, _dumps(r.to_dict())))
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, "
+                    "sha256, raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                touched: dict[str, list[StudyRecord]] = {}
+                for r in records:
+                    touched.setdefault(str(r.study_instance_uid), []).append(r)
+                existing = {
+                    uid for (uid,) in self._conn.execute("SELECT study_instance_uid FROM studies")
+                } if touched else set()
+                simple: list[tuple[str, int, StudyRecord]] = []
+                for uid, group in touched.items():
+                    if uid in existing or len(group) > 1:
+                        self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (uid,))
+                        self._remerge(uid)
+                    else:
+                        simple.append((uid, 1, merge_study(group)))
+                self._write_studies(simple)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._seq = self._max_seq()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:  # pragma: no cover
+                pass
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def catalog_path(data_dir: Path) -> Path:
+    return Path(data_dir) / CATALOG_NAME

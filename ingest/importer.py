@@ -1,0 +1,190 @@
+"""``dosereg import PATH...``: files and folders (recursive) through the listener's own path.
+
+Each file is read, hashed (bytes already kept -> "already known", nothing written),
+taken into the spool exactly like a received object (:meth:`Pipeline.receive`), parsed
+in a process pool (all cores) and stored by this process alone (:meth:`Pipeline.process`,
+the single SQLite writer). Results are applied in file order, so a re-run or a second
+import of the same folder is deterministic and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dosereg.extract import StudyRecord, extract_bytes
+
+from dosereg.config import Config
+
+from .catalog import Catalog, catalog_path
+from .locking import DataDirLock
+from .pipeline import Pipeline, Received
+
+log = logging.getLogger("dosereg.ingest.import")
+
+_POOL_MIN_FILES = 16  # below this, parsing in-process is quicker than starting workers
+
+
+@dataclass
+class ImportSummary:
+    imported: int = 0
+    known: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False only when a file could not be read or stored."""
+        return self.failed == 0
+
+    @property
+    def total_quarantined(self) -> int:
+        return sum(self.quarantined.values())
+
+    def line(self) -> str:
+        q = f"quarantined {self.total_quarantined}"
+        if self.quarantined:
+            q += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(self.quarantined.items())) + ")"
+        return f"imported {self.imported}, already known {self.known}, {q}, failed {self.failed}"
+
+    def count(self, outcome: str) -> None:
+        if outcome in ("new", "replaced"):
+            self.imported += 1
+        elif outcome == "duplicate":
+            self.known += 1
+        elif outcome.startswith("quarantined:"):
+            self.quarantined[outcome.split(":", 1)[1]] += 1
+        else:  # pragma: no cover
+            raise ValueError(outcome)
+
+    def fail(self, message: str) -> None:
+        self.failed += 1
+        self.failures.append(message)
+        log.error("%s", message)
+
+
+def _walk(paths: list[Path], summary: ImportSummary) -> Iterator[Path]:
+    for p in paths:
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        elif p.is_file():
+            yield p
+        else:
+            summary.fail(f"{p}: no such file or directory")
+
+
+def _header_sop_uid(data: bytes) -> str | None:
+    """The SOP Instance UID of an object extraction refused, if its header can be read."""
+    try:
+        from io import BytesIO
+
+        import pydicom
+
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True,
+                             specific_tags=["SOPInstanceUID"])
+        uid = ds.get("SOPInstanceUID")
+        return str(uid) if uid else None
+    except Exception:
+        return None
+
+
+def extract_spooled(path: str, source: str, received_at: str) -> tuple[StudyRecord, str | None]:
+    """Parse one spooled file (runs in a worker process)."""
+    data = Path(path).read_bytes()
+    record = extract_bytes(data, source=source, received_at=received_at)
+    return record, (_header_sop_uid(data) if record.error is not None else None)
+
+
+def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
+                 progress: bool = False) -> ImportSummary:
+    summary = ImportSummary()
+    files = list(_walk([Path(p) for p in paths], summary))
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    data_dir = cfg.data_dir.resolve()
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and len(files) >= _POOL_MIN_FILES else None
+    catalog = Catalog(catalog_path(data_dir))
+    pipeline = Pipeline(data_dir, catalog)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", desc="import", leave=False)
+    try:
+        # Objects a crashed run left in the spool, when no listener is taking care of them.
+        lock = DataDirLock(data_dir)
+        if lock.try_acquire():
+            try:
+                for item in pipeline.recover():
+                    _finish(pipeline, item, None, summary)
+            finally:
+                lock.release()
+
+        inflight: deque[tuple[Received, Future[tuple[StudyRecord, str | None]] | None]] = deque()
+        limit = jobs * 8
+
+        def drain(n: int) -> None:
+            while len(inflight) > n:
+                item, fut = inflight.popleft()
+                try:
+                    result = fut.result() if fut is not None else None
+                except Exception as exc:  # a worker died: parse here instead
+                    log.debug("worker failed on %s: %s", item.source, exc)
+                    result = None
+                _finish(pipeline, item, result, summary)
+                if bar is not None:
+                    bar.update(1)
+
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                summary.fail(f"{path}: cannot read: {exc.strerror or exc}")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if catalog.known_sha256(sha):
+                summary.known += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                item = pipeline.receive(data, source=str(path))
+            except OSError as exc:
+                summary.fail(f"{path}: cannot store it in {pipeline.spool_dir}: {exc.strerror or exc}")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            fut = pool.submit(extract_spooled, str(item.path), item.source, item.received_at) if pool else None
+            inflight.append((item, fut))
+            drain(limit)
+        drain(0)
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        catalog.close()
+    return summary
+
+
+def _finish(pipeline: Pipeline, item: Received, result: tuple[StudyRecord, str | None] | None,
+            summary: ImportSummary) -> None:
+    try:
+        if result is None:
+            result = extract_spooled(str(item.path), item.source, item.received_at)
+        record, header_uid = result
+        summary.count(pipeline.process(item, record, header_sop_uid=header_uid))
+    except Exception as exc:
+        summary.fail(f"{item.source}: cannot store it: {type(exc).__name__}: {exc} "
+                     f"(kept in {pipeline.spool_dir / item.name})")

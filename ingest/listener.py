@@ -1,0 +1,325 @@
+"""``dosereg listen``: the DICOM C-STORE SCP (pynetdicom), configured per spec section 7.
+
+The C-STORE handler only makes the received bytes durable (:meth:`Pipeline.receive`)
+and answers; extraction and cataloguing run on a worker thread consuming the spool.
+Status codes answered (PS3.4 Annex B):
+
+* 0x0000 Success -- the object is fsync'ed in the spool and noted in the catalog
+  (also for objects that will be quarantined: a PACS would otherwise retry forever);
+* 0xA700 Refused: Out of Resources -- the object could not be stored (disk full, I/O
+  error, shutting down); nothing of it is kept, the sender may retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import ssl
+import sys
+import threading
+import time
+from typing import Any
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    PatientRadiationDoseSRStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+    XRayRadiationDoseSRStorage,
+)
+
+from dosereg.config import Config, ConfigError
+
+from .catalog import Catalog, catalog_path
+from .locking import DataDirLock
+from .pipeline import Pipeline, Received
+
+log = logging.getLogger("dosereg.ingest.listener")
+
+#: The storage SOP classes of the domain primer's table; nothing else is accepted.
+STORAGE_CLASSES = (
+    XRayRadiationDoseSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.67
+    EnhancedSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.22
+    ComprehensiveSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.33
+    Comprehensive3DSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.34
+    PatientRadiationDoseSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.73 (quarantined until parsed)
+    SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7 (Philips dose screens)
+)
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class Worker(threading.Thread):
+    """Consumes the spool: extraction and cataloguing, off the association threads."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__(name="dosereg-worker", daemon=True)
+        self.pipeline = pipeline
+        self.queue: queue.Queue[Received] = queue.Queue()
+        self._stop_at: float | None = None
+        self.processed = 0
+
+    def submit(self, item: Received) -> None:
+        self.queue.put(item)
+
+    def run(self) -> None:
+        while True:
+            if self._stop_at is not None and (self.queue.empty() or time.monotonic() > self._stop_at):
+                return
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.pipeline.process(item)
+                self.processed += 1
+            except Exception:  # the object stays in the spool; retried at the next start
+                log.exception("processing %s failed; it stays in the spool and is retried at the next start",
+                              item.name)
+
+    def stop(self, drain_s: float) -> None:
+        """Finish the queue within ``drain_s`` seconds; what is left is processed at the next start."""
+        self._stop_at = time.monotonic() + drain_s
+        self.join(drain_s + 30)
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    lst = cfg.listener
+    if not (lst.tls_certificate or lst.tls_private_key or lst.tls_ca_certificates):
+        return None
+    if not (lst.tls_certificate and lst.tls_private_key):
+        raise ConfigError(
+            f"{cfg.path}: listener.tls_certificate and listener.tls_private_key must both be set for DICOM TLS"
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(lst.tls_certificate, lst.tls_private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{cfg.path}: listener.tls_certificate / tls_private_key ({lst.tls_certificate}, "
+            f"{lst.tls_private_key}): cannot load: {exc}"
+        ) from None
+    if lst.tls_ca_certificates:
+        try:
+            ctx.load_verify_locations(cafile=lst.tls_ca_certificates)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{cfg.path}: listener.tls_ca_certificates ({lst.tls_ca_certificates}): cannot load: {exc}"
+            ) from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Listener:
+    """The SCP with its spool worker; :func:`serve` runs one until a signal."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        lst = cfg.listener
+        self.ssl_context = _ssl_context(cfg)
+        self.data_dir = cfg.data_dir.resolve()
+        self.lock = DataDirLock(self.data_dir)
+        if not self.lock.acquire(timeout_s=30):
+            raise ConfigError(
+                f"{self.data_dir}: data directory in use by another dosereg listen ({self.lock.path}); "
+                "give each listener its own storage.data_dir"
+            )
+        self.catalog = Catalog(catalog_path(self.data_dir))
+        self.pipeline = Pipeline(self.data_dir, self.catalog)
+        self.worker = Worker(self.pipeline)
+        self._inflight = 0
+        self._closing = False
+        self._cond = threading.Condition()
+        self.server: Any = None
+
+        ae = AE(ae_title=lst.ae_title)
+        ae.require_called_aet = lst.require_called_ae_title
+        ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
+        ae.maximum_associations = lst.max_associations
+        ae.acse_timeout = lst.acse_timeout_s
+        ae.dimse_timeout = lst.dimse_timeout_s
+        ae.network_timeout = lst.network_timeout_s
+        ae.maximum_pdu_size = 0  # no limit: the sender chooses; fewer PDUs per object
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        self.ae = ae
+
+    # -- event handlers -------------------------------------------------------------------
+    def _on_store(self, event: Any) -> int:
+        with self._cond:
+            if self._closing:
+                log.warning("C-STORE refused (0xA700): the listener is shutting down")
+                return STATUS_OUT_OF_RESOURCES
+            self._inflight += 1
+        try:
+            req = event.request
+            calling = str(event.assoc.requestor.ae_title).strip()
+            sop_uid = str(req.AffectedSOPInstanceUID)
+            try:
+                data = event.encoded_dataset()
+            except Exception as exc:
+                log.error("C-STORE of %s from %s: cannot encode the received dataset (%s); answered 0xC000",
+                          sop_uid, calling, exc)
+                return STATUS_CANNOT_UNDERSTAND
+            try:
+                item = self.pipeline.receive(
+                    data, sop_instance_uid=sop_uid, sop_class_uid=str(req.AffectedSOPClassUID),
+                    calling_ae_title=calling,
+                )
+            except OSError as exc:
+                log.error("C-STORE of %s from %s: cannot store it in %s: %s; answered 0xA700 Out of Resources "
+                          "(nothing kept, the sender may retry)",
+                          sop_uid, calling, self.pipeline.spool_dir, exc.strerror or exc)
+                return STATUS_OUT_OF_RESOURCES
+            log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
+            self.worker.submit(item)
+            return STATUS_SUCCESS
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
+
+    def _on_rejected(self, event: Any) -> None:
+        rq = event.assoc.requestor
+        calling = str(rq.ae_title).strip()
+        called = str(getattr(rq.primitive, "called_ae_title", "") or "").strip()
+        allowed = self.cfg.listener.allowed_calling_ae_titles
+        if allowed and calling not in [a.strip() for a in allowed]:
+            why = f"calling AE title {calling!r} is not in listener.allowed_calling_ae_titles"
+        elif self.cfg.listener.require_called_ae_title and called != self.cfg.listener.ae_title.strip():
+            why = f"called AE title {called!r} is not ours ({self.cfg.listener.ae_title!r})"
+        else:
+            why = f"too many associations (listener.max_associations = {self.cfg.listener.max_associations})"
+        log.warning("refused association from %s (%s:%s): %s", calling, rq.address, rq.port, why)
+
+    def _on_established(self, event: Any) -> None:
+        rq = event.assoc.requestor
+        log.info("association from %s (%s:%s) established", str(rq.ae_title).strip(), rq.address, rq.port)
+
+    def _on_aborted(self, event: Any) -> None:
+        rq = event.assoc.requestor
+        log.info("association from %s (%s:%s) aborted", str(rq.ae_title).strip(), rq.address, rq.port)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        pending = self.pipeline.recover()
+        if pending:
+            log.warning("%d object(s) spooled but not processed: processing them now", len(pending))
+        for item in pending:
+            self.worker.submit(item)
+        self.worker.start()
+        lst = self.cfg.listener
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        self.server = self.ae.start_server(
+            (lst.host, lst.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context,
+        )
+
+    def startup_line(self) -> str:
+        lst = self.cfg.listener
+        host, port = self.server.server_address[:2] if self.server else (lst.host, lst.port)
+        allowed = ", ".join(lst.allowed_calling_ae_titles) if lst.allowed_calling_ae_titles else "any"
+        tls = " over TLS" + (" (client certificates required)" if lst.tls_ca_certificates else "") \
+            if self.ssl_context else ""
+        return (
+            f"dosereg listen: AE title {lst.ae_title} on {host}:{port}{tls}, data directory {self.data_dir}, "
+            f"allowed calling AE titles: {allowed}"
+            + (", called AE title must match" if lst.require_called_ae_title else "")
+        )
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let associations finish (up to ``grace_s``), then close."""
+        if grace_s is None:
+            grace_s = min(10.0, self.cfg.listener.network_timeout_s)
+        if self.server is not None:
+            self.server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(a.is_alive() for a in self.ae.active_associations):
+            time.sleep(0.05)
+        with self._cond:
+            self._closing = True
+            self._cond.wait_for(lambda: self._inflight == 0, timeout=max(30.0, grace_s))
+        for assoc in self.ae.active_associations:
+            log.warning("aborting association from %s at shutdown", str(assoc.requestor.ae_title).strip())
+            assoc.abort()
+        self.worker.stop(drain_s=5.0)
+        left = self.worker.queue.qsize()
+        if left:
+            log.warning("%d received object(s) left in the spool; they are processed at the next start", left)
+        self.catalog.close()
+        self.lock.release()
+
+
+def serve(cfg: Config) -> int:
+    """Run the listener until SIGINT/SIGTERM; graceful stop; exit status 0."""
+    listener = Listener(cfg)
+    stop = threading.Event()
+    try:
+        listener.start()
+    except OSError as exc:
+        listener.worker.stop(0) if listener.worker.is_alive() else None
+        listener.catalog.close()
+        listener.lock.release()
+        print(
+            f"dosereg listen: cannot listen on {cfg.listener.host}:{cfg.listener.port} "
+            f"(listener.host / listener.port): {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
+
+    line = listener.startup_line()
+    log.info("%s", line)
+    if not log.isEnabledFor(logging.INFO):
+        print(line, file=sys.stderr, flush=True)
+    if not cfg.listener.allowed_calling_ae_titles:
+        log.warning("any calling AE title is accepted: set listener.allowed_calling_ae_titles to restrict")
+
+    previous: dict[signal.Signals, Any] = {}
+
+    def _handle(signum: int, frame: Any) -> None:
+        log.info("received %s: stopping after in-flight stores", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _handle)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        listener.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("dosereg listen: stopped")
+    if not log.isEnabledFor(logging.INFO):
+        print("dosereg listen: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+__all__ = ["Listener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "serve"]
