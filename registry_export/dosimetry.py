@@ -1,0 +1,339 @@
+"""Dosimetry helpers on one irradiation event (../shared/domain.md; spec section 4).
+
+Pure functions of a :class:`dosereg.extract.Event` (and, for notification values, the
+patient's age and the configured :class:`dosereg.config.NotificationSettings`). They never
+change the event and never raise for missing values: what cannot be worked out is ``None``.
+
+* :func:`is_head_exam` -- the event's target region lies in the head (head, brain, skull,
+  face, orbits, sinuses, temporal bones ...); without a usable target region the stated
+  phantom decides (``head16`` -> head, anything else -> body).
+* :func:`standard_phantom` -- ``"head16"`` for head exams, ``"body32"`` for body exams:
+  the phantom the registry compares the exam on.
+* :func:`normalised_dose` -- (CTDIvol mGy, DLP mGy.cm) converted to the standard phantom
+  (factor 2.3: stated on 32 cm and compared on 16 cm -> multiply; 16 -> 32 -> divide).
+* :func:`ssde_mGy` -- the scanner's stated SSDE, else AAPM Report 220 (water-equivalent
+  diameter) with the AAPM Report 204 conversion factors, for body exams.
+* :func:`is_timing_run` -- bolus-tracking / test-bolus scans, excluded from dose comparisons.
+* :func:`notification_value_mGy` -- the AAPM Dose Check notification value (CTDIvol, mGy)
+  that applies to the event, expressed on the phantom its CTDIvol is stated on.
+
+Worked example (a body exam whose CTDIvol the scanner stated on the 16 cm phantom)::
+
+    >>> from dosereg.extract import Event
+    >>> e = Event(acquisition_type="spiral", ctdivol_mGy=23.0, dlp_mGycm=460.0, phantom="head16",
+    ...           target_region=Code("51185008", "SCT", "Chest"))
+    >>> is_head_exam(e), standard_phantom(e), normalised_dose(e)
+    (False, 'body32', (10.0, 200.0))
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from dosereg.extract import Code, Event
+from pydicom.sr._snomed_dict import mapping as _SNOMED_MAPPING
+from pydicom.sr.codedict import codes
+
+__all__ = [
+    "PHANTOM_FACTOR",
+    "conversion_factor",
+    "effective_diameter_cm",
+    "is_head_exam",
+    "is_timing_run",
+    "normalised_dose",
+    "notification_value_mGy",
+    "ssde_from_diameter",
+    "ssde_mGy",
+    "standard_phantom",
+    "timing_run_reason",
+]
+
+#: CTDIvol (and DLP) on the 16 cm head phantom is about 2.3 times the value on the 32 cm
+#: body phantom for the same technique (domain primer; ACR Dose Index Registry practice).
+PHANTOM_FACTOR = 2.3
+
+# --- head or body -------------------------------------------------------------------------
+
+_SNOMED_SCHEMES = {"SCT", "SRT", "SNM3", "99SDM"}
+
+
+def _sct(*names: str) -> frozenset[str]:
+    """SNOMED CT concept ids of pydicom's named codes (pydicom.sr.codedict, scheme SCT)."""
+    return frozenset(getattr(codes.SCT, n).value for n in names)
+
+
+#: Anatomic regions that lie in the head (SNOMED CT ids; the SNOMED-RT forms are mapped
+#: through pydicom.sr._snomed_dict, so ``T-D1100`` (SRT) and ``69536005`` (SCT) both count).
+HEAD_REGIONS = _sct(
+    "Head", "Brain", "Skull", "Face", "FacialBones", "Orbit", "ParanasalSinus", "MaxillarySinus",
+    "FrontalSinus", "TemporalBone", "MastoidBone", "InternalAuditoryCanal", "InnerEar", "MiddleEar",
+    "Ear", "SellaTurcica", "Cerebellum", "CircleOfWillis", "CerebralArtery", "Eye", "Nose",
+    "NasalBone", "Mandible", "Maxilla", "TemporomandibularJoint",
+)
+#: Regions that span head and body: the stated phantom decides, as without a target region.
+AMBIGUOUS_REGIONS = _sct("HeadAndNeck")
+
+_HEAD_TEXT = re.compile(
+    r"\b(head|brain|skull|cran\w*|face|facial|orbit\w*|\w*sinus\w*|temporal bones?|petrous|mastoid|"
+    r"sella|pituitary|cerebr\w*|cerebell\w*|internal auditory|iacs?|inner ear|middle ear|mandib\w*|"
+    r"maxill\w*|jaw|nasal|nose|eyes?|temporomandibular|tmj|circle of willis|dental)\b",
+    re.IGNORECASE,
+)
+_NECK_TEXT = re.compile(r"\bneck\b", re.IGNORECASE)
+_UNKNOWN_TEXT = {"", "unknown", "other", "none", "not specified", "unspecified"}
+
+
+def _snomed_ct_id(code: Code) -> str | None:
+    scheme = (code.scheme or "").strip().upper()
+    value = (code.value or "").strip()
+    if not value or scheme not in _SNOMED_SCHEMES:
+        return None
+    if scheme == "SCT":
+        return value
+    return _SNOMED_MAPPING["SRT"].get(value)
+
+
+def _region_is_head(code: Code | None) -> bool | None:
+    """True: head; False: body; None: no usable region (the phantom decides)."""
+    if code is None:
+        return None
+    sct = _snomed_ct_id(code)
+    if sct in AMBIGUOUS_REGIONS:
+        return None
+    if sct in HEAD_REGIONS:
+        return True
+    meaning = (code.meaning or "").strip()
+    if _HEAD_TEXT.search(meaning):
+        return None if _NECK_TEXT.search(meaning) else True
+    if sct is not None or (code.scheme or "").strip().upper() in _SNOMED_SCHEMES and code.value:
+        return False  # a standard anatomic code outside the head
+    if meaning.lower() in _UNKNOWN_TEXT:
+        return None  # e.g. GE's private (00001, 99GEMS, "Unknown")
+    return False  # a private code whose meaning names a body region
+
+
+def is_head_exam(event: Event) -> bool:
+    """Whether the event is a head exam (spec section 4).
+
+    The target region decides when it is a standard SNOMED code (SRT or SCT form) or a
+    code whose meaning names a head structure (head, brain, skull, face, orbits, sinuses,
+    temporal bones and their parts). Without a usable target region (none, a private code
+    meaning "Unknown", or "Head and Neck", which spans both) the stated phantom decides:
+    ``head16`` -> head, anything else -> body.
+    """
+    verdict = _region_is_head(event.target_region)
+    if verdict is not None:
+        return verdict
+    return event.phantom == "head16"
+
+
+def standard_phantom(event: Event) -> str:
+    """``"head16"`` for a head exam, ``"body32"`` for a body exam: the comparison phantom."""
+    return "head16" if is_head_exam(event) else "body32"
+
+
+def _phantom_scale(stated: str | None, target: str) -> float | None:
+    if stated == target:
+        return 1.0
+    if stated == "body32" and target == "head16":
+        return PHANTOM_FACTOR
+    if stated == "head16" and target == "body32":
+        return 1.0 / PHANTOM_FACTOR
+    return None  # phantom not stated, or "other" (NEMA XR21): no known conversion
+
+
+def normalised_dose(event: Event) -> tuple[float | None, float | None]:
+    """(CTDIvol in mGy, DLP in mGy.cm) on the event's standard phantom.
+
+    Head exams compare on the 16 cm phantom, body exams on 32 cm. A value stated on
+    32 cm for a head exam is multiplied by 2.3; one stated on 16 cm for a body exam is
+    divided by 2.3; otherwise it is returned unchanged. ``None`` where the value is not
+    stated, or the stated phantom is unknown or "other" (no conversion is defined).
+    """
+    scale = _phantom_scale(event.phantom, standard_phantom(event))
+    if scale is None:
+        return None, None
+    ctdi = None if event.ctdivol_mGy is None else event.ctdivol_mGy * scale
+    dlp = None if event.dlp_mGycm is None else event.dlp_mGycm * scale
+    return ctdi, dlp
+
+
+# --- size-specific dose estimate ----------------------------------------------------------
+
+#: AAPM Report 204 exponential fits f = a * exp(-b * D[cm]) of SSDE / CTDIvol, per phantom.
+AAPM204_FIT = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
+
+
+def effective_diameter_cm(ap_cm: float, lat_cm: float) -> float:
+    """AAPM Report 204 effective diameter from the AP and lateral dimensions (cm).
+
+    The primer's linear fit on the sum of the two: ED = -0.203128 + 0.4958912 (AP + LAT).
+    """
+    return -0.203128 + 0.4958912 * (ap_cm + lat_cm)
+
+
+def conversion_factor(diameter_cm: float, phantom: str = "body32") -> float:
+    """AAPM Report 204 conversion factor for a patient of the given (water-equivalent) diameter.
+
+    32 cm phantom: f = 3.704369 exp(-0.03671937 D); 16 cm phantom: f = 1.874799 exp(-0.03871313 D).
+    """
+    a, b = AAPM204_FIT[phantom]
+    return a * math.exp(-b * diameter_cm)
+
+
+def ssde_from_diameter(ctdivol_mGy: float, diameter_cm: float, phantom: str = "body32") -> float:
+    """SSDE (mGy) = f(D) x CTDIvol, CTDIvol stated on ``phantom``."""
+    return conversion_factor(diameter_cm, phantom) * ctdivol_mGy
+
+
+def ssde_mGy(event: Event) -> float | None:
+    """The event's size-specific dose estimate in mGy.
+
+    The scanner's own SSDE (113930) when stated. Otherwise, for a body exam with a
+    stated CTDIvol, a known phantom and a water-equivalent diameter from the scanner,
+    AAPM Report 220: SSDE = f(Dw) x CTDIvol with the AAPM Report 204 factor of the
+    phantom the CTDIvol is stated on (32 cm: 3.704369 exp(-0.03671937 Dw[cm])). Head
+    exams (AAPM 204/220 cover the body only) and events without size give ``None``.
+    """
+    if event.ssde_mGy is not None:
+        return event.ssde_mGy
+    if is_head_exam(event):
+        return None
+    dw = event.water_equivalent_diameter_mm
+    if event.ctdivol_mGy is None or dw is None or dw <= 0 or event.phantom not in AAPM204_FIT:
+        return None
+    return ssde_from_diameter(event.ctdivol_mGy, dw / 10.0, event.phantom)
+
+
+# --- timing runs ----------------------------------------------------------------------------
+
+#: Bolus-tracking and test-bolus protocol names (domain primer: Monitoring, Pre-Monitoring,
+#: TestBolus; plus their obvious spellings "PreMonitoring", "Test Bolus", "test_bolus").
+TIMING_PROTOCOL = re.compile(r"monitoring|test[\s_-]*bolus", re.IGNORECASE)
+
+
+def timing_run_reason(event: Event) -> str | None:
+    """Why the event is a timing run, or ``None`` when it is not."""
+    protocol = event.acquisition_protocol or ""
+    m = TIMING_PROTOCOL.search(protocol)
+    if m:
+        return f"protocol {protocol!r} contains {m.group(0)!r}"
+    if (
+        event.acquisition_type == "stationary"
+        and event.ctdivol_mGy is not None
+        and event.dlp_mGycm is not None
+        and event.ctdivol_mGy > event.dlp_mGycm
+    ):
+        return (
+            f"stationary acquisition with CTDIvol {event.ctdivol_mGy:g} mGy above "
+            f"DLP {event.dlp_mGycm:g} mGy.cm"
+        )
+    return None
+
+
+def is_timing_run(event: Event) -> bool:
+    """A bolus-tracking or test-bolus scan, excluded from dose comparisons.
+
+    True when the acquisition protocol contains Monitoring (so also Pre-Monitoring,
+    PreMonitoring) or TestBolus / Test Bolus (case-insensitive), or when a stationary
+    acquisition's CTDIvol exceeds its DLP (repeated exposures of one thin slab).
+    """
+    return timing_run_reason(event) is not None
+
+
+# --- notification values ----------------------------------------------------------------------
+
+_PERFUSION = re.compile(r"perfusion|\bperf\b|\bctp\b|\bneuro ?pbv\b", re.IGNORECASE)
+_CARDIAC = re.compile(r"cardiac|cardio|coronar|\bheart\b|calcium ?scor|\bccta\b|\bcacs?\b", re.IGNORECASE)
+_RETRO = re.compile(r"retro", re.IGNORECASE)
+_PROSPECTIVE = re.compile(r"prosp|\bseq\b|step.?and.?shoot|flash", re.IGNORECASE)
+_CARDIAC_REGIONS = _sct("Heart", "CoronaryArtery")
+#: Reference phantom of each notification category's value (AAPM Dose Check guidance).
+_REFERENCE_PHANTOM = {
+    "adult_head": "head16",
+    "adult_body": "body32",
+    "paediatric_head_under_2y": "head16",
+    "paediatric_head_2_to_5y": "head16",
+    "paediatric_body_under_10y": "head16",
+    "brain_perfusion": "head16",
+    "cardiac_prospective": "body32",
+    "cardiac_retrospective": "body32",
+}
+#: Primer: paediatric torso 25 mGy, "body phantom 20 when reported on 32 cm".
+_PAEDIATRIC_BODY_32CM_RATIO = 20.0 / 25.0
+
+
+def _is_cardiac(event: Event) -> bool:
+    region = event.target_region
+    if region is not None:
+        sct = _snomed_ct_id(region)
+        if sct in _CARDIAC_REGIONS or _CARDIAC.search(region.meaning or ""):
+            return True
+    return bool(_CARDIAC.search(event.acquisition_protocol or ""))
+
+
+def _cardiac_category(event: Event) -> str:
+    protocol = event.acquisition_protocol or ""
+    if _RETRO.search(protocol):
+        return "cardiac_retrospective"
+    if _PROSPECTIVE.search(protocol):
+        return "cardiac_prospective"
+    if event.acquisition_type in ("sequenced", "stationary"):
+        return "cardiac_prospective"  # axial step-and-shoot or single-rotation gating
+    if event.acquisition_type == "spiral" and event.pitch_factor is not None and event.pitch_factor > 0.5:
+        return "cardiac_prospective"  # high-pitch prospectively triggered spiral
+    return "cardiac_retrospective"  # low-pitch gated spiral (or gating unknown: the higher value)
+
+
+def notification_category(event: Event, age_years: float | None) -> str:
+    """The AAPM Dose Check category of the event (a key of NotificationSettings).
+
+    Exam type first: brain perfusion (head exam whose protocol says perfusion), cardiac
+    (target region heart / coronary arteries, or a cardiac protocol; retrospective or
+    prospective gating from the protocol name, else from the acquisition type and pitch).
+    Then by age (``None``: treated as adult): head under 2 y, 2 to 5 y (under 6), body
+    under 10 y; else adult head / adult body.
+    """
+    head = is_head_exam(event)
+    if head and _PERFUSION.search(event.acquisition_protocol or ""):
+        return "brain_perfusion"
+    if not head and _is_cardiac(event):
+        return _cardiac_category(event)
+    if age_years is not None:
+        if head and age_years < 2:
+            return "paediatric_head_under_2y"
+        if head and age_years < 6:
+            return "paediatric_head_2_to_5y"
+        if not head and age_years < 10:
+            return "paediatric_body_under_10y"
+    return "adult_head" if head else "adult_body"
+
+
+def notification_value_mGy(event: Event, age_years: float | None, notification_settings: Any) -> tuple[str, float]:
+    """(category, CTDIvol notification value in mGy) for the event.
+
+    ``notification_settings`` is the configuration's ``[notification]`` section
+    (:class:`dosereg.config.NotificationSettings`; defaults from the domain primer: adult
+    head 80, adult body 50, paediatric head under 2 y 50, 2-5 y 60, paediatric body under
+    10 y 25, brain perfusion 600, cardiac prospective 50 / retrospective 150).
+
+    The value is expressed on the phantom the event's CTDIvol is stated on, so callers
+    compare it directly with ``event.ctdivol_mGy``: head categories refer to the 16 cm
+    phantom and body / cardiac categories to 32 cm, converted by 2.3 when the event is
+    stated on the other one. Paediatric body follows the primer: the configured value
+    (25) on 16 cm and 20/25 of it (20) when stated on 32 cm. Unknown or "other" phantom:
+    the value on the category's reference phantom.
+    """
+    category = notification_category(event, age_years)
+    value = float(getattr(notification_settings, category))
+    if category == "paediatric_body_under_10y":
+        if event.phantom == "body32":
+            value *= _PAEDIATRIC_BODY_32CM_RATIO
+        return category, value
+    scale = _phantom_scale(_REFERENCE_PHANTOM[category], event.phantom or "")
+    if scale is not None:
+        # _phantom_scale(reference, stated) converts a value on `reference` to `stated`.
+        value *= scale
+    return category, value
