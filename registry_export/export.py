@@ -1,16 +1,486 @@
-"""Placeholder: replaced by the real exporter."""
+"""``dosereg export``: the registry submission batch, the billing flags and the report.
+
+One pass over the catalog's studies, in constant memory: each study is evaluated with the
+configured rules, fed to the completeness report and, when it is new or changed since
+the last batch, written out:
+
+* to the registry (``registry/<facility_id>/<batch_id>/``: ``studies.parquet``,
+  ``events.parquet``, ``submission.json``, ``manifest.json``) when its registry code is
+  ``G9327`` and its content fingerprint differs from the one last submitted (never
+  submitted, or it gained a dose object since: submitted again under the same
+  pseudonymous UID);
+* to billing (``flags/<batch_id>.csv`` and ``.parquet``) when its flags row (codes,
+  reasons, accession number, patient ID, date) differs from the one billing last got;
+* ``reports/completeness-<batch_id>.html`` and ``.csv`` cover every study of the catalog.
+
+Everything is written under a staging folder ``.staging-<batch_id>`` in the output folder
+and renamed into place only when complete; the export state
+(``<data_dir>/export-state.sqlite``) is committed after that. An export with nothing new
+writes nothing at all -- no empty batch -- and says so (``dosereg report`` still writes
+the completeness report on demand). Parts of a batch with no rows are left out: a batch
+whose studies are all ``G9326`` or ``excluded`` has flags and a report but no registry
+folder, and a batch that only re-submits changed studies whose flags did not change has
+no flags files.
+"""
+
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from dosereg.extract import Event, StudyRecord
 
-def export_batch(cfg: Any, studies: Any, out_dir: Any = None) -> Any:
-    raise NotImplementedError("export is not implemented yet")
+from dosereg.config import Config
+
+from . import dosimetry
+from .deid import Pseudonymizer, deidentify_study
+from .rules import evaluated_dict, rules_from_config
+from .state import ExportState, state_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("dosereg.export")
+
+SUBMISSION_SCHEMA_ID = "dosereg.submission/1"
+MANIFEST_SCHEMA_ID = "dosereg.manifest/1"
+STAGING_PREFIX = ".staging-"
+
+# Derived from the record by the rules (not part of its content) or volatile.
+_NOT_CONTENT = frozenset({"completeness", "classification", "flags", "export", "source_file"})
 
 
-def export_marks(cfg: Any) -> dict[str, dict[str, Any]]:
-    return {}
+# -- helpers ------------------------------------------------------------------------------
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def studies_table(studies: Any) -> str:
-    raise NotImplementedError
+def iso_utc(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def content_fingerprint(d: dict[str, Any]) -> str:
+    """Hash of what the study record says (not the verdicts, not when objects arrived)."""
+    core = {k: v for k, v in d.items() if k not in _NOT_CONTENT}
+    core["dose_objects"] = [
+        {k: v for k, v in o.items() if k != "received_at"} for o in d.get("dose_objects") or ()
+    ]
+    blob = json.dumps(core, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def flags_row(d: dict[str, Any]) -> dict[str, Any]:
+    """The billing row of an evaluated study (spec section 5's columns, reasons in words)."""
+    flags = d.get("flags") or {}
+    reasons = [*(flags.get("registry_reasons") or ()), *(flags.get("nomenclature_reasons") or ())]
+    return {
+        "accession_number": d.get("accession_number"),
+        "study_instance_uid": d.get("study_instance_uid"),
+        "patient_id": (d.get("patient") or {}).get("id"),
+        "study_date": d.get("study_date"),
+        "registry_code": flags.get("registry_code"),
+        "nomenclature_code": flags.get("nomenclature_code"),
+        "reasons": "; ".join(str(r) for r in reasons),
+    }
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    blob = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def profile_info(rules: Any, cfg: Config) -> dict[str, str | None]:
+    """The registry profile's name and version (from the rules, else the profile file)."""
+    profile = getattr(rules, "profile", None)
+    name = getattr(profile, "name", None)
+    version = getattr(profile, "version", None)
+    if name is None or version is None:
+        try:
+            with open(cfg.profile_path, "rb") as fh:
+                data = tomllib.load(fh)
+            meta = data.get("profile") if isinstance(data.get("profile"), dict) else data
+            name = name or meta.get("name")
+            version = version or meta.get("version")
+        except (OSError, tomllib.TOMLDecodeError):
+            pass
+    return {
+        "name": str(name) if name is not None else cfg.registry.profile,
+        "version": str(version) if version is not None else None,
+    }
+
+
+def _events_of(record: StudyRecord, d: dict[str, Any]) -> list[Event]:
+    if len(record.events) == len(d.get("events") or ()):
+        return list(record.events)
+    return [Event.from_dict(e) for e in d.get("events") or ()]
+
+
+def add_registry_values(deid: dict[str, Any], events: list[Event], timing: list[bool]) -> None:
+    """Phantom-normalised CTDIvol/DLP, body region and SSDE on each de-identified event."""
+    total: float | None = None
+    for out, ev, is_timing in zip(deid["events"], events, timing, strict=True):
+        head = dosimetry.is_head_exam(ev)
+        ctdi, dlp = dosimetry.normalised_dose(ev)
+        out["body_region"] = "head" if head else "body"
+        out["normalised_phantom"] = dosimetry.standard_phantom(ev)
+        out["normalised_ctdivol_mGy"] = ctdi
+        out["normalised_dlp_mGycm"] = dlp
+        out["ssde_estimate_mGy"] = dosimetry.ssde_mGy(ev)
+        if dlp is not None and not is_timing:
+            total = (total or 0.0) + dlp
+    deid["normalised_total_dlp_mGycm"] = total
+
+
+# -- the result ---------------------------------------------------------------------------
+
+@dataclass
+class ExportResult:
+    batch_id: str | None
+    created_at: str
+    out_dir: Path
+    studies_seen: int = 0
+    registry_studies: int = 0
+    registry_resubmitted: int = 0
+    registry_events: int = 0
+    flag_rows: int = 0
+    skipped_no_uid: int = 0
+    already_submitted: int = 0
+    registry_dir: Path | None = None
+    flags_paths: list[Path] = field(default_factory=list)
+    report_paths: list[Path] = field(default_factory=list)
+    previous_batch: str | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        out = []
+        if self.registry_dir is not None:
+            out += [self.registry_dir / n for n in
+                    ("studies.parquet", "events.parquet", "submission.json", "manifest.json")]
+        return out + self.flags_paths + self.report_paths
+
+    def summary(self) -> str:
+        if self.batch_id is None:
+            since = f" since batch {self.previous_batch}" if self.previous_batch else ""
+            return (f"nothing new to export{since}: {self.studies_seen} studies in the catalog, "
+                    f"none new or changed; no batch written (`dosereg report` writes the completeness report)")
+        lines = [
+            f"batch {self.batch_id}: {self.studies_seen} studies evaluated; "
+            f"{self.registry_studies} to the registry ({self.registry_resubmitted} re-submitted after a change, "
+            f"{self.registry_events} events), {self.flag_rows} billing flag rows"
+        ]
+        if self.skipped_no_uid:
+            lines.append(f"  {self.skipped_no_uid} studies without a Study Instance UID were skipped")
+        if self.registry_dir is None:
+            lines.append("  registry: nothing to submit in this batch (no new or changed G9327 study)")
+        lines += [f"  {p}" for p in self.paths]
+        return "\n".join(lines)
+
+
+class _Staging:
+    """The files of one batch, written under ``<out>/.staging-<batch_id>/``."""
+
+    def __init__(self, out: Path, batch_id: str) -> None:
+        self.out = out
+        self.root = out / f"{STAGING_PREFIX}{batch_id}"
+        self.root.mkdir(parents=True)
+        self.registry = self.root / "registry"
+        self.flags = self.root / "flags"
+        self.reports = self.root / "reports"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Left by an export that crashed (we hold the state lock, so none is running)."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.name.startswith(STAGING_PREFIX) and p.is_dir():
+            log.warning("removing %s left by an interrupted export", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Submission:
+    """``submission.json`` written one study at a time (a JSON object with a ``studies`` array)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "w", encoding="utf-8")
+        head = json.dumps(header, ensure_ascii=False, indent=1)
+        self._fh.write(head[:-2] + ',\n "studies": [')
+        self._first = True
+        self.rows = 0
+
+    def append(self, study: dict[str, Any]) -> None:
+        self._fh.write(("\n  " if self._first else ",\n  ") + json.dumps(study, ensure_ascii=False))
+        self._first = False
+        self.rows += 1
+
+    def close(self) -> None:
+        self._fh.write("\n ]\n}\n")
+        self._fh.close()
+
+
+# -- export -------------------------------------------------------------------------------
+
+def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
+                 out_dir: Path | None = None) -> ExportResult:
+    """Write one batch of every study not yet submitted or changed since (module docstring)."""
+    from .report import ReportBuilder  # report imports this module's helpers
+    from .writers import EVENT_SCHEMA, STUDY_SCHEMA, ChunkedParquet, FlagsWriter, flatten
+
+    pseudo = Pseudonymizer.from_config(cfg)  # refuse before touching anything
+    precision = cfg.registry.date_precision
+    rules = rules_from_config(cfg)
+    profile = profile_info(rules, cfg)
+    facility = cfg.site.facility_id
+    out = Path(out_dir) if out_dir is not None else cfg.data_dir
+
+    state = ExportState(state_path(cfg))
+    try:
+        state.begin()
+        now = utc_now()
+        created_at = iso_utc(now)
+        seq = state.next_seq()
+        batch_id = f"{now:%Y%m%dT%H%M%SZ}-{seq:04d}"
+        previous = state.last_batch()
+        result = ExportResult(batch_id=batch_id, created_at=created_at, out_dir=out,
+                              previous_batch=previous[0] if previous else None)
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out)
+        staging = _Staging(out, batch_id)
+        try:
+            studies_pq = ChunkedParquet(staging.registry / "studies.parquet", STUDY_SCHEMA)
+            events_pq = ChunkedParquet(staging.registry / "events.parquet", EVENT_SCHEMA)
+            submission: _Submission | None = None
+            flags: FlagsWriter | None = None
+            report = ReportBuilder(cfg)
+            for record in studies():
+                d = evaluated_dict(record, rules, export=None)
+                result.studies_seen += 1
+                report.add(record, d)
+                uid = d.get("study_instance_uid")
+                if not uid:
+                    result.skipped_no_uid += 1
+                    continue
+                known = state.study(uid)
+                fp = content_fingerprint(d)
+                code = (d.get("flags") or {}).get("registry_code")
+                to_registry = code == "G9327" and (known is None or known.registry_fingerprint != fp)
+                if code == "G9327" and not to_registry:
+                    result.already_submitted += 1
+                row = flags_row(d)
+                key = _row_key(row)
+                to_flags = known is None or known.flags_key != key
+                if to_registry:
+                    if submission is None:
+                        submission = _Submission(staging.registry / "submission.json", {
+                            "schema": SUBMISSION_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
+                            "created_at": created_at, "profile": profile, "date_precision": precision,
+                        })
+                    deid = deidentify_study(d, pseudo, precision)
+                    events = _events_of(record, d)
+                    add_registry_values(deid, events, [e["is_timing_run"] for e in deid["events"]])
+                    deid = {"facility_id": facility, "batch_id": batch_id, "registry_profile": profile,
+                            "date_precision": precision, **deid}
+                    submission.append(deid)
+                    studies_pq.append(flatten({k: v for k, v in deid.items() if k != "events"}))
+                    pseudo_uid = deid["study_instance_uid"]
+                    for i, ev in enumerate(deid["events"]):
+                        erow = flatten(ev)
+                        erow["study_instance_uid"] = pseudo_uid
+                        erow["event_index"] = i
+                        events_pq.append(erow)
+                    result.registry_studies += 1
+                    result.registry_events += len(deid["events"])
+                    if known is not None and known.registry_fingerprint is not None:
+                        result.registry_resubmitted += 1
+                if to_flags:
+                    if flags is None:
+                        flags = FlagsWriter(staging.flags / f"{batch_id}.csv", staging.flags / f"{batch_id}.parquet")
+                    flags.append(row)
+                    result.flag_rows += 1
+                if to_registry or to_flags:
+                    state.record_study(uid, batch_id, created_at, fp if to_registry else None,
+                                       key if to_flags else None)
+            studies_pq.close()
+            events_pq.close()
+            if flags is not None:
+                flags.close()
+            if submission is not None:
+                submission.close()
+
+            if result.registry_studies == 0 and result.flag_rows == 0:
+                staging.remove()
+                state.rollback()
+                result.batch_id = None
+                log.info("export: nothing new (%d studies seen)", result.studies_seen)
+                return result
+
+            if submission is not None:
+                _write_manifest(staging.registry, facility, batch_id, created_at, {
+                    "studies.parquet": studies_pq.rows, "events.parquet": events_pq.rows,
+                    "submission.json": submission.rows,
+                })
+            report_files = report.write(staging.reports, f"completeness-{batch_id}", batch_id=batch_id)
+            _place(staging, out, facility, batch_id, result, submission is not None, flags is not None, report_files)
+            state.record_batch(batch_id, seq, created_at, facility, str(out.resolve()), result.studies_seen,
+                               result.registry_studies, result.registry_events, result.flag_rows)
+            state.commit()
+            log.info("export: batch %s written (%d registry studies, %d flag rows)",
+                     batch_id, result.registry_studies, result.flag_rows)
+            return result
+        finally:
+            staging.remove()
+    finally:
+        state.rollback()
+        state.close()
+
+
+def _write_manifest(folder: Path, facility: str, batch_id: str, created_at: str, rows: dict[str, int]) -> None:
+    from .writers import sha256_file
+
+    files = []
+    for name, count in rows.items():
+        p = folder / name
+        files.append({"name": name, "rows": count, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
+    manifest = {"schema": MANIFEST_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
+                "created_at": created_at, "files": files}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    for p in folder.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _place(staging: _Staging, out: Path, facility: str, batch_id: str, result: ExportResult,
+           registry: bool, flags: bool, report_files: list[Path]) -> None:
+    """Rename the finished files into place: reports, flags, then the registry folder last."""
+    reports_dir = out / "reports"
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for p in report_files:
+        target = reports_dir / p.name
+        os.replace(p, target)
+        result.report_paths.append(target)
+    if flags:
+        flags_dir = out / "flags"
+        flags_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in (".csv", ".parquet"):
+            target = flags_dir / f"{batch_id}{suffix}"
+            os.replace(staging.flags / f"{batch_id}{suffix}", target)
+            result.flags_paths.append(target)
+        _fsync_dir(flags_dir)
+    if registry:
+        parent = out / "registry" / facility
+        parent.mkdir(parents=True, exist_ok=True)
+        target = parent / batch_id
+        if target.exists():
+            raise FileExistsError(f"{target}: a batch with this id already exists")
+        os.rename(staging.registry, target)
+        _fsync_dir(parent)
+        result.registry_dir = target
+
+
+def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:
+    """study_instance_uid -> {"batch_id", "exported_at"} of the last batch the study was in."""
+    path = state_path(cfg)
+    if not path.exists():
+        return {}
+    state = ExportState(path, readonly=True)
+    try:
+        return state.marks()
+    finally:
+        state.close()
+
+
+# -- the `dosereg studies` table ----------------------------------------------------------
+
+def _scanner(equipment: dict[str, Any]) -> str:
+    parts = [equipment.get("manufacturer"), equipment.get("model")]
+    name = " ".join(str(p) for p in parts if p)
+    station = equipment.get("station_name")
+    if station:
+        name = f"{name} ({station})" if name else str(station)
+    return name
+
+
+def _cut(text: Any, width: int) -> str:
+    s = "" if text is None else " ".join(str(text).split())
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return ""
+    try:
+        return f"{float(value):.1f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def studies_table(evaluated_dicts: Iterable[dict[str, Any]]) -> str:
+    """The human table of ``dosereg studies``: one line per study, newest first."""
+    headers = ("Date", "Accession", "Description", "Scanner", "Events", "DLP mGy·cm", "Status",
+               "Registry", "Nomencl.", "Exported")
+    widths_max = (10, 16, 30, 30, 6, 10, 10, 8, 8, 21)
+    rows = []
+    for d in evaluated_dicts:
+        if d.get("error"):
+            status = "error"
+        else:
+            status = (d.get("completeness") or {}).get("status") or ""
+        flags = d.get("flags") or {}
+        export = d.get("export") or {}
+        rows.append((
+            d.get("study_date") or "",
+            _cut(d.get("accession_number"), widths_max[1]),
+            _cut(d.get("study_description") or d.get("requested_procedure_description"), widths_max[2]),
+            _cut(_scanner(d.get("equipment") or {}), widths_max[3]),
+            str(d.get("total_events") if d.get("total_events") is not None else len(d.get("events") or ())),
+            _num(d.get("total_dlp_mGycm")),
+            status,
+            flags.get("registry_code") or "",
+            flags.get("nomenclature_code") or "",
+            export.get("batch_id") or "",
+        ))
+    if not rows:
+        return "no studies in the catalog\n"
+    rows.sort(key=lambda r: r[0], reverse=True)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    right = {4, 5}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    out = [line(headers), line(tuple("-" * w for w in widths))]
+    out += [line(r) for r in rows]
+    incomplete = sum(1 for r in rows if r[6] != "complete")
+    out.append(f"{len(rows)} studies, {incomplete} incomplete or in error")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,215 @@
+"""Explicit Arrow schemas of the files ``export`` writes, and chunked writers for them.
+
+Parquet columns are the de-identified record's fields flattened with ``_``
+(``patient.age_years`` -> ``patient_age_years``, a code ``target_region`` ->
+``target_region_value`` / ``_scheme`` / ``_meaning``); lists of objects stay lists of
+structs (``sources``, ``procedure_codes``, ``dose_objects``). Units are in the names.
+Rows are buffered column-wise and written as record batches of ``CHUNK_ROWS`` rows, so
+memory does not grow with the number of studies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CHUNK_ROWS = 8192
+
+_STR = pa.string()
+_F64 = pa.float64()
+_CODE_STRUCT = pa.struct([("value", _STR), ("scheme", _STR), ("meaning", _STR)])
+
+
+def _code_fields(prefix: str) -> list[pa.Field]:
+    return [pa.field(f"{prefix}_value", _STR), pa.field(f"{prefix}_scheme", _STR),
+            pa.field(f"{prefix}_meaning", _STR)]
+
+
+STUDY_SCHEMA = pa.schema(
+    [
+        pa.field("study_instance_uid", _STR, nullable=False),
+        pa.field("facility_id", _STR, nullable=False),
+        pa.field("batch_id", _STR, nullable=False),
+        pa.field("registry_profile_name", _STR),
+        pa.field("registry_profile_version", _STR),
+        pa.field("date_precision", _STR),
+        pa.field("study_date", _STR),  # YYYY-MM-DD, YYYY-MM or YYYY (date_precision)
+        pa.field("study_time", _STR),
+        pa.field("study_description", _STR),
+        pa.field("requested_procedure_description", _STR),
+        pa.field("procedure_codes", pa.list_(_CODE_STRUCT)),
+        pa.field("modality", _STR),
+        pa.field("patient_sex", _STR),
+        pa.field("patient_age_years", pa.int32()),
+        pa.field("patient_weight_kg", _F64),
+        pa.field("patient_height_m", _F64),
+        pa.field("equipment_manufacturer", _STR),
+        pa.field("equipment_model", _STR),
+        pa.field("equipment_station_name", _STR),
+        pa.field("equipment_serial_number", _STR),
+        pa.field("equipment_software_versions", _STR),
+        pa.field("equipment_device_observer_uid", _STR),
+        pa.field("dose_objects", pa.list_(pa.struct([
+            ("sop_instance_uid", _STR), ("sop_class_uid", _STR), ("kind", _STR), ("received_at", _STR),
+        ]))),
+        *_code_fields("report_procedure_reported"),
+        *_code_fields("report_has_intent"),
+        pa.field("report_start_datetime", _STR),
+        pa.field("report_end_datetime", _STR),
+        *_code_fields("report_source_of_dose_information"),
+        pa.field("total_events", pa.int32()),
+        pa.field("total_dlp_mGycm", _F64),
+        pa.field("reported_total_dlp_mGycm", _F64),
+        pa.field("normalised_total_dlp_mGycm", _F64),  # phantom-normalised, timing runs left out
+        pa.field("completeness_status", _STR),
+        pa.field("completeness_missing", pa.list_(_STR)),
+        pa.field("completeness_invalid", pa.list_(pa.struct([("path", _STR), ("reason", _STR)]))),
+        pa.field("completeness_warnings", pa.list_(_STR)),
+        pa.field("classification_patient_study", pa.bool_()),
+        pa.field("classification_rt_planning", pa.bool_()),
+        pa.field("classification_reasons", pa.list_(_STR)),
+        pa.field("flags_registry_code", _STR),
+        pa.field("flags_registry_reasons", pa.list_(_STR)),
+        pa.field("flags_nomenclature_code", _STR),
+        pa.field("flags_nomenclature_reasons", pa.list_(_STR)),
+    ],
+    metadata={"dosereg.schema": "dosereg.registry.studies/1"},
+)
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("study_instance_uid", _STR, nullable=False),  # the study's pseudonymous UID
+        pa.field("event_index", pa.int32(), nullable=False),  # position within the study
+        pa.field("irradiation_event_uid", _STR),
+        pa.field("acquisition_protocol", _STR),
+        *_code_fields("target_region"),
+        pa.field("acquisition_type", _STR),
+        *_code_fields("acquisition_type_code"),
+        *_code_fields("procedure_context"),
+        pa.field("start_datetime", _STR),
+        pa.field("exposure_time_s", _F64),
+        pa.field("scanning_length_mm", _F64),
+        pa.field("nominal_single_collimation_mm", _F64),
+        pa.field("nominal_total_collimation_mm", _F64),
+        pa.field("pitch_factor", _F64),
+        pa.field("number_of_xray_sources", _F64),
+        pa.field("sources", pa.list_(pa.struct([
+            ("id", _STR), ("kvp_kV", _F64), ("max_tube_current_mA", _F64), ("tube_current_mA", _F64),
+            ("exposure_time_per_rotation_s", _F64),
+        ]))),
+        pa.field("ctdivol_mGy", _F64),
+        pa.field("phantom", _STR),
+        *_code_fields("phantom_code"),
+        pa.field("dlp_mGycm", _F64),
+        pa.field("ssde_mGy", _F64),  # as stated by the scanner
+        pa.field("water_equivalent_diameter_mm", _F64),
+        pa.field("effective_dose_mSv", _F64),
+        pa.field("dose_check_ctdivol_alert_mGy", _F64),
+        pa.field("dose_check_dlp_alert_mGycm", _F64),
+        pa.field("dose_check_ctdivol_notification_mGy", _F64),
+        pa.field("dose_check_dlp_notification_mGycm", _F64),
+        pa.field("dose_check_ctdivol_forward_estimate_mGy", _F64),
+        pa.field("dose_check_dlp_forward_estimate_mGycm", _F64),
+        pa.field("is_timing_run", pa.bool_(), nullable=False),
+        pa.field("body_region", _STR),  # "head" | "body": which phantom the registry compares on
+        pa.field("normalised_phantom", _STR),  # "head16" | "body32"
+        pa.field("normalised_ctdivol_mGy", _F64),
+        pa.field("normalised_dlp_mGycm", _F64),
+        pa.field("ssde_estimate_mGy", _F64),  # stated SSDE, else AAPM 204/220 where the size is known
+    ],
+    metadata={"dosereg.schema": "dosereg.registry.events/1"},
+)
+
+FLAG_COLUMNS = ("accession_number", "study_instance_uid", "patient_id", "study_date",
+                "registry_code", "nomenclature_code", "reasons")
+FLAG_SCHEMA = pa.schema([pa.field(name, _STR) for name in FLAG_COLUMNS],
+                        metadata={"dosereg.schema": "dosereg.flags/1"})
+
+
+def flatten(d: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Nested dicts flattened with ``_``; lists and scalars kept as they are."""
+    if out is None:
+        out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flatten(value, name + "_", out)
+        else:
+            out[name] = value
+    return out
+
+
+class ChunkedParquet:
+    """Rows in, record batches of ``chunk_rows`` out to one Parquet file (opened on first row)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int = CHUNK_ROWS) -> None:
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self._names = schema.names
+        self._cols: dict[str, list[Any]] = {n: [] for n in self._names}
+        self._pending = 0
+        self._chunk = chunk_rows
+        self._writer: pq.ParquetWriter | None = None
+
+    def append(self, row: dict[str, Any]) -> None:
+        cols = self._cols
+        for name in self._names:
+            cols[name].append(row.get(name))
+        self._pending += 1
+        self.rows += 1
+        if self._pending >= self._chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
+        if self._pending:
+            batch = pa.RecordBatch.from_pydict(self._cols, schema=self.schema)
+            self._writer.write_batch(batch)
+            self._cols = {n: [] for n in self._names}
+            self._pending = 0
+
+    def close(self) -> None:
+        """Write what is buffered and close; an empty file (schema only) when there were no rows."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class FlagsWriter:
+    """The billing flags: the same rows to ``<batch>.csv`` (spreadsheet) and ``.parquet``."""
+
+    def __init__(self, csv_path: Path, parquet_path: Path) -> None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        self.csv_path = csv_path
+        self._fh = open(csv_path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(FLAG_COLUMNS)
+        self._parquet = ChunkedParquet(parquet_path, FLAG_SCHEMA)
+        self.rows = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._csv.writerow(["" if row.get(c) is None else row.get(c) for c in FLAG_COLUMNS])
+        self._parquet.append(row)
+        self.rows += 1
+
+    def close(self) -> None:
+        self._fh.close()
+        self._parquet.close()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
