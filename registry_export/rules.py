@@ -320,14 +320,14 @@ def _number(value: Any, where: str, key: str) -> float:
 def _element(raw: Any, required: bool, where: str) -> ElementRule:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table with at least a path, not {raw!r}")
-    unknown = set(raw) - _ELEMENT_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_ELEMENT_KEYS))})")
     path = raw.get("path")
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(f"{where}: path must be a non-empty string, not {path!r}")
     path = path.strip()
     where = f"{where} (path {path!r})"
+    unknown = set(raw) - _ELEMENT_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_ELEMENT_KEYS))})")
     alternatives = tuple(p.strip() for p in path.split("|"))
     contexts = [_check_path(p, where) for p in alternatives]
     in_events = contexts[0][1]
