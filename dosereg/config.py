@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ def _coerce(value: Any, default: Any, key: str, where: Path) -> Any:
 def _section(cls: type, data: Any, base: Any, name: str, where: Path) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{name}] must be a table, not {data!r}")
-    known = {f: getattr(base, f) for f in cls.__dataclass_fields__}
+    known = {f.name: getattr(base, f.name) for f in fields(cls)}
     kwargs = dict(known)
     for key, value in data.items():
         if key not in known:

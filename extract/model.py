@@ -173,7 +173,7 @@ class Event(_Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        kw = {f.name: d.get(f.name) for f in fields(cls) if f.name in d}
+        kw: dict[str, Any] = {f.name: d.get(f.name) for f in fields(cls) if f.name in d}
         for key in ("target_region", "acquisition_type_code", "procedure_context", "phantom_code"):
             kw[key] = Code.from_dict(d.get(key))
         kw["sources"] = tuple(Source(**s) for s in d.get("sources") or ())

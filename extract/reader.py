@@ -92,7 +92,7 @@ class Header:
         el = (self.ds if ds is None else ds).get(tag)
         return el[1] if el is not None else None
 
-    def str(self, tag: int, ds: Dataset | None = None) -> str | None:
+    def text_of(self, tag: int, ds: Dataset | None = None) -> str | None:
         raw = self.raw(tag, ds)
         if raw is None or isinstance(raw, list):
             return None
@@ -138,7 +138,7 @@ def read_header(h: Header) -> dict[str, Any]:
     ds = h.ds
     study_date = h.typed(STUDY_DATE, "study_date", parse_da)
     birth = h.typed(PATIENT_BIRTH_DATE, "patient.birth_date", parse_da)
-    sex_raw = h.str(PATIENT_SEX)
+    sex_raw = h.text_of(PATIENT_SEX)
     sex: str | None = None
     if sex_raw:
         if sex_raw.upper() in ("M", "F", "O"):
@@ -164,24 +164,24 @@ def read_header(h: Header) -> dict[str, Any]:
         seen.add((c.value, c.scheme))
         unique.append(c)
 
-    requested = h.str(REQUESTED_PROCEDURE_DESCRIPTION)
+    requested = h.text_of(REQUESTED_PROCEDURE_DESCRIPTION)
     if requested is None:
         for req in requests:
-            requested = h.str(REQUESTED_PROCEDURE_DESCRIPTION, req)
+            requested = h.text_of(REQUESTED_PROCEDURE_DESCRIPTION, req)
             if requested:
                 break
 
     return dict(
         study_instance_uid=h.uid(STUDY_INSTANCE_UID),
-        accession_number=h.str(ACCESSION_NUMBER),
+        accession_number=h.text_of(ACCESSION_NUMBER),
         study_date=study_date,
         study_time=h.typed(STUDY_TIME, "study_time", parse_tm),
-        study_description=h.str(STUDY_DESCRIPTION),
+        study_description=h.text_of(STUDY_DESCRIPTION),
         requested_procedure_description=requested,
         procedure_codes=tuple(unique),
-        modality=h.str(MODALITY),
+        modality=h.text_of(MODALITY),
         patient=Patient(
-            id=h.str(PATIENT_ID),
+            id=h.text_of(PATIENT_ID),
             name=h.name(PATIENT_NAME),
             birth_date=birth,
             sex=sex,
@@ -190,12 +190,12 @@ def read_header(h: Header) -> dict[str, Any]:
             height_m=h.typed(PATIENT_SIZE, "patient.height_m", parse_ds),
         ),
         equipment=Equipment(
-            manufacturer=h.str(MANUFACTURER),
-            model=h.str(MODEL_NAME),
-            station_name=h.str(STATION_NAME),
-            serial_number=h.str(DEVICE_SERIAL_NUMBER),
-            software_versions=h.str(SOFTWARE_VERSIONS),
-            institution_name=h.str(INSTITUTION_NAME),
+            manufacturer=h.text_of(MANUFACTURER),
+            model=h.text_of(MODEL_NAME),
+            station_name=h.text_of(STATION_NAME),
+            serial_number=h.text_of(DEVICE_SERIAL_NUMBER),
+            software_versions=h.text_of(SOFTWARE_VERSIONS),
+            institution_name=h.text_of(INSTITUTION_NAME),
         ),
     )
 
@@ -244,7 +244,7 @@ def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | No
         if sop_class in SR_KINDS:
             return _extract_sr(h, sop_class, sop_instance, source, received_at)
         if sop_class == SECONDARY_CAPTURE:
-            image_type = (h.str(IMAGE_TYPE) or "").upper().split("\\")
+            image_type = (h.text_of(IMAGE_TYPE) or "").upper().split("\\")
             if "DOSE_INFO" in image_type:
                 from .philips import read_dose_screen
 
