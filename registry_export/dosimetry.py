@@ -20,10 +20,10 @@ change the event and never raise for missing values: what cannot be worked out i
 Worked example (a body exam whose CTDIvol the scanner stated on the 16 cm phantom)::
 
     >>> from dosereg.extract import Event
-    >>> e = Event(acquisition_type="spiral", ctdivol_mGy=23.0, dlp_mGycm=460.0, phantom="head16",
+    >>> e = Event(acquisition_type="spiral", ctdivol_mGy=23.0, dlp_mGycm=46.0, phantom="head16",
     ...           target_region=Code("51185008", "SCT", "Chest"))
     >>> is_head_exam(e), standard_phantom(e), normalised_dose(e)
-    (False, 'body32', (10.0, 200.0))
+    (False, 'body32', (10.0, 20.0))
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import math
 import re
 from typing import Any
 
-from dosereg.extract import Code, Event
 from pydicom.sr._snomed_dict import mapping as _SNOMED_MAPPING
 from pydicom.sr.codedict import codes
+
+from dosereg.extract import Code, Event
 
 __all__ = [
     "PHANTOM_FACTOR",
@@ -134,13 +135,14 @@ def standard_phantom(event: Event) -> str:
     return "head16" if is_head_exam(event) else "body32"
 
 
-def _phantom_scale(stated: str | None, target: str) -> float | None:
+def _convert(value: float, stated: str | None, target: str) -> float | None:
+    """``value`` stated on phantom ``stated``, expressed on phantom ``target`` (None: no conversion)."""
     if stated == target:
-        return 1.0
+        return value
     if stated == "body32" and target == "head16":
-        return PHANTOM_FACTOR
+        return value * PHANTOM_FACTOR
     if stated == "head16" and target == "body32":
-        return 1.0 / PHANTOM_FACTOR
+        return value / PHANTOM_FACTOR
     return None  # phantom not stated, or "other" (NEMA XR21): no known conversion
 
 
@@ -152,11 +154,9 @@ def normalised_dose(event: Event) -> tuple[float | None, float | None]:
     divided by 2.3; otherwise it is returned unchanged. ``None`` where the value is not
     stated, or the stated phantom is unknown or "other" (no conversion is defined).
     """
-    scale = _phantom_scale(event.phantom, standard_phantom(event))
-    if scale is None:
-        return None, None
-    ctdi = None if event.ctdivol_mGy is None else event.ctdivol_mGy * scale
-    dlp = None if event.dlp_mGycm is None else event.dlp_mGycm * scale
+    target = standard_phantom(event)
+    ctdi = None if event.ctdivol_mGy is None else _convert(event.ctdivol_mGy, event.phantom, target)
+    dlp = None if event.dlp_mGycm is None else _convert(event.dlp_mGycm, event.phantom, target)
     return ctdi, dlp
 
 
@@ -332,8 +332,5 @@ def notification_value_mGy(event: Event, age_years: float | None, notification_s
         if event.phantom == "body32":
             value *= _PAEDIATRIC_BODY_32CM_RATIO
         return category, value
-    scale = _phantom_scale(_REFERENCE_PHANTOM[category], event.phantom or "")
-    if scale is not None:
-        # _phantom_scale(reference, stated) converts a value on `reference` to `stated`.
-        value *= scale
-    return category, value
+    converted = _convert(value, _REFERENCE_PHANTOM[category], event.phantom or "")
+    return category, value if converted is None else converted

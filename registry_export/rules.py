@@ -45,6 +45,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings
 from dosereg.extract import (
     Code,
     DoseCheck,
@@ -57,8 +58,6 @@ from dosereg.extract import (
     Source,
     StudyRecord,
 )
-
-from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings
 
 from .dosimetry import is_timing_run
 
