@@ -246,7 +246,7 @@ def is_timing_run(event: Event) -> bool:
 # --- notification values ----------------------------------------------------------------------
 
 _PERFUSION = re.compile(r"perfusion|\bperf\b|\bctp\b|\bneuro ?pbv\b", re.IGNORECASE)
-_CARDIAC = re.compile(r"cardiac|cardio|coronar|\bheart\b|calcium ?scor|\bccta\b|\bcacs?\b", re.IGNORECASE)
+_CARDIAC = re.compile(r"cardiac|cardio|coronar|\bheart\b|calcium ?scor|\bca ?scor|\bccta\b|\bcacs?\b", re.IGNORECASE)
 _RETRO = re.compile(r"retro", re.IGNORECASE)
 _PROSPECTIVE = re.compile(r"prosp|\bseq\b|step.?and.?shoot|flash", re.IGNORECASE)
 _CARDIAC_REGIONS = _sct("Heart", "CoronaryArtery")
