@@ -111,19 +111,39 @@ PHANTOMS: dict[str, str] = {
 }
 
 
-def snomed_key(value: str | None, scheme: str | None) -> tuple[str | None, str | None]:
-    """A comparison key in which the SRT and SCT forms of one concept are equal.
+def srt_to_sct() -> dict[str, str]:
+    """pydicom's SNOMED-RT -> SNOMED CT mapping (``pydicom/sr/_snomed_dict.py``).
 
-    Uses pydicom's SRT <-> SCT mapping (``pydicom.sr._snomed_dict``), loaded on first use.
+    The file is a plain dict literal; it is executed on its own so that reading it does not
+    import the whole pydicom package (a third of a second at start-up, paid by every
+    ``dosereg extract`` call otherwise).
     """
-    if scheme not in ("SRT", "SNM3"):
-        return (value, scheme)
     global _SRT_TO_SCT
     if _SRT_TO_SCT is None:
-        from pydicom.sr._snomed_dict import mapping
+        import importlib.util
+        from pathlib import Path
 
-        _SRT_TO_SCT = mapping["SRT"]
-    sct = _SRT_TO_SCT.get(value or "")
+        spec = importlib.util.find_spec("pydicom")
+        path = Path(spec.origin).parent / "sr" / "_snomed_dict.py" if spec and spec.origin else None
+        if path is not None and path.exists():
+            # loaded by file (with its cached bytecode), outside the pydicom package
+            mspec = importlib.util.spec_from_file_location("dosereg_snomed_dict", path)
+            assert mspec is not None and mspec.loader is not None
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+            _SRT_TO_SCT = dict(module.mapping["SRT"])
+        else:  # pragma: no cover - layout changed: fall back to the import
+            from pydicom.sr._snomed_dict import mapping
+
+            _SRT_TO_SCT = dict(mapping["SRT"])
+    return _SRT_TO_SCT
+
+
+def snomed_key(value: str | None, scheme: str | None) -> tuple[str | None, str | None]:
+    """A comparison key in which the SRT and SCT forms of one concept are equal."""
+    if scheme not in ("SRT", "SNM3"):
+        return (value, scheme)
+    sct = srt_to_sct().get(value or "")
     return (sct, "SCT") if sct else (value, scheme)
 
 
