@@ -37,6 +37,7 @@ from typing import Any
 from dosereg.config import Config
 
 REMOVED = "[removed]"
+REGISTRY_STUDY_SCHEMA_ID = "dosereg.registry-study/1"  # the de-identified form of "dosereg.study/1"
 DATE_PRECISIONS = ("day", "month", "year")
 
 # A DICOM UID inside free text: at least four numeric components.
@@ -206,7 +207,7 @@ def deidentify_study(d: dict[str, Any], pseudo: Pseudonymizer, precision: str) -
     classification = d.get("classification") or {}
     flags = d.get("flags") or {}
     return {
-        "schema": d.get("schema"),
+        "schema": REGISTRY_STUDY_SCHEMA_ID,
         "study_instance_uid": pseudo.uid(d.get("study_instance_uid")),
         "study_date": truncate_date(d.get("study_date"), precision),
         "study_time": truncate_time(d.get("study_time"), precision),

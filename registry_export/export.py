@@ -37,9 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dosereg.extract import Event, StudyRecord
-
 from dosereg.config import Config
+from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study

@@ -39,9 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dosereg.extract import Event, StudyRecord
-
 from dosereg.config import Config
+from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 
@@ -435,6 +434,11 @@ def _charts(b: ReportBuilder) -> str:
     return "<div class='charts'>" + "".join(blocks) + "</div>"
 
 
+def _mpl_version(text: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def _boxplot_svg(source: dict[str, array[float]], title: str) -> str:
     import matplotlib
 
@@ -447,7 +451,9 @@ def _boxplot_svg(source: dict[str, array[float]], title: str) -> str:
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"dosereg-{title}",
                          "font.family": "sans-serif", "font.size": 9}):
         fig, ax = plt.subplots(figsize=(5.4, 0.42 * len(groups) + 1.0))
-        ax.boxplot([list(v) for _, v in groups], vert=False, widths=0.6, patch_artist=True,
+        horizontal = ({"orientation": "horizontal"} if _mpl_version(matplotlib.__version__) >= (3, 10)
+                      else {"vert": False})
+        ax.boxplot([list(v) for _, v in groups], **horizontal, widths=0.6, patch_artist=True,
                    boxprops={"facecolor": "#cfe0f3", "edgecolor": "#2f5d8a"},
                    medianprops={"color": "#c0392b", "linewidth": 1.6},
                    whiskerprops={"color": "#2f5d8a"}, capprops={"color": "#2f5d8a"},

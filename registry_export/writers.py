@@ -147,14 +147,14 @@ def flatten(d: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = No
 class ChunkedParquet:
     """Rows in, record batches of ``chunk_rows`` out to one Parquet file (opened on first row)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int | None = None) -> None:
         self.path = path
         self.schema = schema
         self.rows = 0
         self._names = schema.names
         self._cols: dict[str, list[Any]] = {n: [] for n in self._names}
         self._pending = 0
-        self._chunk = chunk_rows
+        self._chunk = chunk_rows or CHUNK_ROWS
         self._writer: pq.ParquetWriter | None = None
 
     def append(self, row: dict[str, Any]) -> None:

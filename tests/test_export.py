@@ -1,0 +1,291 @@
+"""``export_batch`` on study records built in code: files, contents, state, re-submission."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dosereg.config import Config, load_config
+from dosereg.extract import StudyRecord
+from dosereg.registry_export import (
+    evaluated_dict,
+    export_batch,
+    export_marks,
+    rules_from_config,
+    studies_table,
+    writers,
+)
+from dosereg.registry_export.deid import MissingSecretError, pseudonym_uid
+from dosereg.registry_export.synthetic import synthetic_study
+from dosereg.registry_export.writers import EVENT_SCHEMA, FLAG_COLUMNS, STUDY_SCHEMA
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "unit-test-secret"
+FLAG_HEADER = ["accession_number", "study_instance_uid", "patient_id", "study_date",
+               "registry_code", "nomenclature_code", "reasons"]
+
+
+@pytest.fixture()
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv("DOSEREG_SECRET", SECRET)
+    return load_config(None, data_dir=str(tmp_path / "data"))
+
+
+def corpus_of(n: int) -> list[StudyRecord]:
+    """``n`` studies: every 10th (from 3) without patient sex, study 4 QA, study 6 RT planning."""
+    return [synthetic_study(i, sex=None if i % 10 == 3 else "auto", qa=(i == 4), rt=(i == 6)) for i in range(n)]
+
+
+def source(records: list[StudyRecord]):  # type: ignore[no-untyped-def]
+    return lambda: iter(records)
+
+
+def pseudo(uid: str) -> str:
+    return pseudonym_uid(SECRET.encode(), uid)
+
+
+def codes(cfg: Config, records: list[StudyRecord]) -> dict[str, str]:
+    rules = rules_from_config(cfg)
+    return {r.study_instance_uid: evaluated_dict(r, rules)["flags"]["registry_code"] for r in records}  # type: ignore[misc]
+
+
+def read_flags_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == FLAG_HEADER
+        return list(reader)
+
+
+def test_first_batch_writes_every_file_with_the_contracted_content(cfg: Config) -> None:
+    records = corpus_of(30)
+    expected = codes(cfg, records)
+    g9327 = {uid for uid, c in expected.items() if c == "G9327"}
+    assert 20 < len(g9327) < 30 and expected[records[4].study_instance_uid] == "excluded"  # type: ignore[index]
+
+    result = export_batch(cfg, source(records))
+    batch = result.batch_id
+    assert batch is not None
+    data = cfg.data_dir
+    reg = data / "registry" / "FACILITY-0001" / batch
+    assert result.registry_dir == reg
+    assert sorted(p.name for p in reg.iterdir()) == ["events.parquet", "manifest.json", "studies.parquet",
+                                                    "submission.json"]
+    assert not [p for p in data.iterdir() if p.name.startswith(".staging")]
+    assert result.studies_seen == 30 and result.registry_studies == len(g9327) and result.flag_rows == 30
+
+    # studies.parquet: the explicit schema, exactly the G9327 studies, pseudonymous UIDs
+    studies = pq.read_table(reg / "studies.parquet")
+    assert studies.schema.equals(STUDY_SCHEMA, check_metadata=False)
+    assert studies.num_rows == len(g9327)
+    assert set(studies.column("study_instance_uid").to_pylist()) == {pseudo(u) for u in g9327}
+    rows = {r["study_instance_uid"]: r for r in studies.to_pylist()}
+    s7 = rows[pseudo(records[7].study_instance_uid)]  # type: ignore[arg-type]
+    assert s7["patient_age_years"] == 27 and s7["patient_sex"] == "F"
+    assert s7["facility_id"] == "FACILITY-0001" and s7["batch_id"] == batch
+    assert s7["registry_profile_name"] == "acr-dir" and s7["registry_profile_version"] == "2026.1"
+    assert s7["equipment_manufacturer"] == "GE MEDICAL SYSTEMS" and s7["study_date"] == "2025-01-08"
+    assert s7["flags_registry_code"] == "G9327" and s7["completeness_status"] == "complete"
+    assert s7["total_dlp_mGycm"] == pytest.approx(records[7].total_dlp_mGycm)
+    assert s7["dose_objects"][0]["sop_instance_uid"] == pseudo(records[7].dose_objects[0].sop_instance_uid)
+
+    # events.parquet: one row per event, carrying the study's pseudonym
+    events = pq.read_table(reg / "events.parquet")
+    assert events.schema.equals(EVENT_SCHEMA, check_metadata=False)
+    n_events = sum(len(r.events) for r in records if r.study_instance_uid in g9327)
+    assert events.num_rows == n_events == result.registry_events
+    erows = events.to_pylist()
+    assert {e["study_instance_uid"] for e in erows} == set(rows)
+    by_uid = {e["irradiation_event_uid"]: e for e in erows}
+    r0 = records[0]  # head exam on the 16 cm phantom, with a bolus-tracking timing run
+    head = by_uid[pseudo(r0.events[-1].irradiation_event_uid)]  # type: ignore[arg-type]
+    assert head["study_instance_uid"] == pseudo(r0.study_instance_uid)  # type: ignore[arg-type]
+    assert head["event_index"] == 2 and head["acquisition_protocol"] == "Head routine"
+    assert head["body_region"] == "head" and head["normalised_phantom"] == "head16"
+    assert head["ctdivol_mGy"] == 52.0 and head["normalised_ctdivol_mGy"] == pytest.approx(52.0)
+    assert head["ssde_estimate_mGy"] is None  # no size for a head exam
+    timing = by_uid[pseudo(r0.events[1].irradiation_event_uid)]  # type: ignore[arg-type]
+    assert timing["is_timing_run"] is True and timing["acquisition_protocol"] == "PreMonitoring"
+    assert not head["is_timing_run"]
+    body = by_uid[pseudo(records[1].events[-1].irradiation_event_uid)]  # type: ignore[arg-type]
+    assert body["body_region"] == "body" and body["target_region_meaning"] == "Chest"
+    assert body["ssde_estimate_mGy"] is not None and body["ssde_estimate_mGy"] > body["ctdivol_mGy"]
+    assert body["sources"][0]["kvp_kV"] == 120.0
+
+    # manifest: names, row counts and lowercase hex SHA-256 that match the files
+    manifest = json.loads((reg / "manifest.json").read_text())
+    assert manifest["batch_id"] == batch and manifest["facility_id"] == "FACILITY-0001"
+    files = {f["name"]: f for f in manifest["files"]}
+    assert set(files) == {"studies.parquet", "events.parquet", "submission.json"}
+    assert files["studies.parquet"]["rows"] == len(g9327) and files["events.parquet"]["rows"] == n_events
+    for name, f in files.items():
+        digest = hashlib.sha256((reg / name).read_bytes()).hexdigest()
+        assert f["sha256"] == digest and f["sha256"] == f["sha256"].lower()
+
+    # submission.json validates against the schema the project ships
+    import jsonschema
+
+    schema = json.loads((ROOT / "conf" / "submission.schema.json").read_text())
+    submission = json.loads((reg / "submission.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(submission)
+    assert submission["schema"] == "dosereg.submission/1" and submission["batch_id"] == batch
+    assert submission["profile"] == {"name": "acr-dir", "version": "2026.1"}
+    assert len(submission["studies"]) == len(g9327)
+
+    # billing flags: one row per evaluated study, the exact columns, ISO dates, reasons in words
+    flags = read_flags_csv(data / "flags" / f"{batch}.csv")
+    assert len(flags) == 30
+    by_acc = {f["accession_number"]: f for f in flags}
+    assert by_acc["ACN000000004"]["registry_code"] == "excluded" and by_acc["ACN000000004"]["nomenclature_code"] == ""
+    assert by_acc["ACN000000006"]["nomenclature_code"] == "G9320"
+    assert by_acc["ACN000000003"]["registry_code"] == "G9326" and "patient.sex" in by_acc["ACN000000003"]["reasons"]
+    assert by_acc["ACN000000000"]["registry_code"] == "G9327" and by_acc["ACN000000000"]["nomenclature_code"] == "G9318"
+    assert by_acc["ACN000000007"]["study_instance_uid"] == records[7].study_instance_uid
+    assert by_acc["ACN000000007"]["patient_id"] == "MRN00000007"
+    assert by_acc["ACN000000007"]["study_date"] == "2025-01-08"
+    assert "; " in by_acc["ACN000000003"]["reasons"]
+    flags_pq = pq.read_table(data / "flags" / f"{batch}.parquet")
+    assert flags_pq.column_names == list(FLAG_COLUMNS)
+    assert flags_pq.to_pylist() == [{k: (v or None) for k, v in f.items()} for f in flags]
+
+    assert [p.name for p in result.report_paths] == [f"completeness-{batch}.html", f"completeness-{batch}.csv"]
+    assert all(p.exists() for p in result.paths)
+    summary = result.summary()
+    assert batch in summary and f"{len(g9327)} to the registry" in summary and "30 billing flag rows" in summary
+
+
+def test_second_export_with_nothing_new_writes_nothing(cfg: Config) -> None:
+    records = corpus_of(12)
+    first = export_batch(cfg, source(records))
+    before = sorted(str(p) for p in cfg.data_dir.rglob("*") if "export-state" not in p.name)
+    again = export_batch(cfg, source(records))
+    assert again.batch_id is None and again.registry_studies == 0 and again.flag_rows == 0
+    assert "nothing new" in again.summary() and str(first.batch_id) in again.summary()
+    after = sorted(str(p) for p in cfg.data_dir.rglob("*") if "export-state" not in p.name)
+    assert after == before
+
+
+def test_study_gaining_a_dose_object_is_resubmitted_under_the_same_pseudonym(cfg: Config) -> None:
+    records = corpus_of(6)
+    first = export_batch(cfg, source(records))
+    reg1 = pq.read_table(first.registry_dir / "studies.parquet")  # type: ignore[operator]
+    uid = records[2].study_instance_uid
+    assert pseudo(uid) in reg1.column("study_instance_uid").to_pylist()  # type: ignore[arg-type]
+
+    records[2] = synthetic_study(2, objects=2)  # a second cumulative RDSR with one more event
+    records.append(synthetic_study(100))  # and one new study
+    second = export_batch(cfg, source(records))
+    assert second.batch_id is not None and second.batch_id != first.batch_id
+    assert second.registry_studies == 2 and second.registry_resubmitted == 1
+    studies = pq.read_table(second.registry_dir / "studies.parquet").to_pylist()  # type: ignore[operator]
+    assert {s["study_instance_uid"] for s in studies} == {pseudo(uid), pseudo(records[-1].study_instance_uid)}  # type: ignore[arg-type]
+    changed = next(s for s in studies if s["study_instance_uid"] == pseudo(uid))  # type: ignore[arg-type]
+    assert changed["total_events"] == len(records[2].events) and len(changed["dose_objects"]) == 2
+    events = pq.read_table(second.registry_dir / "events.parquet")  # type: ignore[operator]
+    assert events.num_rows == len(records[2].events) + len(records[-1].events)
+    # billing already has study 2's (unchanged) flags: only the new study gets a flags row
+    flags = read_flags_csv(second.flags_paths[0])
+    assert [f["accession_number"] for f in flags] == ["ACN000000100"]
+    marks = export_marks(cfg)
+    assert marks[uid]["batch_id"] == second.batch_id  # type: ignore[index]
+    assert marks[records[0].study_instance_uid]["batch_id"] == first.batch_id  # type: ignore[index]
+
+
+def test_completed_study_goes_to_registry_and_billing_gets_the_new_code(cfg: Config) -> None:
+    records = corpus_of(5)
+    first = export_batch(cfg, source(records))
+    assert pseudo(records[3].study_instance_uid) not in pq.read_table(  # type: ignore[arg-type]
+        first.registry_dir / "studies.parquet").column("study_instance_uid").to_pylist()  # type: ignore[operator]
+    records[3] = synthetic_study(3, sex="M")  # the sex was added by a corrected dose object
+    second = export_batch(cfg, source(records))
+    assert second.registry_studies == 1 and second.registry_resubmitted == 0
+    flags = read_flags_csv(second.flags_paths[0])
+    assert [(f["accession_number"], f["registry_code"]) for f in flags] == [("ACN000000003", "G9327")]
+
+
+def test_batch_with_only_flags_has_no_registry_folder(cfg: Config) -> None:
+    export_batch(cfg, source(corpus_of(3)))
+    result = export_batch(cfg, source([*corpus_of(3), synthetic_study(13, sex=None)]))
+    assert result.batch_id is not None and result.registry_dir is None and result.flag_rows == 1
+    assert not (cfg.data_dir / "registry" / "FACILITY-0001" / result.batch_id).exists()
+    assert "nothing to submit" in result.summary()
+
+
+def test_crash_mid_export_leaves_no_batch_and_no_state(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writers, "CHUNK_ROWS", 4)  # so some record batches are already on disk
+    records = corpus_of(20)
+
+    def failing() -> Iterator[StudyRecord]:
+        yield from records[:15]
+        raise OSError("catalog read failed")
+
+    with pytest.raises(OSError, match="catalog read failed"):
+        export_batch(cfg, failing)
+    data = cfg.data_dir
+    assert not (data / "registry").exists() and not (data / "flags").exists()
+    assert not [p for p in data.iterdir() if p.name.startswith(".staging")]
+    assert export_marks(cfg) == {}
+    result = export_batch(cfg, source(records))  # everything is exported by the next run
+    assert result.flag_rows == 20
+
+
+def test_stale_staging_folder_is_removed_and_never_looks_like_a_batch(cfg: Config) -> None:
+    stale = cfg.data_dir / ".staging-20200101T000000Z-0001" / "registry"
+    stale.mkdir(parents=True)
+    (stale / "studies.parquet").write_bytes(b"half")
+    result = export_batch(cfg, source(corpus_of(2)))
+    assert result.batch_id is not None
+    assert not (cfg.data_dir / ".staging-20200101T000000Z-0001").exists()
+
+
+def test_many_chunks_stream_into_row_groups(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writers, "CHUNK_ROWS", 5)
+    records = [synthetic_study(i) for i in range(40)]
+    result = export_batch(cfg, source(records))
+    meta = pq.ParquetFile(result.registry_dir / "studies.parquet").metadata  # type: ignore[operator]
+    assert meta.num_rows == 40 and meta.num_row_groups == 8
+    table = pq.read_table(result.registry_dir / "studies.parquet")  # type: ignore[operator]
+    assert table.column("study_instance_uid").to_pylist() == [pseudo(r.study_instance_uid) for r in records]  # type: ignore[arg-type]
+
+
+def test_missing_secret_refuses_before_writing(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOSEREG_SECRET")
+    with pytest.raises(MissingSecretError, match="DOSEREG_SECRET"):
+        export_batch(cfg, source(corpus_of(3)))
+    assert not cfg.data_dir.exists() or not any(cfg.data_dir.iterdir())
+
+
+def test_out_dir_and_year_precision(cfg: Config, tmp_path: Path) -> None:
+    cfg = replace(cfg, registry=replace(cfg.registry, date_precision="year"),
+                  site=replace(cfg.site, facility_id="HOSP-42"))
+    out = tmp_path / "outbox"
+    result = export_batch(cfg, source(corpus_of(4)), out_dir=out)
+    reg = out / "registry" / "HOSP-42" / str(result.batch_id)
+    studies = pq.read_table(reg / "studies.parquet").to_pylist()
+    assert {s["study_date"] for s in studies} == {"2025"} and all(s["study_time"] is None for s in studies)
+    assert all(s["date_precision"] == "year" for s in studies)
+    assert (out / "flags" / f"{result.batch_id}.csv").exists()
+    assert (cfg.data_dir / "export-state.sqlite").exists()  # the state stays with the data
+
+
+def test_studies_table_is_readable(cfg: Config) -> None:
+    records = corpus_of(5)
+    result = export_batch(cfg, source(records))
+    rules = rules_from_config(cfg)
+    marks = export_marks(cfg)
+    text = studies_table(evaluated_dict(r, rules, export=marks.get(r.study_instance_uid or "")) for r in records)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["Date", "Accession", "Description"]
+    assert "Registry" in lines[0] and "Nomencl." in lines[0]
+    body = {line.split()[1]: line for line in lines[2:-1]}
+    assert "G9326" in body["ACN000000003"] and "incomplete" in body["ACN000000003"]
+    assert "excluded" in body["ACN000000004"] and str(result.batch_id) in body["ACN000000000"]
+    assert "CT HEAD WO CONTRAST" in body["ACN000000000"] and "880.4" in body["ACN000000000"]
+    assert lines[-1] == "5 studies, 1 incomplete or in error"
+    assert studies_table([]) == "no studies in the catalog\n"
