@@ -55,6 +55,9 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
     by_sop: dict[str, StudyRecord] = {}
     for r in usable:
         sop = r.dose_objects[0].sop_instance_uid if r.dose_objects else f"#{id(r)}"
+        known = by_sop.get(sop)
+        if known is not None and _same_content(known, r):
+            continue  # a re-sent identical object changes nothing, not even the order
         by_sop.pop(sop, None)
         by_sop[sop] = r
     objects = list(by_sop.values())
@@ -122,3 +125,8 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
 
 def _is_screen(r: StudyRecord) -> bool:
     return bool(r.dose_objects) and r.dose_objects[0].kind == SCREEN
+
+
+def _same_content(a: StudyRecord, b: StudyRecord) -> bool:
+    """Equal but for when and from where each copy was received."""
+    return a == replace(b, dose_objects=a.dose_objects, source_file=a.source_file)
