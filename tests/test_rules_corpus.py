@@ -1,0 +1,120 @@
+"""The corpus README's flags table (../shared/corpus), on the default configuration.
+
+Two ways: the expected records of ../shared/corpus/expected evaluated directly (rules
+only), and each real file through ``dosereg extract`` in a subprocess (extraction + rules).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dosereg.config import default_config
+from dosereg.extract import StudyRecord
+from dosereg.registry_export import evaluated_dict, rules_from_config
+from tests.conftest import jsonl, run_cli, validate_record
+
+# file stem -> (registry_code, nomenclature_code, exact registry reasons or None to skip)
+FLAGS: dict[str, tuple[str, str | None, list[str] | None]] = {
+    "CT-RDSR-Siemens_Flash-TAP-SS": ("G9327", "G9319", ["complete against registry profile acr-dir 2026.1"]),
+    "CT-RDSR-Siemens-Multi-1": ("G9327", "G9320", None),
+    "CT-RDSR-Siemens-Multi-2": ("G9327", "G9320", None),
+    "CT-RDSR-Siemens-Multi-3": ("G9327", "G9320", None),
+    "CT-RDSR-GEPixelMed": ("G9326", "G9320", ["study_description|procedure_codes missing"]),
+    "CT-ESR-GE_VCT": ("G9327", "G9319", None),
+    "CT-RDSR-ToshibaPixelMed": ("excluded", None, [
+        "not a patient study: patient.name matches non-patient pattern '*physics*'",
+        "not a patient study: patient.id matches non-patient pattern 'phys*'",
+    ]),
+    "CT-RDSR-Toshiba_MultiValSD": ("G9326", "G9319", ["patient.sex missing", "patient.age_years missing"]),
+    "CT-SC-Philips_Brilliance16P": ("G9326", "G9319", [
+        "patient.sex missing", "patient.age_years missing",
+        # the screen's events have no UID; their protocol (series description) may be read or not
+        "events[1].phantom missing (...",
+        "events[2].phantom missing (...",
+        "events[3].phantom missing (...",
+    ]),
+}
+# events marked as timing runs (by index) where the file has them
+TIMING = {
+    "CT-RDSR-Siemens_Flash-TAP-SS": [1, 2],  # PreMonitoring, Monitoring
+    "CT-ESR-GE_VCT": [4, 11, 21],  # stationary, CTDIvol above DLP
+    "CT-RDSR-GEPixelMed": [1],
+}
+FILES = sorted(FLAGS)
+
+
+def _resolve(x: Any) -> Any:
+    """A concrete record from the corpus's partial expectation ($any -> first, $approx -> value)."""
+    if isinstance(x, dict):
+        if "$any" in x:
+            return _resolve(x["$any"][0])
+        if "$approx" in x:
+            return x["$approx"]
+        return {k: _resolve(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_resolve(v) for v in x]
+    return x
+
+
+def _check(stem: str, d: dict[str, Any]) -> None:
+    validate_record(d)
+    registry, nomenclature, reasons = FLAGS[stem]
+    flags = d["flags"]
+    assert (flags["registry_code"], flags["nomenclature_code"]) == (registry, nomenclature), flags
+    if reasons is not None:
+        actual = flags["registry_reasons"]
+        assert len(actual) == len(reasons), actual
+        for got, want in zip(actual, reasons, strict=True):
+            # "..." ends an expected prefix
+            assert got.startswith(want[:-3]) if want.endswith("...") else got == want, actual
+    if registry != "excluded":
+        assert d["completeness"]["status"] == ("complete" if registry == "G9327" else "incomplete")
+    assert d["classification"]["patient_study"] is (registry != "excluded")
+    assert d["classification"]["rt_planning"] is (nomenclature == "G9320")
+    marked = [i for i, e in enumerate(d["events"]) if e["is_timing_run"]]
+    assert marked == TIMING.get(stem, [])
+
+
+@pytest.mark.parametrize("stem", FILES)
+def test_expected_records_get_the_readme_flags(corpus: Path, stem: str) -> None:
+    expected = json.loads((corpus / "expected" / f"{stem}.json").read_text())
+    record = StudyRecord.from_dict(_resolve(expected["record"]))
+    _check(stem, evaluated_dict(record, rules_from_config(default_config())))
+
+
+def test_dosereg_extract_gives_the_readme_flags(corpus: Path) -> None:
+    """Each corpus file extracted alone by the real CLI (needs the extractor)."""
+    failures = []
+    for stem in FILES:
+        path = corpus / f"{stem}.dcm"
+        result = run_cli("extract", str(path))
+        records = jsonl(result.stdout)
+        assert len(records) == 1, (stem, result.stderr)
+        d = records[0]
+        if d["error"] is not None:
+            failures.append(f"{stem}: extraction error {d['error']}")
+            continue
+        assert result.returncode == 0, (stem, result.stderr)
+        try:
+            _check(stem, d)
+        except AssertionError as exc:
+            failures.append(f"{stem}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_not_ct_objects_have_null_verdicts(corpus: Path) -> None:
+    files = sorted((corpus / "not-ct").glob("*.dcm"))
+    if not files:
+        pytest.skip("no not-ct files in the corpus")
+    result = run_cli("extract", *map(str, files))
+    assert result.returncode == 1
+    records = jsonl(result.stdout)
+    assert len(records) == len(files)
+    for d in records:
+        validate_record(d)
+        assert d["error"] is not None
+        assert (d["completeness"], d["classification"], d["flags"]) == (None, None, None)
