@@ -18,9 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dosereg.extract import StudyRecord, extract_bytes
-
 from dosereg.config import Config
+from dosereg.extract import StudyRecord, extract_bytes
 
 from .catalog import Catalog, catalog_path
 from .locking import DataDirLock

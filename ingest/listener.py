@@ -260,7 +260,11 @@ class Listener:
         if self.server is not None:
             self.server.shutdown()
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(a.is_alive() for a in self.ae.active_associations):
+        # Established associations may finish (their sender is mid-stream); a connection that
+        # never negotiated (a port probe) is not waited for.
+        while time.monotonic() < deadline and any(
+            a.is_alive() and a.is_established for a in self.ae.active_associations
+        ):
             time.sleep(0.05)
         with self._cond:
             self._closing = True
