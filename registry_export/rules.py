@@ -686,7 +686,7 @@ def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
     if t == "enum":
         return None if str(value) in rule.values else f"is not one of {', '.join(rule.values)}"
     if t == "uid":
-        ok = isinstance(value, str) and len(value) <= 64 and _UID.match(value)
+        ok = isinstance(value, str) and len(value) <= 64 and _UID.match(value) is not None
         return None if ok else "is not a valid DICOM UID"
     if t == "code":
         ok = isinstance(value, Mapping) and not _absent(value.get("value")) and not _absent(value.get("scheme"))
