@@ -56,6 +56,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -257,7 +258,7 @@ def uidref(concept: Triple, value: str, rel: Any = CONTAINS) -> UIDRefContentIte
 def dt_item(concept: Triple, value: str, rel: Any = CONTAINS) -> DateTimeContentItem:
     """A DATETIME item whose DateTime is exactly ``value`` (offsets kept as written)."""
     item = DateTimeContentItem(cc(concept), pydicom.valuerep.DT("20000101000000"), relationship_type=rel)
-    item.DateTime = value
+    item.DateTime = pydicom.valuerep.DT(value)
     return item
 
 
@@ -666,8 +667,8 @@ def file_bytes(ds: Dataset, transfer_syntax: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     ds.file_meta = meta
     buf = BytesIO()
@@ -891,7 +892,7 @@ def ev_uid(n: int) -> str:
 
 
 def topogram(n: int, **kw: Any) -> EventSpec:
-    base = dict(uid=ev_uid(n), protocol="Topogram", acq_type=CONSTANT_ANGLE, target=CHEST,
+    base: dict[str, Any] = dict(uid=ev_uid(n), protocol="Topogram", acq_type=CONSTANT_ANGLE, target=CHEST,
                 exposure_time="3.9", length="512", single_coll="0.6", total_coll="0.6", n_sources="1",
                 sources=[SourceSpec("A", "120", "35", "35")], ctdivol="0.13", phantom=C_BODY32, dlp="6.6",
                 comment="Internal technical scan parameters: Body Region = Body")
@@ -900,7 +901,7 @@ def topogram(n: int, **kw: Any) -> EventSpec:
 
 
 def spiral(n: int, **kw: Any) -> EventSpec:
-    base = dict(uid=ev_uid(n), protocol="ThoraxRoutine", acq_type=SPIRAL, target=CHEST, context=WITH_CONTRAST,
+    base: dict[str, Any] = dict(uid=ev_uid(n), protocol="ThoraxRoutine", acq_type=SPIRAL, target=CHEST, context=WITH_CONTRAST,
                 exposure_time="4.71", length="348", single_coll="0.6", total_coll="38.4", pitch="1.2",
                 n_sources="1", sources=[SourceSpec("A", "120", "366", "187", "0.5")], ctdivol="6.41",
                 phantom=C_BODY32, dlp="244.3", comment="Internal technical scan parameters: CARE Dose4D")
