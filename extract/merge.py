@@ -12,7 +12,8 @@ A pure function: records in the order they were received in, one merged record o
   an RDSR (or other SR) its events win and the screens are kept (``dose_screens``) but not
   counted; a study with screens only keys their events by series number.
 * ``reported_total_dlp_mGycm``: the newest object's stated total when its events include
-  all earlier ones (cumulative), else the sum of the objects' stated totals (continuation).
+  all earlier ones (cumulative), else the sum of the objects' stated totals (continuation);
+  an object whose events another object repeats is superseded by it, whatever the arrival order.
 """
 
 from __future__ import annotations
@@ -73,14 +74,10 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
     # which object's version of each event won, to carry that object's problems along
     event_problems: dict[tuple[str, object], list[Problem]] = {}
     study_problems: list[Problem] = []
-    totals: list[float | None] = []
-    cumulative = True
-    newest = counted[-1]
+    key_sets: list[frozenset[tuple[str, object]]] = []
     for oi, r in enumerate(counted):
         keys = [_event_key(oi, ei, e, screen_mode) for ei, e in enumerate(r.events)]
-        if oi == len(counted) - 1:
-            # cumulative when the newest object's events include every earlier event
-            cumulative = all(k in set(keys) for k in events)
+        key_sets.append(frozenset(keys))
         for k, e in zip(keys, r.events, strict=True):
             events.pop(k, None)
             events[k] = e
@@ -91,13 +88,7 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
                 event_problems[keys[int(m.group(1))]].append(p)
             elif oi == len(counted) - 1:
                 study_problems.append(p)
-        totals.append(r.reported_total_dlp_mGycm)
-
-    if cumulative:
-        reported = newest.reported_total_dlp_mGycm
-    else:
-        stated = [t for t in totals if t is not None]
-        reported = sum(stated) if stated else None
+    reported = _reported_total(counted, key_sets)
 
     ordered_keys = _order_keys(events)
     merged_events = tuple(events[k] for k in ordered_keys)
@@ -107,7 +98,7 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
             problems.append(replace(p, path=_EVENT_PATH.sub(f"events[{index}]", p.path, count=1)))
     dlps = [e.dlp_mGycm for e in merged_events if e.dlp_mGycm is not None]
     # Header fields: the newest counted object describes the study
-    base = newest
+    base = counted[-1]
     dose_objects = tuple(o for r in counted for o in r.dose_objects)
     screen_refs = tuple(o for r in screens for o in r.dose_objects) if srs else ()
     return replace(
@@ -130,3 +121,24 @@ def _is_screen(r: StudyRecord) -> bool:
 def _same_content(a: StudyRecord, b: StudyRecord) -> bool:
     """Equal but for when and from where each copy was received."""
     return a == replace(b, dose_objects=a.dose_objects, source_file=a.source_file)
+
+
+def _reported_total(objects: list[StudyRecord], key_sets: list[frozenset[tuple[str, object]]]) -> float | None:
+    """The study's stated total DLP after merging (spec section 3).
+
+    An object whose events are all contained in another object's events was superseded by
+    that cumulative report; the stated totals of the objects that remain are added up. For
+    cumulative reports that leaves the newest complete report, in whatever order they
+    arrived; for continuation reports every object, so their totals add up.
+    """
+    keep: list[int] = []
+    for i, ks in enumerate(key_sets):
+        covered = any(
+            j != i and ks <= other and (ks != other or j > i)  # equal sets: the later one stands
+            for j, other in enumerate(key_sets)
+        )
+        if not covered:
+            keep.append(i)
+    stated = [objects[i].reported_total_dlp_mGycm for i in keep]
+    values = [t for t in stated if t is not None]
+    return sum(values) if values else None

@@ -125,14 +125,14 @@ class Source(_Record):
 class DoseCheck(_Record):
     """TID 10015 CT Dose Check Details: Alert (113900) and Notification (113908) details."""
 
-    ctdivol_alert_mGy: float | None = None  # (113902) CTDIvol Alert Value
+    ctdivol_alert_mGy: float | None = None  # (113904) CTDIvol Alert Value
     dlp_alert_mGycm: float | None = None  # (113903) DLP Alert Value
-    ctdivol_notification_mGy: float | None = None  # (113911) CTDIvol Notification Value
-    dlp_notification_mGycm: float | None = None  # (113912) DLP Notification Value
-    ctdivol_forward_estimate_mGy: float | None = None  # (113905 / 113913) forward estimate
-    dlp_forward_estimate_mGycm: float | None = None  # (113904 / 113914) forward estimate
-    reason: str | None = None  # (113907 / 113910) Reason For Proceeding
-    person: str | None = None  # (113906 / 113909) Person Name
+    ctdivol_notification_mGy: float | None = None  # (113912) CTDIvol Notification Value
+    dlp_notification_mGycm: float | None = None  # (113911) DLP Notification Value
+    ctdivol_forward_estimate_mGy: float | None = None  # (113914) CTDIvol Forward Estimate, else (113906) Accumulated
+    dlp_forward_estimate_mGycm: float | None = None  # (113913) DLP Forward Estimate, else (113905) Accumulated
+    reason: str | None = None  # (113907) Reason for Proceeding
+    person: str | None = None  # (113870) Person Name (TID 1020)
 
 
 ACQUISITION_TYPES = ("spiral", "sequenced", "constant_angle", "stationary", "free", "cone_beam", "unknown")

@@ -83,11 +83,11 @@ def parse_ds(text: str) -> float:
     if not t:
         raise ValueProblem("empty numeric value")
     if "\\" in t:
-        raise ValueProblem(f"multi-valued numeric value {t!r} where one number is required")
+        raise ValueProblem(f"multi-valued numeric value '{t}' where one number is required")
     try:
         v = float(t)
     except ValueError:
-        raise ValueProblem(f"numeric value {t!r} is not a number") from None
+        raise ValueProblem(f"numeric value '{t}' is not a number") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueProblem(f"numeric value {t!r} is not finite")
     return v
