@@ -164,7 +164,7 @@ class Clause:
     values: tuple[Any, ...]
 
     def holds(self, ctx: Mapping[str, Any]) -> bool:
-        actual = _get(ctx, self.field)
+        actual = ctx.get(self.field) if "." not in self.field else _get(ctx, self.field)
         if self.op in ("in", "not in"):
             found = any(_equal(actual, v) for v in self.values)
             return found if self.op == "in" else not found
@@ -241,7 +241,7 @@ def _equal(actual: Any, expected: Any) -> bool:
 def _get(ctx: Mapping[str, Any] | None, dotted: str) -> Any:
     cur: Any = ctx
     for name in dotted.split("."):
-        if not isinstance(cur, Mapping):
+        if not isinstance(cur, dict):
             return None
         cur = cur.get(name)
     return cur
@@ -640,9 +640,10 @@ def _event_label(ev: Mapping[str, Any]) -> str:
 def _absent(value: Any) -> bool:
     if value is None:
         return True
-    if isinstance(value, str):
+    t = type(value)
+    if t is str:
         return not value.strip()
-    if isinstance(value, (list, tuple, dict)):
+    if t is list or t is tuple or t is dict:
         return len(value) == 0
     return False
 
@@ -689,7 +690,7 @@ def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
         ok = isinstance(value, str) and len(value) <= 64 and _UID.match(value) is not None
         return None if ok else "is not a valid DICOM UID"
     if t == "code":
-        ok = isinstance(value, Mapping) and not _absent(value.get("value")) and not _absent(value.get("scheme"))
+        ok = isinstance(value, dict) and not _absent(value.get("value")) and not _absent(value.get("scheme"))
         return None if ok else "is not a coded concept with value and coding scheme"
     if t == "list":
         if not isinstance(value, (list, tuple)):
@@ -709,7 +710,7 @@ def _instances(node: Any, segments: list[str], prefix: str) -> Iterable[tuple[st
         return
     seg, rest = segments[0], segments[1:]
     name = seg[:-2] if seg.endswith("[]") else seg
-    child = node.get(name) if isinstance(node, Mapping) else None
+    child = node.get(name) if isinstance(node, dict) else None
     here = f"{prefix}.{name}" if prefix else name
     if not seg.endswith("[]"):
         yield from _instances(child, rest, here)
@@ -753,7 +754,8 @@ class _Collector:
             self.warnings.append(f"{path} {shown} {why} (recommended" + (f"; {label})" if label else ")"))
 
 
-def _check_rule(rule: ElementRule, d: Mapping[str, Any], out: _Collector) -> None:
+def _check_rule(rule: ElementRule, d: Mapping[str, Any], out: _Collector,
+                cache: dict[tuple[str, int], bool]) -> None:
     if not rule.in_events:
         if rule.when and not rule.when.holds(d):
             return
@@ -769,18 +771,36 @@ def _check_rule(rule: ElementRule, d: Mapping[str, Any], out: _Collector) -> Non
             out.add_invalid(alt, v, why or "", "", rule.required)
         return
     events = d.get("events") or []
-    segments = rule.alternatives[0].split(".")
+    rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
+    nested = any(seg.endswith("[]") for seg in rest)
+    dotted = ".".join(rest)
+    when = rule.when
     for i, ev in enumerate(events):
-        if not isinstance(ev, Mapping) or (rule.when and not rule.when.holds(ev)):
+        if not isinstance(ev, dict):
             continue
-        label = _event_label(ev)
-        for path, value, found in _instances(ev, segments[1:], f"events[{i}]"):
+        if when is not None:
+            key = (when.text, i)
+            holds = cache.get(key)
+            if holds is None:
+                holds = cache[key] = when.holds(ev)
+            if not holds:
+                continue
+        if not nested:  # the common case: one value per event
+            value = ev.get(dotted) if len(rest) == 1 else _get(ev, dotted)
+            if _absent(value):
+                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), rule.required)
+            else:
+                why = _invalid_reason(value, rule)
+                if why is not None:
+                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), rule.required)
+            continue
+        for path, value, found in _instances(ev, rest, f"events[{i}]"):
             if not found or _absent(value):
-                out.add_missing(path, label, rule.required)
+                out.add_missing(path, _event_label(ev), rule.required)
                 continue
             why = _invalid_reason(value, rule)
             if why is not None:
-                out.add_invalid(path, value, why, label, rule.required)
+                out.add_invalid(path, value, why, _event_label(ev), rule.required)
 
 
 def _rule_for_problem(problem: Mapping[str, Any], rules: Rules) -> ElementRule | None:
@@ -802,11 +822,11 @@ def _apply_problems(d: Mapping[str, Any], rules: Rules, out: _Collector) -> None
         m = _EVENT_INDEX.match(path)
         if m and int(m.group(1)) < len(events):
             ev = events[int(m.group(1))]
-        label = _event_label(ev) if isinstance(ev, Mapping) else ""
+        label = _event_label(ev) if isinstance(ev, dict) else ""
         suffix = f" ({label})" if label else ""
         applies = rule is not None and rule.required
         if applies and rule is not None and rule.when is not None:
-            applies = rule.when.holds(ev if rule.in_events and isinstance(ev, Mapping) else d)
+            applies = rule.when.holds(ev if rule.in_events and isinstance(ev, dict) else d)
         if applies and rule is not None and len(rule.alternatives) > 1:
             # an any-of element is satisfied by another alternative that is present
             applies = rule.path in out.missing_reason
@@ -828,8 +848,9 @@ def _apply_problems(d: Mapping[str, Any], rules: Rules, out: _Collector) -> None
 
 def _completeness(d: Mapping[str, Any], rules: Rules) -> Completeness:
     out = _Collector()
+    cache: dict[tuple[str, int], bool] = {}  # (condition, event index) -> holds
     for rule in rules.profile.elements:
-        _check_rule(rule, d, out)
+        _check_rule(rule, d, out, cache)
     _apply_problems(d, rules, out)
     incomplete = bool(out.missing or out.invalid)
     return Completeness(
@@ -875,7 +896,7 @@ def _rt_reasons(d: Mapping[str, Any], rules: Rules) -> list[str]:
             texts.append((key, d[key]))
     events = d.get("events") or []
     for i, ev in enumerate(events):
-        if isinstance(ev, Mapping) and ev.get("acquisition_protocol"):
+        if isinstance(ev, dict) and ev.get("acquisition_protocol"):
             texts.append((f"events[{i}].acquisition_protocol", ev["acquisition_protocol"]))
     for pattern in rt.text:
         hits = [(where, text) for where, text in texts if pattern.search(text)]
@@ -901,7 +922,7 @@ def _rt_reasons(d: Mapping[str, Any], rules: Rules) -> list[str]:
             )
     pat = _glob(equipment.get("manufacturer"), rt.manufacturers)
     if pat:
-        cone = [i for i, ev in enumerate(events) if isinstance(ev, Mapping) and ev.get("acquisition_type") == "cone_beam"]
+        cone = [i for i, ev in enumerate(events) if isinstance(ev, dict) and ev.get("acquisition_type") == "cone_beam"]
         if cone:
             reasons.append(
                 f"equipment.manufacturer {equipment.get('manufacturer')!r} matches RT-planning rule "
