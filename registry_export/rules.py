@@ -735,6 +735,7 @@ class _Collector:
         self.warnings: list[str] = []
         self.reasons: list[str] = []
         self.missing_reason: dict[str, int] = {}  # concrete path -> index in reasons
+        self.warning_for: dict[str, int] = {}  # concrete path -> index in warnings
 
     def add_missing(self, path: str, label: str, required: bool) -> None:
         if required:
@@ -742,6 +743,7 @@ class _Collector:
             self.missing.append(path)
             self.reasons.append(f"{path} missing" + (f" ({label})" if label else ""))
         else:
+            self.warning_for[path] = len(self.warnings)
             self.warnings.append(f"{path} missing (recommended" + (f"; {label})" if label else ")"))
 
     def add_invalid(self, path: str, value: Any, why: str, label: str, required: bool) -> None:
@@ -751,6 +753,7 @@ class _Collector:
             self.invalid.append(InvalidElement(path, value, f"{why}{suffix}"))
             self.reasons.append(f"{path} {shown} {why}{suffix}")
         else:
+            self.warning_for[path] = len(self.warnings)
             self.warnings.append(f"{path} {shown} {why} (recommended" + (f"; {label})" if label else ")"))
 
 
@@ -834,7 +837,12 @@ def _apply_problems(d: Mapping[str, Any], rules: Rules, out: _Collector) -> None
         else:
             path_missing = path
         if not applies:
-            out.warnings.append(f"{path} could not be read: {reason}{suffix}")
+            text = f"{path} could not be read: {reason}{suffix}"
+            idx = out.warning_for.pop(path, None)
+            if idx is not None:  # replaces the plain "missing (recommended)" warning of that element
+                out.warnings[idx] = text
+            else:
+                out.warnings.append(text)
             continue
         # the element is reported as invalid (with the extractor's reason), not as missing
         idx = out.missing_reason.pop(path_missing, None)

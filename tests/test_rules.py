@@ -258,6 +258,16 @@ def test_problem_on_study_level_required_element(rules: Rules) -> None:
     assert d["flags"]["registry_reasons"] == ["patient.sex 'X' could not be read: not M, F or O"]
 
 
+def test_problem_on_recommended_element_replaces_its_missing_warning(rules: Rules) -> None:
+    record = study(events=(localizer(), spiral(target_region=None)),
+                   problems=(Problem("events[1].target_region", None, "CODE content item has no Concept Code Sequence"),))
+    d = check(record, rules)
+    assert d["completeness"]["status"] == "complete"
+    assert d["completeness"]["warnings"] == [
+        f"events[1].target_region could not be read: CODE content item has no Concept Code Sequence ({SPIRAL_LABEL})"
+    ]
+
+
 def test_problems_on_optional_elements_or_localizers_only_warn(rules: Rules) -> None:
     record = study(problems=(
         Problem("events[0].ctdivol_mGy", "abc", "not a number"),  # localizer: not required
