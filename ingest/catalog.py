@@ -212,7 +212,10 @@ class Catalog:
                 for (text,) in rows:
                     yield StudyRecord.from_dict(json.loads(text))
         finally:
-            cur.close()
+            try:
+                cur.close()
+            except sqlite3.ProgrammingError:  # the catalog was closed before the iterator
+                pass
 
     def get_study(self, uid: str) -> StudyRecord | None:
         row = self._conn.execute(

@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     XRayRadiationDoseSRStorage,
 )
 
-from .conftest import ROOT, jsonl, run_cli
+from .conftest import ROOT, jsonl, run_cli, validate_record
 
 SIEMENS_1 = "CT-RDSR-Siemens-Multi-1.dcm"
 SIEMENS_STUDY = "1.3.6.1.4.1.5962.99.1.792239193.1702185591.1516915727449.3.0"
@@ -419,6 +419,8 @@ def test_studies_json_while_listening(corpus: Path, listener: Listener, data_dir
     assert len(records) == 7
     uids = [r["study_instance_uid"] for r in records]
     assert uids == sorted(uids)
+    for r in records:
+        validate_record(r)
     siemens = next(r for r in records if r["study_instance_uid"] == SIEMENS_STUDY)
     assert siemens["total_events"] == 3
     assert listener.proc.poll() is None  # still running
