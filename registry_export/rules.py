@@ -42,7 +42,6 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings
@@ -175,8 +174,14 @@ class Clause:
             return not _equal(actual, expected)
         if not _is_number(actual):
             return False  # an ordering comparison on an absent value does not hold
-        limit = float(expected)
-        return {"<": actual < limit, "<=": actual <= limit, ">": actual > limit, ">=": actual >= limit}[self.op]
+        value, limit = float(actual), float(expected)  # type: ignore[arg-type]
+        if self.op == "<":
+            return value < limit
+        if self.op == "<=":
+            return value <= limit
+        if self.op == ">":
+            return value > limit
+        return value >= limit
 
 
 @dataclass(frozen=True)
@@ -489,7 +494,7 @@ def load_nomenclature(path: Path) -> Nomenclature:
         entries.setdefault(key, NomenclatureEntry(desc, rpid, values.get("playbook_name") or None, lineno))
     if header is None:
         raise ConfigError(f"{path}: nomenclature table has no header row ({', '.join(NOMENCLATURE_COLUMNS)})")
-    return Nomenclature(path, MappingProxyType(entries), tuple(dict.fromkeys(schemes)))
+    return Nomenclature(path, entries, tuple(dict.fromkeys(schemes)))
 
 
 # ----------------------------------------------------------------------------------------
