@@ -89,139 +89,144 @@ def _tag_str(tag: int) -> str:
 
 
 class _Reader:
-    __slots__ = ("buf", "explicit", "little", "u16", "u32", "tagfmt", "hdr")
+    """Reads datasets and sequences from one buffer in one encoding.
+
+    Errors name the element and the byte offset; no path is built while reading (the
+    hot loop runs once per element of every content item).
+    """
+
+    __slots__ = ("buf", "explicit", "little", "head", "head_impl", "u32")
 
     def __init__(self, buf: bytes | memoryview, explicit: bool, little: bool) -> None:
         self.buf = buf
         self.explicit = explicit
         self.little = little
         e = "<" if little else ">"
-        self.u16 = struct.Struct(e + "H").unpack_from
+        self.head = struct.Struct(e + "HH2sH").unpack_from  # group, element, VR, 16-bit length
+        self.head_impl = struct.Struct(e + "HHL").unpack_from  # group, element, 32-bit length
         self.u32 = struct.Struct(e + "L").unpack_from
-        self.tagfmt = struct.Struct(e + "HH").unpack_from
 
-    def _tag(self, pos: int) -> int:
-        g, e = self.tagfmt(self.buf, pos)
-        return (g << 16) | e
-
-    def dataset(self, pos: int, end: int, path: str) -> tuple[Dataset, int]:
-        """Read elements from ``pos`` up to ``end`` (or an item delimiter when end is None)."""
+    def dataset(self, pos: int, end: int) -> tuple[Dataset, int]:
+        """Read elements from ``pos`` up to ``end``, or to an item delimiter."""
         buf = self.buf
         ds: Dataset = {}
         n = len(buf)
         explicit = self.explicit
-        u16 = self.u16
+        head = self.head
+        head_impl = self.head_impl
         u32 = self.u32
+        long_vrs = _LONG_VRS
         while pos < end:
             if pos + 8 > n:
-                raise DicomReadError("truncated", f"element header at byte {pos} runs past the end of the file{path}")
-            tag = self._tag(pos)
-            if tag == ITEM_DELIM:
-                return ds, pos + 8
-            if tag == SEQ_DELIM:  # stray sequence delimiter: tolerate
-                return ds, pos + 8
-            if explicit and (tag >> 16) != 0xFFFE:
-                vr_b = bytes(buf[pos + 4:pos + 6])
-                if vr_b in _LONG_VRS:
+                raise DicomReadError("truncated", f"element header at byte {pos} runs past the end of the file")
+            if explicit:
+                g, e, vr_b, length = head(buf, pos)
+                tag = (g << 16) | e
+                if g == 0xFFFE:
+                    if e == 0xE00D or e == 0xE0DD:  # item delimiter (or a stray sequence delimiter)
+                        return ds, pos + 8
+                    length = u32(buf, pos + 4)[0]
+                    pos += 8
+                    vr = "UN"
+                elif vr_b in long_vrs:
                     if pos + 12 > n:
-                        raise DicomReadError("truncated", f"element {_tag_str(tag)} header cut short{path}")
+                        raise DicomReadError("truncated", f"element {_tag_str(tag)} header is cut short")
                     length = u32(buf, pos + 8)[0]
                     pos += 12
+                    vr = vr_b.decode("ascii")
                 elif vr_b.isalpha() and vr_b.isupper():
-                    length = u16(buf, pos + 6)[0]
                     pos += 8
+                    vr = vr_b.decode("ascii")
                 else:
                     raise DicomReadError(
-                        "malformed", f"element {_tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r}){path}"
+                        "malformed", f"element {_tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})"
                     )
-                vr = vr_b.decode("ascii")
             else:
-                length = u32(buf, pos + 4)[0]
+                g, e, length = head_impl(buf, pos)
+                tag = (g << 16) | e
+                if g == 0xFFFE and (e == 0xE00D or e == 0xE0DD):
+                    return ds, pos + 8
                 pos += 8
                 vr = "SQ" if tag in SQ_TAGS else "UN"
             if length == UNDEFINED:
                 if vr in ("OB", "OW") or tag == 0x7FE00010:
-                    pos = self._skip_fragments(pos, path)
+                    pos = self._skip_fragments(pos)
                     ds[tag] = (vr, b"")
                     continue
                 # SQ, or UN / implicit with undefined length: a sequence (PS3.5 6.2.2)
-                if vr == "UN" and explicit:
-                    items, pos = _Reader(buf, False, True).sequence(pos, None, path + _tag_str(tag))
-                else:
-                    items, pos = self.sequence(pos, None, path + _tag_str(tag))
+                sub = _Reader(buf, False, True) if (vr == "UN" and explicit) else self
+                items, pos = sub.sequence(pos, None, tag)
                 ds[tag] = ("SQ", items)
                 continue
             vend = pos + length
             if vend > n:
                 raise DicomReadError(
-                    "truncated", f"element {_tag_str(tag)} of {length} bytes runs past the end of the file{path}"
+                    "truncated", f"element {_tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
                 )
-            if vr == "SQ" or (vr == "UN" and length >= 8 and tag not in (0x7FE00010,) and self._looks_like_items(pos)):
-                try:
-                    sub = self if vr == "SQ" else _Reader(buf, False, True)
-                    items, _ = sub.sequence(pos, vend, path + _tag_str(tag))
-                    ds[tag] = ("SQ", items)
+            if vr == "SQ":
+                ds[tag] = ("SQ", self.sequence(pos, vend, tag)[0])
+            elif vr == "UN" and length >= 8 and tag != 0x7FE00010 and head_impl(buf, pos)[:2] == (0xFFFE, 0xE000):
+                try:  # an unknown element holding items: a sequence (as dcmtk reads it)
+                    ds[tag] = ("SQ", _Reader(buf, False, True).sequence(pos, vend, tag)[0])
                 except DicomReadError:
-                    if vr == "SQ":
-                        raise
                     ds[tag] = (vr, buf[pos:vend])
             else:
                 ds[tag] = (vr, buf[pos:vend])
             pos = vend
         return ds, pos
 
-    def _looks_like_items(self, pos: int) -> bool:
-        return bool(self._tag(pos) == ITEM)
-
-    def sequence(self, pos: int, end: int | None, path: str) -> tuple[list[Dataset], int]:
+    def sequence(self, pos: int, end: int | None, tag: int) -> tuple[list[Dataset], int]:
         buf = self.buf
         n = len(buf)
         items: list[Dataset] = []
         limit = n if end is None else end
+        head_impl = self.head_impl
         while pos < limit:
             if pos + 8 > n:
-                raise DicomReadError("truncated", f"sequence {path} is cut short (no sequence delimiter)")
-            tag = self._tag(pos)
-            length = self.u32(buf, pos + 4)[0]
+                raise DicomReadError("truncated", f"sequence {_tag_str(tag)} is cut short (no sequence delimiter)")
+            g, e, length = head_impl(buf, pos)
             pos += 8
-            if tag == SEQ_DELIM:
+            if g == 0xFFFE and e == 0xE0DD:
                 return items, pos
-            if tag != ITEM:
-                raise DicomReadError("malformed", f"sequence {path} holds {_tag_str(tag)} where an item was expected")
-            ipath = f"{path}[{len(items)}]"
+            if g != 0xFFFE or e != 0xE000:
+                raise DicomReadError(
+                    "malformed",
+                    f"sequence {_tag_str(tag)} holds {_tag_str((g << 16) | e)} at byte {pos - 8} where an item was expected",
+                )
             if length == UNDEFINED:
-                ds, pos = self.dataset(pos, n, ipath)
-                if pos > n or (pos == n and not _ended_with(buf, pos, ITEM_DELIM, self)):
-                    raise DicomReadError("truncated", f"item {ipath} is cut short (no item delimiter)")
+                ds, pos = self.dataset(pos, n)
+                if pos > n or (pos == n and head_impl(buf, pos - 8)[:2] != (0xFFFE, 0xE00D)):
+                    raise DicomReadError(
+                        "truncated", f"item {len(items) + 1} of sequence {_tag_str(tag)} is cut short (no item delimiter)"
+                    )
             else:
                 iend = pos + length
                 if iend > n:
-                    raise DicomReadError("truncated", f"item {ipath} of {length} bytes runs past the end of the file")
-                ds, _ = self.dataset(pos, iend, ipath)
+                    raise DicomReadError(
+                        "truncated",
+                        f"item {len(items) + 1} of sequence {_tag_str(tag)} ({length} bytes at byte {pos}) "
+                        "runs past the end of the file",
+                    )
+                ds, _ = self.dataset(pos, iend)
                 pos = iend
             items.append(ds)
         if end is None:
-            raise DicomReadError("truncated", f"sequence {path} is cut short (no sequence delimiter)")
+            raise DicomReadError("truncated", f"sequence {_tag_str(tag)} is cut short (no sequence delimiter)")
         return items, pos
 
-    def _skip_fragments(self, pos: int, path: str) -> int:
+    def _skip_fragments(self, pos: int) -> int:
         buf = self.buf
         n = len(buf)
         while True:
             if pos + 8 > n:
-                raise DicomReadError("truncated", f"encapsulated pixel data is cut short{path}")
-            tag = self._tag(pos)
-            length = self.u32(buf, pos + 4)[0]
+                raise DicomReadError("truncated", "encapsulated pixel data is cut short")
+            g, e, length = self.head_impl(buf, pos)
             pos += 8
-            if tag == SEQ_DELIM:
+            if g == 0xFFFE and e == 0xE0DD:
                 return pos
             if length == UNDEFINED or pos + length > n:
-                raise DicomReadError("truncated", f"encapsulated pixel data fragment is cut short{path}")
+                raise DicomReadError("truncated", "encapsulated pixel data fragment is cut short")
             pos += length
-
-
-def _ended_with(buf: Any, pos: int, tag: int, r: _Reader) -> bool:
-    return pos >= 8 and r._tag(pos - 8) == tag
 
 
 class ParsedFile:
@@ -256,7 +261,7 @@ def parse(data: bytes) -> ParsedFile:
     meta_reader = _Reader(buf, True, True)
     end = pos
     while end + 8 <= n and struct.unpack_from("<H", buf, end)[0] == 0x0002:
-        one, end = meta_reader.dataset(end, _next_elem_end(buf, end, n), " in the file meta information")
+        one, end = meta_reader.dataset(end, _next_elem_end(buf, end, n))
         meta.update(one)
     ts = _text(meta.get(0x00020010, ("UI", b""))[1]).strip("\x00 ") or (IMPLICIT_LE if pos == 0 else EXPLICIT_LE)
     body: Any = buf
@@ -275,7 +280,7 @@ def parse(data: bytes) -> ParsedFile:
         if not (vr.isalpha() and vr.isupper()):
             explicit = False
     reader = _Reader(body, explicit, little)
-    ds, _ = reader.dataset(start, len(body), "")
+    ds, _ = reader.dataset(start, len(body))
     return ParsedFile(meta, ds, ts, little)
 
 
