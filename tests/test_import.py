@@ -1,0 +1,128 @@
+"""``dosereg import``: recursive, same path as a received object, summary, safe to re-run."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dosereg.config import Config, StorageSettings
+from dosereg.ingest import ImportSummary, import_paths, open_catalog
+
+from .conftest import jsonl, run_cli, validate_record
+from .test_listener import SIEMENS_STUDY, synthetic
+
+SUMMARY = re.compile(
+    r"^imported (\d+), already known (\d+), quarantined (\d+)(?: \(([^)]*)\))?, failed (\d+)$"
+)
+
+
+def parse(line: str) -> tuple[int, int, int, dict[str, int], int]:
+    m = SUMMARY.match(line.strip())
+    assert m, line
+    reasons = dict((k, int(v)) for k, v in (x.split(": ") for x in m.group(4).split(", "))) if m.group(4) else {}
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), reasons, int(m.group(5))
+
+
+def test_summary_line() -> None:
+    s = ImportSummary(imported=7, known=2)
+    s.count("quarantined:not_ct_dose")
+    s.count("quarantined:not_ct_dose")
+    s.count("quarantined:not_dicom")
+    assert s.line() == "imported 7, already known 2, quarantined 3 (not_ct_dose: 2, not_dicom: 1), failed 0"
+    assert s.ok
+    s.fail("x.dcm: cannot read: Permission denied")
+    assert not s.ok and s.line().endswith("failed 1")
+    assert ImportSummary().line() == "imported 0, already known 0, quarantined 0, failed 0"
+
+
+def test_import_corpus_folder_twice(corpus: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = [*map(str, sorted(corpus.glob("*.dcm"))), str(corpus / "not-ct")]  # files and a folder
+    r = run_cli("import", *args, "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    imported, known, quarantined, reasons, failed = parse(r.stdout.strip().splitlines()[-1])
+    assert (imported, known, quarantined, failed) == (9, 0, 3, 0)
+    assert sum(reasons.values()) == 3
+
+    out = run_cli("studies", "--json", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    records = jsonl(out.stdout)
+    assert len(records) == 7
+    for rec in records:
+        validate_record(rec)
+    siemens = next(x for x in records if x["study_instance_uid"] == SIEMENS_STUDY)
+    assert siemens["total_events"] == 3 and len(siemens["dose_objects"]) == 3
+    assert siemens["total_dlp_mGycm"] == pytest.approx(236.09, rel=1e-6)
+
+    # same path as a received object: ledger rows, raw bytes kept, quarantine with reasons
+    conn = sqlite3.connect(data / "catalog.sqlite")
+    sources = {s for (s,) in conn.execute("SELECT source FROM received")}
+    assert str(corpus / "CT-ESR-GE_VCT.dcm") in sources
+    raw_paths = [p for (p,) in conn.execute("SELECT raw_path FROM objects")]
+    conn.close()
+    assert len(raw_paths) == 9 and all((data / p).is_file() for p in raw_paths)
+    assert len(list((data / "quarantine").glob("*.reason.txt"))) == 3
+
+    # safe to re-run: nothing changes
+    before = sorted((data / "objects").rglob("*"))
+    r = run_cli("import", *args, "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert parse(r.stdout.strip().splitlines()[-1]) == (0, 12, 0, {}, 0)
+    assert sorted((data / "objects").rglob("*")) == before
+    assert jsonl(run_cli("studies", "--json", "--data-dir", str(data)).stdout) == records
+
+
+def test_import_junk_truncated_and_missing(corpus: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "deep" / "er"
+    src.mkdir(parents=True)
+    (src / "junk.txt").write_text("not dicom at all")
+    raw = (corpus / "CT-RDSR-Siemens_Flash-TAP-SS.dcm").read_bytes()
+    (src / "truncated.dcm").write_bytes(raw[: len(raw) // 2])
+    data = tmp_path / "data"
+    r = run_cli("import", str(tmp_path / "src"), str(corpus / "CT-SC-Philips_Brilliance16P.dcm"),
+                "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr  # quarantined is not a failure
+    imported, known, quarantined, reasons, failed = parse(r.stdout.strip().splitlines()[-1])
+    assert (imported, quarantined, failed) == (1, 2, 0)
+    reason_texts = [p.read_text() for p in (data / "quarantine").glob("*.reason.txt")]
+    assert any(str(src / "truncated.dcm") in t for t in reason_texts)
+    assert any(str(src / "junk.txt") in t for t in reason_texts)
+
+    r = run_cli("import", str(tmp_path / "no-such-folder"), "--data-dir", str(data))
+    assert r.returncode == 1
+    assert "no-such-folder: no such file or directory" in r.stderr
+    assert parse(r.stdout.strip().splitlines()[-1])[4] == 1
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a file without read permission")
+def test_unreadable_file_fails(tmp_path: Path) -> None:
+    f = tmp_path / "src" / "secret.dcm"
+    f.parent.mkdir()
+    f.write_bytes(b"x")
+    f.chmod(0)
+    r = run_cli("import", str(f.parent), "--data-dir", str(tmp_path / "data"))
+    assert r.returncode == 1
+    assert "secret.dcm: cannot read" in r.stderr
+
+
+def test_import_in_parallel_api(corpus: Path, tmp_path: Path) -> None:
+    made = synthetic(corpus, tmp_path / "src", 40)
+    cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "data")))
+    summary = import_paths(cfg, [tmp_path / "src"], jobs=2)
+    assert summary.ok
+    assert (summary.imported, summary.known, summary.total_quarantined) == (40, 0, 0)
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        assert catalog.count_studies() == 40
+        assert sorted(s.study_instance_uid or "" for s in catalog.iter_studies()) == sorted(u for _, u, _ in made)
+        # applied in file order: the ledger follows the sorted walk
+        assert [r["source"] for r in catalog.received_rows()] == [str(p) for p, _, _ in made]
+    finally:
+        catalog.close()
+    again = import_paths(cfg, [tmp_path / "src"], jobs=2)
+    assert (again.imported, again.known) == (0, 40)
