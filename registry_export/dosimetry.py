@@ -32,10 +32,8 @@ import math
 import re
 from typing import Any
 
-from pydicom.sr._snomed_dict import mapping as _SNOMED_MAPPING
-from pydicom.sr.codedict import codes
-
 from dosereg.extract import Code, Event
+from dosereg.extract.concepts import srt_to_sct
 
 __all__ = [
     "PHANTOM_FACTOR",
@@ -60,21 +58,23 @@ PHANTOM_FACTOR = 2.3
 _SNOMED_SCHEMES = {"SCT", "SRT", "SNM3", "99SDM"}
 
 
-def _sct(*names: str) -> frozenset[str]:
-    """SNOMED CT concept ids of pydicom's named codes (pydicom.sr.codedict, scheme SCT)."""
-    return frozenset(getattr(codes.SCT, n).value for n in names)
-
-
-#: Anatomic regions that lie in the head (SNOMED CT ids; the SNOMED-RT forms are mapped
-#: through pydicom.sr._snomed_dict, so ``T-D1100`` (SRT) and ``69536005`` (SCT) both count).
-HEAD_REGIONS = _sct(
-    "Head", "Brain", "Skull", "Face", "FacialBones", "Orbit", "ParanasalSinus", "MaxillarySinus",
-    "FrontalSinus", "TemporalBone", "MastoidBone", "InternalAuditoryCanal", "InnerEar", "MiddleEar",
-    "Ear", "SellaTurcica", "Cerebellum", "CircleOfWillis", "CerebralArtery", "Eye", "Nose",
-    "NasalBone", "Mandible", "Maxilla", "TemporomandibularJoint",
-)
+#: Anatomic regions that lie in the head, as SNOMED CT ids (the names are pydicom's
+#: ``codes.SCT`` keywords; tests check them against pydicom.sr.codedict). SNOMED-RT forms
+#: are mapped through pydicom's SRT -> SCT table, so ``T-D1100`` (SRT) and ``69536005``
+#: (SCT) both count. pydicom.sr itself is not imported: it costs a third of a second at
+#: start-up.
+HEAD_REGIONS: dict[str, str] = {
+    "69536005": "Head", "12738006": "Brain", "89546000": "Skull", "89545001": "Face",
+    "91397008": "FacialBones", "363654007": "Orbit", "2095001": "ParanasalSinus",
+    "15924003": "MaxillarySinus", "55060009": "FrontalSinus", "60911003": "TemporalBone",
+    "59066005": "MastoidBone", "361078006": "InternalAuditoryCanal", "22945000": "InnerEar",
+    "25342003": "MiddleEar", "117590005": "Ear", "42575006": "SellaTurcica", "113305005": "Cerebellum",
+    "11279006": "CircleOfWillis", "88556005": "CerebralArtery", "81745001": "Eye", "45206002": "Nose",
+    "74386004": "NasalBone", "91609006": "Mandible", "70925003": "Maxilla",
+    "53620006": "TemporomandibularJoint",
+}
 #: Regions that span head and body: the stated phantom decides, as without a target region.
-AMBIGUOUS_REGIONS = _sct("HeadAndNeck")
+AMBIGUOUS_REGIONS: dict[str, str] = {"774007": "HeadAndNeck"}
 
 _HEAD_TEXT = re.compile(
     r"\b(head|brain|skull|cran\w*|face|facial|orbit\w*|\w*sinus\w*|temporal bones?|petrous|mastoid|"
@@ -93,7 +93,7 @@ def _snomed_ct_id(code: Code) -> str | None:
         return None
     if scheme == "SCT":
         return value
-    return _SNOMED_MAPPING["SRT"].get(value)
+    return srt_to_sct().get(value)
 
 
 def _region_is_head(code: Code | None) -> bool | None:
@@ -249,7 +249,7 @@ _PERFUSION = re.compile(r"perfusion|\bperf\b|\bctp\b|\bneuro ?pbv\b", re.IGNOREC
 _CARDIAC = re.compile(r"cardiac|cardio|coronar|\bheart\b|calcium ?scor|\bca ?scor|\bccta\b|\bcacs?\b", re.IGNORECASE)
 _RETRO = re.compile(r"retro", re.IGNORECASE)
 _PROSPECTIVE = re.compile(r"prosp|\bseq\b|step.?and.?shoot|flash", re.IGNORECASE)
-_CARDIAC_REGIONS = _sct("Heart", "CoronaryArtery")
+_CARDIAC_REGIONS: dict[str, str] = {"80891009": "Heart", "41801008": "CoronaryArtery"}
 #: Reference phantom of each notification category's value (AAPM Dose Check guidance).
 _REFERENCE_PHANTOM = {
     "adult_head": "head16",

@@ -221,3 +221,12 @@ def test_notification_values_follow_the_configuration() -> None:
 def test_module_examples() -> None:
     result = doctest.testmod(dosimetry)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_region_tables_match_pydicoms_snomed_codes() -> None:
+    from pydicom.sr.codedict import codes
+
+    for table in (dosimetry.HEAD_REGIONS, dosimetry.AMBIGUOUS_REGIONS, dosimetry._CARDIAC_REGIONS):
+        for sct_id, keyword in table.items():
+            assert getattr(codes.SCT, keyword).value == sct_id, keyword
+
