@@ -132,17 +132,20 @@ class Scrubber:
         if birth:
             words.add(str(birth))
             words.add(str(birth).replace("-", ""))
-        self._pattern = (
-            re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.IGNORECASE)
-            if words else None
-        )
+        # longest first, so "Doe^John" parts never leave half a word behind
+        self._words = sorted({w.lower() for w in words}, key=len, reverse=True)
 
     def text(self, value: str | None) -> str | None:
         if not value:
             return value
-        out = _UID_IN_TEXT.sub(lambda m: self._pseudo.uid(m.group(0)) or "", value)
-        if self._pattern is not None:
-            out = self._pattern.sub(REMOVED, out)
+        out = value
+        if "." in out:
+            out = _UID_IN_TEXT.sub(lambda m: self._pseudo.uid(m.group(0)) or "", out)
+        low = out.lower()
+        for w in self._words:
+            if w in low:  # rare: only then pay for a case-insensitive replacement
+                out = re.sub(re.escape(w), REMOVED, out, flags=re.IGNORECASE)
+                low = out.lower()
         return out
 
     def texts(self, values: Any) -> list[str]:

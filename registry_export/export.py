@@ -76,7 +76,8 @@ def content_fingerprint(d: dict[str, Any]) -> str:
     core["dose_objects"] = [
         {k: v for k, v in o.items() if k != "received_at"} for o in d.get("dose_objects") or ()
     ]
-    blob = json.dumps(core, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    # field order is fixed by the record model, so no key sorting is needed
+    blob = json.dumps(core, ensure_ascii=False, default=str, separators=(",", ":"), check_circular=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 

@@ -136,11 +136,10 @@ def flatten(d: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = No
     if out is None:
         out = {}
     for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flatten(value, name + "_", out)
+        if value.__class__ is dict:
+            flatten(value, f"{prefix}{key}_", out)
         else:
-            out[name] = value
+            out[prefix + key if prefix else key] = value
     return out
 
 
