@@ -97,7 +97,7 @@ def flags_row(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_key(row: dict[str, Any]) -> str:
-    blob = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    blob = "\x1f".join("\x1e" if v is None else str(v) for v in row.values())
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 

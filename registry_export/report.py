@@ -393,12 +393,12 @@ def _problems_html(g: _Group) -> str:
 
 def _rate_html(rate: float) -> str:
     cls = "good" if rate >= 0.95 else "warn" if rate >= 0.5 else "bad"
-    return (f"<span class='bar'><span class='fill {cls}' style='width:{rate * 100:.0f}%'></span></span> "
-            f"{rate:.0%}")
+    return (f"<span class='nw'><span class='bar'><span class='fill {cls}' style='width:{rate * 100:.0f}%'>"
+            f"</span></span> {rate:.0%}</span>")
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], raw: tuple[int, ...] = (),
-           numeric: tuple[int, ...] = ()) -> str:
+           numeric: tuple[int, ...] = (), nowrap: tuple[int, ...] = ()) -> str:
     if not rows:
         return "<p class='empty'>None.</p>"
     out = ["<table><thead><tr>"]
@@ -406,7 +406,8 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], raw: tuple[int
     out.append("</tr></thead><tbody>")
     for row in rows:
         out.append("<tr>" + "".join(
-            f"<td{' class=num' if i in numeric else ''}>{c if i in raw else html.escape(c)}</td>"
+            f"<td{' class=num' if i in numeric else ' class=nw' if i in nowrap else ''}>"
+            f"{c if i in raw else html.escape(c)}</td>"
             for i, c in enumerate(row)) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -414,8 +415,9 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], raw: tuple[int
 
 def _detail_html(det: _Detail, headers: tuple[str, ...]) -> str:
     numeric = tuple(i for i, c in enumerate(det.columns) if c.endswith(("_mGy", "_mGycm", "dose_objects")))
+    nowrap = tuple(i for i, c in enumerate(det.columns) if c in ("accession_number", "study_date", "registry_code"))
     rows = [tuple(_fmt(r.get(c)) for c in det.columns) for r in det.rows]
-    out = _table(headers, rows, numeric=numeric)
+    out = _table(headers, rows, numeric=numeric, nowrap=nowrap)
     if det.count > len(det.rows):
         out += f"<p class='more'>Showing the first {len(det.rows)} of {det.count}; all are in the CSV.</p>"
     return out
@@ -493,6 +495,7 @@ th {{ background: #f0f4f8; font-weight: 600; }}
 td.num, th.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 tbody tr:nth-child(even) {{ background: #fafbfc; }}
 code {{ font: 12px ui-monospace, "DejaVu Sans Mono", monospace; background: #eef2f6; padding: 1px 4px; border-radius: 3px; }}
+.nw {{ white-space: nowrap; }}
 .n {{ color: #7b8794; font-size: 12px; }}
 .ok {{ color: #2f855a; }}
 .bar {{ display: inline-block; width: 60px; height: 8px; background: #e4e7eb; border-radius: 4px; vertical-align: middle; }}
