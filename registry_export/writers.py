@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 CHUNK_ROWS = 8192
+log = logging.getLogger("dosereg.export")
 
 _STR = pa.string()
 _F64 = pa.float64()
@@ -143,6 +145,32 @@ def flatten(d: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = No
     return out
 
 
+def _coerce(value: Any, f: pa.Field) -> Any:
+    """A value that does not fit its column's type: converted when that is lossless, else null (logged)."""
+    if value is None:
+        return None
+    t = f.type
+    try:
+        if pa.types.is_floating(t):
+            out: Any = float(value)
+        elif pa.types.is_integer(t):
+            out = int(value)
+            if out != value and not isinstance(value, str):
+                raise ValueError("not a whole number")
+        elif pa.types.is_boolean(t):
+            out = value if isinstance(value, bool) else None
+        elif pa.types.is_string(t):
+            out = value if isinstance(value, str) else str(value)
+        else:
+            pa.array([value], type=t)
+            out = value
+    except (TypeError, ValueError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        log.warning("column %s: value of type %s does not fit %s; written as null", f.name,
+                    type(value).__name__, t)
+        return None
+    return out
+
+
 class ChunkedParquet:
     """Rows in, record batches of ``chunk_rows`` out to one Parquet file (opened on first row)."""
 
@@ -170,7 +198,11 @@ class ChunkedParquet:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
         if self._pending:
-            batch = pa.RecordBatch.from_pydict(self._cols, schema=self.schema)
+            try:
+                batch = pa.RecordBatch.from_pydict(self._cols, schema=self.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                batch = pa.RecordBatch.from_pydict(
+                    {f.name: [_coerce(v, f) for v in self._cols[f.name]] for f in self.schema}, schema=self.schema)
             self._writer.write_batch(batch)
             self._cols = {n: [] for n in self._names}
             self._pending = 0

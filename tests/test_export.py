@@ -289,3 +289,31 @@ def test_studies_table_is_readable(cfg: Config) -> None:
     assert "CT HEAD WO CONTRAST" in body["ACN000000000"] and "880.4" in body["ACN000000000"]
     assert lines[-1] == "5 studies, 1 incomplete or in error"
     assert studies_table([]) == "no studies in the catalog\n"
+
+
+def test_values_of_the_wrong_type_do_not_sink_the_batch(cfg: Config) -> None:
+    odd = synthetic_study(1, extra={"total_events": 2.0})
+    odd = replace(odd, patient=replace(odd.patient, weight_kg="72.5"),  # type: ignore[arg-type]
+                  events=(replace(odd.events[0], pitch_factor="n/a"), *odd.events[1:]))  # type: ignore[arg-type]
+    result = export_batch(cfg, source([synthetic_study(0), odd]))
+    assert result.registry_studies == 2
+    rows = pq.read_table(result.registry_dir / "studies.parquet").to_pylist()  # type: ignore[operator]
+    assert [r["total_events"] for r in rows] == [3, 2]
+    assert rows[1]["patient_weight_kg"] == 72.5
+    events = pq.read_table(result.registry_dir / "events.parquet").to_pylist()  # type: ignore[operator]
+    assert [e["pitch_factor"] for e in events if e["study_instance_uid"] == rows[1]["study_instance_uid"]] == [
+        None, 1.2]
+
+
+def test_a_second_export_while_one_runs_is_refused(cfg: Config) -> None:
+    from dosereg.registry_export.state import ExportBusyError, ExportState, state_path
+
+    holder = ExportState(state_path(cfg))
+    holder.begin()
+    try:
+        with pytest.raises(ExportBusyError, match="another export is running"):
+            export_batch(cfg, source(corpus_of(2)))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert export_batch(cfg, source(corpus_of(2))).batch_id is not None
