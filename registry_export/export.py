@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,11 +43,6 @@ from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
 from .rules import evaluated_dict, rules_from_config
 from .state import ExportState, state_path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger("dosereg.export")
 
@@ -102,19 +96,10 @@ def _row_key(row: dict[str, Any]) -> str:
 
 
 def profile_info(rules: Any, cfg: Config) -> dict[str, str | None]:
-    """The registry profile's name and version (from the rules, else the profile file)."""
+    """The registry profile's name and version, as the rules loaded it."""
     profile = getattr(rules, "profile", None)
     name = getattr(profile, "name", None)
     version = getattr(profile, "version", None)
-    if name is None or version is None:
-        try:
-            with open(cfg.profile_path, "rb") as fh:
-                data = tomllib.load(fh)
-            meta = data.get("profile") if isinstance(data.get("profile"), dict) else data
-            name = name or meta.get("name")
-            version = version or meta.get("version")
-        except (OSError, tomllib.TOMLDecodeError):
-            pass
     return {
         "name": str(name) if name is not None else cfg.registry.profile,
         "version": str(version) if version is not None else None,
