@@ -23,6 +23,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +69,7 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS objects_study ON objects(study_instance_uid, seq);
     CREATE INDEX IF NOT EXISTS objects_sha ON objects(sha256);
+    CREATE INDEX IF NOT EXISTS objects_seq ON objects(seq);
     CREATE TABLE IF NOT EXISTS quarantine (
         sha256 TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -141,14 +143,32 @@ class Catalog:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30,
                                              isolation_level=None)
-                self._conn.execute("PRAGMA busy_timeout = 30000")
+                # Writers wait for each other in _begin() with sub-millisecond retries: SQLite's
+                # own busy handler sleeps in steps of several milliseconds, which would show
+                # in the C-STORE round-trip when the processing process holds the write lock.
+                self._conn.execute("PRAGMA busy_timeout = 0")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self._migrate()
         except sqlite3.Error as exc:
             raise CatalogError(f"{self.path}: cannot open the catalog: {exc}") from None
-        self._seq = self._max_seq()
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retrying briefly while another writer holds the lock (up to 60 s)."""
+        delay = 0.0001
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise CatalogError(f"{self.path}: catalog locked by another writer for 60 s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
 
     # -- schema -----------------------------------------------------------------------
     def _user_version(self) -> int:
@@ -175,8 +195,12 @@ class Catalog:
                     f"({SCHEMA_VERSION})"
                 )
             while version < SCHEMA_VERSION:
+                self._begin()
+                version = self._user_version()  # another process may have migrated meanwhile
+                if version >= SCHEMA_VERSION:
+                    self._conn.execute("COMMIT")
+                    break
                 script = _MIGRATIONS[version]
-                self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     for statement in script.split(";"):
                         if statement.strip():
@@ -196,9 +220,9 @@ class Catalog:
     def schema_version(self) -> int:
         return self._user_version()
 
-    def _max_seq(self) -> int:
+    def _next_seq(self) -> int:
         row = self._conn.execute("SELECT MAX(seq) FROM objects").fetchone()
-        return int(row[0] or 0)
+        return int(row[0] or 0) + 1
 
     # -- reading ----------------------------------------------------------------------
     def iter_studies(self) -> Iterator[StudyRecord]:
@@ -267,14 +291,20 @@ class Catalog:
                         received_at: str) -> int:
         """Note an object just made durable in the spool; returns its received id."""
         with self._lock:
-            cur = self._conn.execute(
-                "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
-                "source, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET state = 'spooled' RETURNING id",
-                (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at),
-            )
-            row = cur.fetchone()
-            cur.close()
+            self._begin()
+            try:
+                cur = self._conn.execute(
+                    "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
+                    "source, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET state = 'spooled' RETURNING id",
+                    (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at),
+                )
+                row = cur.fetchone()
+                cur.close()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
             return int(row[0])
 
     def pending(self) -> list[dict[str, Any]]:
@@ -286,15 +316,18 @@ class Catalog:
     def received_names(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM received")}
 
-    def forget_received(self, name: str) -> None:
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock:
-            self._conn.execute("DELETE FROM received WHERE name = ?", (name,))
+            self._begin()
+            try:
+                self._conn.execute(sql, args)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def mark_processed(self, received_id: int, outcome: str) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
-            )
+        self._write("UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id))
 
     # -- writing ------------------------------------------------------------------------
     def add_quarantined(self, *, sha256: str, name: str, sop_instance_uid: str | None, error_code: str,
@@ -302,7 +335,7 @@ class Catalog:
                         received_id: int | None = None) -> str:
         """Record an unusable object; ``"new"`` or ``"duplicate"`` (same bytes already kept)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 cur = self._conn.execute(
                     "INSERT INTO quarantine (sha256, name, sop_instance_uid, error_code, message, received_at, "
@@ -327,131 +360,160 @@ class Catalog:
 
         Same SOP Instance UID with identical content (same SHA-256, or the same record
         when no hash is given) changes nothing; different content replaces the earlier
-        object (last received wins, logged).
+        object (last received wins, logged). The merge is computed before the write lock
+        is taken and the write re-checks that the study did not change meanwhile.
         """
         if record.error is not None:
             raise ValueError(f"cannot catalog an error record ({record.error.code}); quarantine it")
-        if not record.study_instance_uid:
+        study = record.study_instance_uid
+        if not study:
             raise ValueError("record has no Study Instance UID")
         sop_uid = object_uid(record)
+        ref = record.dose_objects[0]
         text = _dumps(record.to_dict())
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            for _attempt in range(50):
                 row = self._conn.execute(
-                    "SELECT sha256, record_json, study_instance_uid FROM objects WHERE sop_instance_uid = ?",
+                    "SELECT sha256, record_json, study_instance_uid, seq FROM objects WHERE sop_instance_uid = ?",
                     (sop_uid,),
                 ).fetchone()
                 if row is not None:
                     same = (row[0] == content_sha256) if (row[0] and content_sha256) else (row[1] == text)
                     if same:
-                        outcome = "duplicate"
-                    else:
-                        outcome = "replaced"
-                        old_study = row[2]
-                        self._seq += 1
-                        self._conn.execute(
-                            "UPDATE objects SET study_instance_uid = ?, sop_class_uid = ?, sha256 = ?, "
-                            "raw_path = ?, received_at = ?, seq = ?, record_json = ? WHERE sop_instance_uid = ?",
-                            (record.study_instance_uid, record.dose_objects[0].sop_class_uid, content_sha256,
-                             raw_path, record.dose_objects[0].received_at, self._seq, text, sop_uid),
-                        )
-                        log.warning(
-                            "object %s received again with different content: the newer replaces the older",
-                            sop_uid,
-                        )
-                        self._remerge(record.study_instance_uid)
-                        if old_study != record.study_instance_uid:
-                            self._remerge(old_study)
-                else:
-                    outcome = "new"
-                    self._seq += 1
+                        if received_id is not None:
+                            self._write("UPDATE received SET state = 'done', outcome = 'duplicate' WHERE id = ?",
+                                        (received_id,))
+                        return "duplicate"
+                outcome = "new" if row is None else "replaced"
+                # Merge outside the write lock (parsing JSON and merging is the slow part).
+                snapshot = self._study_snapshot(study)
+                others = [
+                    StudyRecord.from_dict(json.loads(t))
+                    for (t,) in self._conn.execute(
+                        "SELECT record_json FROM objects WHERE study_instance_uid = ? AND sop_instance_uid != ? "
+                        "ORDER BY seq", (study, sop_uid),
+                    )
+                ]
+                merged = merge_study([*others, record])
+                study_row, event_rows = self._study_rows(study, len(others) + 1, merged)
+                self._begin()
+                try:
+                    again = self._conn.execute(
+                        "SELECT sha256, record_json, study_instance_uid, seq FROM objects "
+                        "WHERE sop_instance_uid = ?", (sop_uid,),
+                    ).fetchone()
+                    if again != row or self._study_snapshot(study) != snapshot:
+                        self._conn.execute("ROLLBACK")
+                        continue  # another writer changed this study: merge again
+                    seq = self._next_seq()
                     self._conn.execute(
                         "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
-                        "raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sop_uid, record.study_instance_uid, record.dose_objects[0].sop_class_uid,
-                         content_sha256, raw_path, record.dose_objects[0].received_at, self._seq, text),
+                        "raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(sop_instance_uid) DO UPDATE SET study_instance_uid = excluded.study_instance_uid, "
+                        "sop_class_uid = excluded.sop_class_uid, sha256 = excluded.sha256, "
+                        "raw_path = excluded.raw_path, received_at = excluded.received_at, seq = excluded.seq, "
+                        "record_json = excluded.record_json",
+                        (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at, seq, text),
                     )
-                    self._remerge(record.study_instance_uid)
-                if received_id is not None:
-                    self._conn.execute(
-                        "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                self._seq = self._max_seq()
-                raise
-        return outcome
+                    self._put_study(study, study_row, event_rows)
+                    if row is not None and row[2] != study:
+                        self._remerge(row[2])  # the object moved to another study (rare)
+                    if received_id is not None:
+                        self._conn.execute(
+                            "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
+                        )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                if outcome == "replaced":
+                    log.warning("object %s received again with different content: the newer replaces the older",
+                                sop_uid)
+                return outcome
+        raise CatalogError(f"{self.path}: study {study} kept changing while object {sop_uid} was merged")
 
-    def _remerge(self, study_uid: str) -> None:
-        rows = self._conn.execute(
-            "SELECT record_json FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study_uid,)
+    def _study_snapshot(self, study: str) -> list[tuple[Any, ...]]:
+        return self._conn.execute(
+            "SELECT sop_instance_uid, seq, sha256 FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study,)
         ).fetchall()
-        self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (study_uid,))
-        if not rows:
-            self._conn.execute("DELETE FROM studies WHERE study_instance_uid = ?", (study_uid,))
-            return
-        records = [StudyRecord.from_dict(json.loads(r[0])) for r in rows]
-        self._write_studies([(study_uid, len(records), merge_study(records))])
 
-    def _write_studies(self, merged: list[tuple[str, int, StudyRecord]]) -> None:
-        now = utc_now()
+    @staticmethod
+    def _study_rows(uid: str, n: int, rec: StudyRecord) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        study_row = (uid, n, utc_now(), _dumps(rec.to_dict()))
+        event_rows = [
+            (uid, i, ev.irradiation_event_uid, ev.acquisition_protocol, ev.acquisition_type, ev.ctdivol_mGy,
+             ev.dlp_mGycm)
+            for i, ev in enumerate(rec.events)
+        ]
+        return study_row, event_rows
+
+    def _put_study(self, uid: str, study_row: tuple[Any, ...], event_rows: list[tuple[Any, ...]]) -> None:
+        self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (uid,))
+        self._put_rows([study_row], event_rows)
+
+    def _put_rows(self, study_rows: list[tuple[Any, ...]], event_rows: list[tuple[Any, ...]]) -> None:
         self._conn.executemany(
             "INSERT INTO studies (study_instance_uid, n_objects, updated_at, record_json) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(study_instance_uid) DO UPDATE SET n_objects = excluded.n_objects, "
             "updated_at = excluded.updated_at, record_json = excluded.record_json",
-            [(uid, n, now, _dumps(rec.to_dict())) for uid, n, rec in merged],
+            study_rows,
         )
         self._conn.executemany(
             "INSERT OR REPLACE INTO events (study_instance_uid, position, irradiation_event_uid, "
             "acquisition_protocol, acquisition_type, ctdivol_mGy, dlp_mGycm) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (uid, i, ev.irradiation_event_uid, ev.acquisition_protocol, ev.acquisition_type,
-                 ev.ctdivol_mGy, ev.dlp_mGycm)
-                for uid, _, rec in merged
-                for i, ev in enumerate(rec.events)
-            ],
+            event_rows,
         )
+
+    def _remerge(self, study_uid: str) -> None:
+        """Re-merge a study from its objects (inside a write transaction)."""
+        rows = self._conn.execute(
+            "SELECT record_json FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study_uid,)
+        ).fetchall()
+        if not rows:
+            self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (study_uid,))
+            self._conn.execute("DELETE FROM studies WHERE study_instance_uid = ?", (study_uid,))
+            return
+        records = [StudyRecord.from_dict(json.loads(r[0])) for r in rows]
+        self._put_study(study_uid, *self._study_rows(study_uid, len(records), merge_study(records)))
 
     def add_objects(self, records: Iterable[StudyRecord]) -> None:
         """Bulk load in one transaction (no per-object fsync); last one wins per SOP Instance UID."""
-        records = [r for r in records]
+        records = list(records)
         for r in records:
             if r.error is not None or not r.study_instance_uid or not r.dose_objects:
                 raise ValueError("add_objects takes usable single-object records with a study and SOP UID")
+        groups: dict[str, list[StudyRecord]] = {}
+        for r in records:
+            groups.setdefault(str(r.study_instance_uid), []).append(r)
+        texts = [_dumps(r.to_dict()) for r in records]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
+                seq = self._next_seq()
                 rows = []
-                for r in records:
-                    self._seq += 1
+                for i, (r, text) in enumerate(zip(records, texts, strict=True)):
                     ref = r.dose_objects[0]
                     rows.append((ref.sop_instance_uid, r.study_instance_uid, ref.sop_class_uid, None, None,
-                                 ref.received_at, self._seq, _dumps(r.to_dict())))
+                                 ref.received_at, seq + i, text))
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, "
                     "sha256, raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                touched: dict[str, list[StudyRecord]] = {}
-                for r in records:
-                    touched.setdefault(str(r.study_instance_uid), []).append(r)
-                existing = {
-                    uid for (uid,) in self._conn.execute("SELECT study_instance_uid FROM studies")
-                } if touched else set()
-                simple: list[tuple[str, int, StudyRecord]] = []
-                for uid, group in touched.items():
+                existing = {uid for (uid,) in self._conn.execute("SELECT study_instance_uid FROM studies")}
+                study_rows: list[tuple[Any, ...]] = []
+                event_rows: list[tuple[Any, ...]] = []
+                for uid, group in groups.items():
                     if uid in existing or len(group) > 1:
-                        self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (uid,))
                         self._remerge(uid)
                     else:
-                        simple.append((uid, 1, merge_study(group)))
-                self._write_studies(simple)
+                        srow, erows = self._study_rows(uid, 1, merge_study(group))
+                        study_rows.append(srow)
+                        event_rows += erows
+                self._put_rows(study_rows, event_rows)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
-                self._seq = self._max_seq()
                 raise
 
     def close(self) -> None:

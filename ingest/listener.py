@@ -1,7 +1,8 @@
 """``dosereg listen``: the DICOM C-STORE SCP (pynetdicom), configured per spec section 7.
 
 The C-STORE handler only makes the received bytes durable (:meth:`Pipeline.receive`)
-and answers; extraction and cataloguing run on a worker thread consuming the spool.
+and answers; extraction and cataloguing run in a separate process consuming the spool
+(:mod:`dosereg.ingest.processor`).
 Status codes answered (PS3.4 Annex B):
 
 * 0x0000 Success -- the object is fsync'ed in the spool and noted in the catalog
@@ -13,7 +14,6 @@ Status codes answered (PS3.4 Annex B):
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import ssl
 import sys
@@ -42,7 +42,8 @@ from dosereg.config import Config, ConfigError
 
 from .catalog import Catalog, catalog_path
 from .locking import DataDirLock
-from .pipeline import Pipeline, Received
+from .pipeline import Pipeline
+from .processor import Processor
 
 log = logging.getLogger("dosereg.ingest.listener")
 
@@ -65,40 +66,6 @@ TRANSFER_SYNTAXES = (
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-
-
-class Worker(threading.Thread):
-    """Consumes the spool: extraction and cataloguing, off the association threads."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        super().__init__(name="dosereg-worker", daemon=True)
-        self.pipeline = pipeline
-        self.queue: queue.Queue[Received] = queue.Queue()
-        self._stop_at: float | None = None
-        self.processed = 0
-
-    def submit(self, item: Received) -> None:
-        self.queue.put(item)
-
-    def run(self) -> None:
-        while True:
-            if self._stop_at is not None and (self.queue.empty() or time.monotonic() > self._stop_at):
-                return
-            try:
-                item = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.pipeline.process(item)
-                self.processed += 1
-            except Exception:  # the object stays in the spool; retried at the next start
-                log.exception("processing %s failed; it stays in the spool and is retried at the next start",
-                              item.name)
-
-    def stop(self, drain_s: float) -> None:
-        """Finish the queue within ``drain_s`` seconds; what is left is processed at the next start."""
-        self._stop_at = time.monotonic() + drain_s
-        self.join(drain_s + 30)
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -147,7 +114,7 @@ class Listener:
             )
         self.catalog = Catalog(catalog_path(self.data_dir))
         self.pipeline = Pipeline(self.data_dir, self.catalog)
-        self.worker = Worker(self.pipeline)
+        self.processor = Processor(self.data_dir)
         self._inflight = 0
         self._closing = False
         self._cond = threading.Condition()
@@ -194,7 +161,7 @@ class Listener:
                           sop_uid, calling, self.pipeline.spool_dir, exc.strerror or exc)
                 return STATUS_OUT_OF_RESOURCES
             log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
-            self.worker.submit(item)
+            self.processor.poke()
             return STATUS_SUCCESS
         finally:
             with self._cond:
@@ -224,12 +191,12 @@ class Listener:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
+        # Before any association: leftovers of a crash are noted, then processed by the
+        # processing process together with whatever arrives next.
         pending = self.pipeline.recover()
         if pending:
             log.warning("%d object(s) spooled but not processed: processing them now", len(pending))
-        for item in pending:
-            self.worker.submit(item)
-        self.worker.start()
+        self.processor.start()
         lst = self.cfg.listener
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -272,10 +239,7 @@ class Listener:
         for assoc in self.ae.active_associations:
             log.warning("aborting association from %s at shutdown", str(assoc.requestor.ae_title).strip())
             assoc.abort()
-        self.worker.stop(drain_s=5.0)
-        left = self.worker.queue.qsize()
-        if left:
-            log.warning("%d received object(s) left in the spool; they are processed at the next start", left)
+        self.processor.stop(drain_s=5.0)
         self.catalog.close()
         self.lock.release()
 
@@ -287,7 +251,7 @@ def serve(cfg: Config) -> int:
     try:
         listener.start()
     except OSError as exc:
-        listener.worker.stop(0) if listener.worker.is_alive() else None
+        listener.processor.stop(0)
         listener.catalog.close()
         listener.lock.release()
         print(

@@ -154,9 +154,14 @@ class Pipeline:
             src.unlink(missing_ok=True)
             return
         dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-        if self.fsync:
-            _fsync_dir(dst.parent)
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            if not dst.exists():
+                raise
+            return  # another process placed it meanwhile
+        # No fsync here: the bytes are already durable, and a rename lost in a power cut
+        # leaves the file in the spool, where the next start processes it again (idempotent).
 
     def process(self, item: Received, record: StudyRecord | None = None,
                 header_sop_uid: str | None = None) -> str:
@@ -232,6 +237,10 @@ class Pipeline:
                 name=p.name, sha256=sha, sop_instance_uid=None, sop_class_uid=None, calling_ae_title=None,
                 source=p.name, received_at=received_at,
             )
+        return self.pending_items()
+
+    def pending_items(self) -> list[Received]:
+        """Received but not yet processed, in received order."""
         items: list[Received] = []
         for r in self.catalog.pending():
             path = self.spool_dir / r["name"]
