@@ -122,7 +122,7 @@ def object_uid(record: StudyRecord) -> str:
 class Catalog:
     """The SQLite catalog. Thread-safe: one connection guarded by a lock."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, autocheckpoint: bool = True) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
@@ -149,6 +149,8 @@ class Catalog:
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                if not autocheckpoint:  # the listener: WAL checkpoints (with fsync) happen elsewhere
+                    self._conn.execute("PRAGMA wal_autocheckpoint = 0")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self._migrate()
         except sqlite3.Error as exc:

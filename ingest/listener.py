@@ -112,7 +112,9 @@ class Listener:
                 f"{self.data_dir}: data directory in use by another dosereg listen ({self.lock.path}); "
                 "give each listener its own storage.data_dir"
             )
-        self.catalog = Catalog(catalog_path(self.data_dir))
+        # No WAL checkpoints on the association threads: the processing process (which
+        # commits after every object) runs them, off the C-STORE round-trip.
+        self.catalog = Catalog(catalog_path(self.data_dir), autocheckpoint=False)
         self.pipeline = Pipeline(self.data_dir, self.catalog)
         self.processor = Processor(self.data_dir)
         self._inflight = 0
