@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ log = logging.getLogger("dosereg.export")
 SUBMISSION_SCHEMA_ID = "dosereg.submission/1"
 MANIFEST_SCHEMA_ID = "dosereg.manifest/1"
 STAGING_PREFIX = ".staging-"
+_STAGING_NAME = re.compile(r"^\.staging-\d{8}T\d{6}Z-\d{4,}$")
 
 # Derived from the record by the rules (not part of its content) or volatile.
 _NOT_CONTENT = frozenset({"completeness", "classification", "flags", "export", "source_file"})
@@ -193,7 +195,7 @@ def _remove_stale_staging(out: Path) -> None:
     if not out.is_dir():
         return
     for p in out.iterdir():
-        if p.name.startswith(STAGING_PREFIX) and p.is_dir():
+        if _STAGING_NAME.match(p.name) and p.is_dir():
             log.warning("removing %s left by an interrupted export", p)
             shutil.rmtree(p, ignore_errors=True)
 
