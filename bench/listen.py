@@ -67,7 +67,8 @@ def bare_scp(port: int, out_dir: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
     while not stop[0]:
         time.sleep(0.1)
-    server.shutdown()
+    if server is not None:
+        server.shutdown()
 
 
 # -- helpers -----------------------------------------------------------------------------------
