@@ -128,6 +128,7 @@ class ReportBuilder:
         self.ctdi_by_region: dict[str, array[float]] = {}
         self.dlp_by_region: dict[str, array[float]] = {}
         self.problems: Counter[str] = Counter()
+        self.timing_by_protocol: dict[str, array[float]] = {}
         self.details = {
             "incomplete_study": _Detail("incomplete_study", (
                 "accession_number", "study_date", "scanner", "registry_code", "reasons")),
@@ -215,6 +216,8 @@ class ReportBuilder:
             timing = bool(ed.get("is_timing_run"))
             ctdi, dlp = ev.ctdivol_mGy, ev.dlp_mGycm
             if timing:
+                self.timing_by_protocol.setdefault(protocol, array("d")).append(
+                    float(ctdi) if isinstance(ctdi, (int, float)) else math.nan)
                 self._detail("timing_run", {**ident, "protocol": protocol, "acquisition_type": ev.acquisition_type,
                                             "ctdivol_mGy": ctdi, "dlp_mGycm": dlp})
             elif ev.acquisition_type != "constant_angle":
@@ -255,6 +258,12 @@ class ReportBuilder:
                                     ("body_region", "dlp_by_body_region", self.dlp_by_region)):
             for name, values in sorted(source.items()):
                 yield {"table": table, kind: name, **_stats(values)}
+        for name, values in sorted(self.timing_by_protocol.items()):
+            known = array("d", (v for v in values if not math.isnan(v)))
+            row = {"table": "timing_runs_by_protocol", "protocol": name, "events": len(values)}
+            if known:
+                row.update({f"{k}": v for k, v in _stats(known).items() if k != "n"})
+            yield row
 
     def write(self, folder: Path, stem: str, batch_id: str | None = None) -> list[Path]:
         """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths."""
@@ -287,14 +296,14 @@ class ReportBuilder:
             "<b>For use inside the hospital:</b> studies are identified by accession number and study date "
             "only; no patient names, patient IDs or birth dates appear in this report.</p>")
         cards = [
-            ("Studies", f"{self.studies}"),
-            ("Complete", f"{self.complete} ({rate:.0%})"),
-            ("G9327 (registry)", str(self.codes.get("G9327", 0))),
-            ("G9326 (not sent)", str(self.codes.get("G9326", 0))),
-            ("Excluded (QA, phantom)", str(self.codes.get("excluded", 0))),
-            ("Timing runs", str(self.details["timing_run"].count)),
-            ("Above notification", str(self.details["above_notification"].count)),
-            ("DLP disagreements", str(self.details["dlp_disagreement"].count)),
+            ("Studies", f"{self.studies:,}"),
+            ("Complete", f"{self.complete:,} ({rate:.0%})"),
+            ("G9327 (registry)", f"{self.codes.get('G9327', 0):,}"),
+            ("G9326 (not sent)", f"{self.codes.get('G9326', 0):,}"),
+            ("Excluded (QA, phantom)", f"{self.codes.get('excluded', 0):,}"),
+            ("Timing runs", f"{self.details['timing_run'].count:,}"),
+            ("Above notification", f"{self.details['above_notification'].count:,}"),
+            ("DLP disagreements", f"{self.details['dlp_disagreement'].count:,}"),
         ]
         parts.append("<div class='cards'>" + "".join(
             f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{html.escape(k)}</div></div>"
@@ -308,7 +317,7 @@ class ReportBuilder:
         scanner_rows = sorted(self.scanners.items(), key=lambda kv: (kv[1].rate(), kv[0]))
         parts.append(_table(
             ("Scanner", "Studies", "Complete", "Rate", "Excluded", "Most frequent missing / invalid"),
-            [(html.escape(n), str(g.studies), str(g.complete), _rate_html(g.rate()), str(g.excluded),
+            [(html.escape(n), f"{g.studies:,}", f"{g.complete:,}", _rate_html(g.rate()), str(g.excluded),
               _problems_html(g)) for n, g in scanner_rows],
             raw=(0, 3, 5), numeric=(1, 2, 4)))
 
@@ -316,7 +325,7 @@ class ReportBuilder:
         proto_rows = sorted(self.protocols.items(), key=lambda kv: (kv[1].rate(), -kv[1].studies, kv[0]))
         parts.append(_table(
             ("Protocol", "Studies", "Events", "Events complete", "Study rate", "Most frequent missing / invalid (its events)"),
-            [(html.escape(n), str(g.studies), str(g.events), str(g.events_complete), _rate_html(g.rate()),
+            [(html.escape(n), f"{g.studies:,}", f"{g.events:,}", f"{g.events_complete:,}", _rate_html(g.rate()),
               _problems_html(g)) for n, g in proto_rows[:HTML_ROWS]],
             raw=(0, 4, 5), numeric=(1, 2, 3)))
         if len(proto_rows) > HTML_ROWS:
@@ -334,6 +343,14 @@ class ReportBuilder:
         parts.append(f"<h2>Timing runs ({det.count})</h2><p class='note'>Bolus tracking and test-bolus scans "
                      "(protocol names, or CTDIvol above DLP on a stationary acquisition); excluded from dose "
                      "comparisons.</p>")
+        if self.timing_by_protocol:
+            summary = []
+            for name, values in sorted(self.timing_by_protocol.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+                known = array("d", (v for v in values if not math.isnan(v)))
+                med = _stats(known)["median"] if known else None
+                summary.append((name, f"{len(values):,}", _fmt(med)))
+            parts.append(_table(("Protocol", "Timing runs", "Median CTDIvol mGy"), summary[:HTML_ROWS], numeric=(1, 2)))
+            parts.append("<h3>Each timing run</h3>")
         parts.append(_detail_html(det, ("Accession", "Study date", "Scanner", "Protocol", "Acquisition",
                                         "CTDIvol mGy", "DLP mGy·cm")))
 
@@ -482,6 +499,7 @@ body {{ font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sa
        color: #1f2933; background: #f6f7f9; margin: 0; }}
 main {{ max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; }}
 h1 {{ font-size: 24px; margin: 0 0 4px; }}
+h3 {{ font-size: 15px; margin: 16px 0 6px; }}
 h2 {{ font-size: 18px; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 2px solid #e4e7eb; }}
 .sub {{ color: #52606d; margin: 0 0 12px; }}
 .note {{ color: #52606d; font-size: 13px; margin: 4px 0 10px; }}

@@ -71,6 +71,8 @@ def test_csv_holds_the_tables(report: tuple[Path, Path]) -> None:
     assert int(head["n"]) == 8 and 52.0 <= float(head["median"]) <= 54.5
     timing = [r for r in rows if r["table"] == "timing_run"]
     assert {r["protocol"] for r in timing} == {"PreMonitoring"}
+    (summary,) = [r for r in rows if r["table"] == "timing_runs_by_protocol"]
+    assert summary["protocol"] == "PreMonitoring" and summary["events"] == "10" and float(summary["median"]) == 4.1
 
 
 def test_html_is_self_contained_and_names_missing_elements(report: tuple[Path, Path]) -> None:
