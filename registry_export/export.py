@@ -9,8 +9,9 @@ the last batch, written out:
   ``G9327`` and its content fingerprint differs from the one last submitted (never
   submitted, or it gained a dose object since: submitted again under the same
   pseudonymous UID);
-* to billing (``flags/<batch_id>.csv`` and ``.parquet``) when its flags row (codes,
-  reasons, accession number, patient ID, date) differs from the one billing last got;
+* to billing (``flags/<batch_id>.csv`` and ``.parquet``) when its flags row differs from
+  the one billing last got in what billing acts on: registry and nomenclature codes,
+  accession number, study UID, patient ID and date (a reworded reason alone is not news);
 * ``reports/completeness-<batch_id>.html`` and ``.csv`` cover every study of the catalog.
 
 Everything is written under a staging folder ``.staging-<batch_id>`` in the output folder
@@ -93,7 +94,8 @@ def flags_row(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_key(row: dict[str, Any]) -> str:
-    blob = "\x1f".join("\x1e" if v is None else str(v) for v in row.values())
+    """What billing acts on: the codes and the keys they are filed under (not the wording of reasons)."""
+    blob = "\x1f".join("\x1e" if v is None else str(v) for k, v in row.items() if k != "reasons")
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 
 from dosereg.registry_export.deid import pseudonym_uid
 from tests.conftest import jsonl, run_cli
@@ -184,3 +183,25 @@ def test_studies_table_lists_the_corpus(corpus: Path, tmp_path: Path) -> None:
     assert lines[0].startswith("Date") and len(lines) == 2 + 7 + 1
     assert any("ACC12345601" in line and "G9327" in line for line in lines)
     assert lines[-1] == "7 studies, 4 incomplete or in error"
+
+
+def test_cumulative_objects_resubmit_the_study_under_the_same_pseudonym(corpus: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run_cli("import", str(corpus / "CT-RDSR-Siemens-Multi-1.dcm"), "--data-dir", str(data)).returncode == 0
+    assert run_cli("export", "--data-dir", str(data), env=ENV).returncode == 0
+    (first,) = list((data / "registry").glob("*/*"))
+    t1 = pq.read_table(first / "studies.parquet").to_pylist()
+    assert len(t1) == 1 and t1[0]["total_events"] == 1
+
+    for name in ("CT-RDSR-Siemens-Multi-2.dcm", "CT-RDSR-Siemens-Multi-3.dcm"):
+        assert run_cli("import", str(corpus / name), "--data-dir", str(data)).returncode == 0
+    res = run_cli("export", "--data-dir", str(data), env=ENV)
+    assert res.returncode == 0, res.stderr
+    assert "1 re-submitted after a change" in res.stdout
+    (second,) = [b for b in (data / "registry").glob("*/*") if b != first]
+    t2 = pq.read_table(second / "studies.parquet").to_pylist()
+    assert len(t2) == 1 and t2[0]["study_instance_uid"] == t1[0]["study_instance_uid"]
+    assert t2[0]["total_events"] == 3 and len(t2[0]["dose_objects"]) == 3
+    assert pq.read_table(second / "events.parquet").num_rows == 3
+    # the flags did not change (still G9327 / G9320): billing gets no new row, so no flags file
+    assert len(list((data / "flags").glob("*.csv"))) == 1
