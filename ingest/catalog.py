@@ -19,6 +19,7 @@ an acknowledged object (the listener re-processes whatever is still in the spool
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -33,7 +34,7 @@ from dosereg.extract import StudyRecord, merge_study
 
 log = logging.getLogger("dosereg.ingest.catalog")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG_NAME = "catalog.sqlite"
 
 # Each entry migrates the schema from version i to i + 1.
@@ -96,7 +97,24 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (study_instance_uid, position)
     ) WITHOUT ROWID;
     """,
+    # 2: identical content = identical extracted record (a re-send through another
+    # sender re-encodes the file meta and may re-encode the dataset)
+    """
+    ALTER TABLE objects ADD COLUMN record_key TEXT;
+    """,
 ]
+
+
+def _fill_record_keys(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT sop_instance_uid, record_json FROM objects WHERE record_key IS NULL").fetchall()
+    conn.executemany(
+        "UPDATE objects SET record_key = ? WHERE sop_instance_uid = ?",
+        [(_key(json.loads(text)), uid) for uid, text in rows],
+    )
+
+
+# Data migrations run after the schema script of the same version (Python, same transaction).
+_FILLS: dict[int, tuple[Any, ...]] = {2: (_fill_record_keys,)}
 
 
 class CatalogError(Exception):
@@ -110,6 +128,18 @@ def utc_now() -> str:
 
 def _dumps(d: dict[str, Any]) -> str:
     return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+
+def _key(d: dict[str, Any]) -> str:
+    plain = dict(d)
+    plain["source_file"] = None
+    plain["dose_objects"] = [{**ref, "received_at": None} for ref in d.get("dose_objects") or ()]
+    return hashlib.sha256(_dumps(plain).encode("utf-8")).hexdigest()
+
+
+def record_key(record: StudyRecord) -> str:
+    """Identity of an object's content: its record without when/where it was received."""
+    return _key(record.to_dict())
 
 
 def object_uid(record: StudyRecord) -> str:
@@ -207,6 +237,8 @@ class Catalog:
                     for statement in script.split(";"):
                         if statement.strip():
                             self._conn.execute(statement)
+                    for fill in _FILLS.get(version + 1, ()):
+                        fill(self._conn)
                     version += 1
                     self._conn.execute(
                         "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, utc_now())
@@ -372,15 +404,16 @@ class Catalog:
             raise ValueError("record has no Study Instance UID")
         sop_uid = object_uid(record)
         ref = record.dose_objects[0]
-        text = _dumps(record.to_dict())
+        d = record.to_dict()
+        text, key = _dumps(d), _key(d)
         with self._lock:
             for _attempt in range(50):
                 row = self._conn.execute(
-                    "SELECT sha256, record_json, study_instance_uid, seq FROM objects WHERE sop_instance_uid = ?",
+                    "SELECT sha256, record_key, study_instance_uid, seq FROM objects WHERE sop_instance_uid = ?",
                     (sop_uid,),
                 ).fetchone()
                 if row is not None:
-                    same = (row[0] == content_sha256) if (row[0] and content_sha256) else (row[1] == text)
+                    same = (content_sha256 is not None and row[0] == content_sha256) or row[1] == key
                     if same:
                         if received_id is not None:
                             self._write("UPDATE received SET state = 'done', outcome = 'duplicate' WHERE id = ?",
@@ -401,7 +434,7 @@ class Catalog:
                 self._begin()
                 try:
                     again = self._conn.execute(
-                        "SELECT sha256, record_json, study_instance_uid, seq FROM objects "
+                        "SELECT sha256, record_key, study_instance_uid, seq FROM objects "
                         "WHERE sop_instance_uid = ?", (sop_uid,),
                     ).fetchone()
                     if again != row or self._study_snapshot(study) != snapshot:
@@ -410,12 +443,13 @@ class Catalog:
                     seq = self._next_seq()
                     self._conn.execute(
                         "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
-                        "raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "raw_path, received_at, seq, record_json, record_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT(sop_instance_uid) DO UPDATE SET study_instance_uid = excluded.study_instance_uid, "
                         "sop_class_uid = excluded.sop_class_uid, sha256 = excluded.sha256, "
                         "raw_path = excluded.raw_path, received_at = excluded.received_at, seq = excluded.seq, "
-                        "record_json = excluded.record_json",
-                        (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at, seq, text),
+                        "record_json = excluded.record_json, record_key = excluded.record_key",
+                        (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at, seq, text,
+                         key),
                     )
                     self._put_study(study, study_row, event_rows)
                     if row is not None and row[2] != study:
@@ -487,19 +521,22 @@ class Catalog:
         groups: dict[str, list[StudyRecord]] = {}
         for r in records:
             groups.setdefault(str(r.study_instance_uid), []).append(r)
-        texts = [_dumps(r.to_dict()) for r in records]
+        dicts = [r.to_dict() for r in records]
+        texts = [_dumps(d) for d in dicts]
+        keys = [_key(d) for d in dicts]
         with self._lock:
             self._begin()
             try:
                 seq = self._next_seq()
                 rows = []
-                for i, (r, text) in enumerate(zip(records, texts, strict=True)):
+                for i, (r, text, key) in enumerate(zip(records, texts, keys, strict=True)):
                     ref = r.dose_objects[0]
                     rows.append((ref.sop_instance_uid, r.study_instance_uid, ref.sop_class_uid, None, None,
-                                 ref.received_at, seq + i, text))
+                                 ref.received_at, seq + i, text, key))
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, "
-                    "sha256, raw_path, received_at, seq, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "sha256, raw_path, received_at, seq, record_json, record_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 existing = {uid for (uid,) in self._conn.execute("SELECT study_instance_uid FROM studies")}

@@ -9,7 +9,6 @@ import of the same folder is deterministic and changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter, deque
@@ -23,7 +22,7 @@ from dosereg.extract import StudyRecord, extract_bytes
 
 from .catalog import Catalog, catalog_path
 from .locking import DataDirLock
-from .pipeline import Pipeline, Received
+from .pipeline import Pipeline, Received, content_sha256
 
 log = logging.getLogger("dosereg.ingest.import")
 
@@ -151,7 +150,7 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                 if bar is not None:
                     bar.update(1)
                 continue
-            sha = hashlib.sha256(data).hexdigest()
+            sha = content_sha256(data)
             if catalog.known_sha256(sha):
                 summary.known += 1
                 if bar is not None:

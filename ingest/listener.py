@@ -183,6 +183,16 @@ class Listener:
             why = f"too many associations (listener.max_associations = {self.cfg.listener.max_associations})"
         log.warning("refused association from %s (%s:%s): %s", calling, rq.address, rq.port, why)
 
+    def _on_conn_close(self, event: Any) -> None:
+        # A connection closed before any A-ASSOCIATE-RQ (a monitoring port probe): pynetdicom
+        # would keep its association slot for listener.acse_timeout_s; wake it up now.
+        assoc = event.assoc
+        try:
+            if not assoc.is_established and assoc.requestor.primitive is None:
+                assoc.dul.to_user_queue.put(None)
+        except AttributeError:  # pragma: no cover - pynetdicom internals changed
+            pass
+
     def _on_established(self, event: Any) -> None:
         rq = event.assoc.requestor
         log.info("association from %s (%s:%s) established", str(rq.ae_title).strip(), rq.address, rq.port)
@@ -205,6 +215,7 @@ class Listener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         self.server = self.ae.start_server(
             (lst.host, lst.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context,

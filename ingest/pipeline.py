@@ -48,6 +48,22 @@ class Received:
     sop_instance_uid: str | None = None
 
 
+def content_sha256(data: bytes) -> str:
+    """SHA-256 of the encoded dataset, without the preamble and file meta information.
+
+    The file meta differs between senders (Implementation Class UID, Source AE title) for
+    the same object; what identifies identical content is the dataset itself.
+    """
+    if len(data) >= 144 and data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00":
+        # (0002,0000) File Meta Information Group Length, explicit VR little endian, UL
+        if data[136:138] == b"UL":
+            group_length = int.from_bytes(data[140:144], "little")
+            start = 144 + group_length
+            if start <= len(data):
+                return hashlib.sha256(memoryview(data)[start:]).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -119,7 +135,7 @@ class Pipeline:
     def receive(self, data: bytes, *, source: str | None = None, sop_instance_uid: str | None = None,
                 sop_class_uid: str | None = None, calling_ae_title: str | None = None) -> Received:
         """Make ``data`` durable in the spool and note it; raises OSError (nothing kept) on failure."""
-        sha = hashlib.sha256(data).hexdigest()
+        sha = content_sha256(data)
         received_at = utc_now()
         name = self._name(sha)
         path = self._write_durable(self.spool_dir, name, data)
@@ -228,7 +244,7 @@ class Pipeline:
         for p in on_disk:
             if p.name in known:
                 continue
-            sha = hashlib.sha256(p.read_bytes()).hexdigest()
+            sha = content_sha256(p.read_bytes())
             mtime = os.stat(p).st_mtime
             from datetime import datetime, timezone
 

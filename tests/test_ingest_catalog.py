@@ -118,7 +118,7 @@ def test_schema_version_and_migration(cfg: Config, catalog: Catalog) -> None:
     assert catalog.schema_version == SCHEMA_VERSION
     conn = sqlite3.connect(catalog.path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     catalog.close()
@@ -126,12 +126,49 @@ def test_schema_version_and_migration(cfg: Config, catalog: Catalog) -> None:
     assert again.schema_version == SCHEMA_VERSION
     again.close()
     conn = sqlite3.connect(catalog.path)
-    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.execute("PRAGMA user_version = 99")
     conn.commit()
     conn.close()
     with pytest.raises(CatalogError, match="schema version 99 is newer"):
         open_catalog(cfg)
+
+
+def test_migrates_a_version_1_catalog(cfg: Config) -> None:
+    from dosereg.ingest.catalog import _MIGRATIONS, catalog_path
+
+    path = catalog_path(cfg.data_dir)
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[0])
+    a = record("1.5.1", "1.5.1.1", [("9.1", 1.0)])
+    conn.execute("INSERT INTO objects (sop_instance_uid, study_instance_uid, seq, record_json) VALUES (?, ?, 1, ?)",
+                 ("1.5.1.1", "1.5.1", json.dumps(a.to_dict())))
+    conn.execute("INSERT INTO studies VALUES ('1.5.1', 1, '2026-01-01T00:00:00Z', ?)", (json.dumps(a.to_dict()),))
+    conn.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00Z')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CatalogError, match="needs migrating"):
+        open_catalog(cfg, readonly=True)
+    catalog = open_catalog(cfg)
+    try:
+        assert catalog.schema_version == SCHEMA_VERSION
+        assert catalog.count_studies() == 1
+        # the migration computed the content key of the old row: an identical re-send changes nothing
+        assert catalog.add_object(a) == "duplicate"
+        assert catalog.add_object(record("1.5.1", "1.5.1.1", [("9.1", 2.0)])) == "replaced"
+    finally:
+        catalog.close()
+
+
+def test_same_record_different_bytes_is_duplicate(catalog: Catalog) -> None:
+    a = record("1.6.1", "1.6.1.1", [("9.1", 1.0)], received_at="2026-11-25T10:00:00Z")
+    b = record("1.6.1", "1.6.1.1", [("9.1", 1.0)], received_at="2026-11-25T11:00:00Z")
+    assert catalog.add_object(a, content_sha256="aa") == "new"
+    assert catalog.add_object(b.with_changes(source_file="elsewhere.dcm"), content_sha256="bb") == "duplicate"
+    study = catalog.get_study("1.6.1")
+    assert study is not None and study.dose_objects[0].received_at == "2026-11-25T10:00:00Z"
 
 
 def test_readonly_reads_while_a_writer_is_open(cfg: Config, catalog: Catalog) -> None:

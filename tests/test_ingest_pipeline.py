@@ -10,7 +10,7 @@ import pytest
 
 from dosereg.ingest import Catalog, Pipeline
 from dosereg.ingest.catalog import catalog_path
-from dosereg.ingest.pipeline import FAULT_ENV
+from dosereg.ingest.pipeline import FAULT_ENV, content_sha256
 
 JUNK = b"this is not a DICOM file\n" * 10
 
@@ -124,7 +124,15 @@ def test_corpus_object_processed_into_catalog(corpus: Path, data_dir: Path) -> N
     assert pipe.process(item) == "new"
     (row,) = catalog.object_rows()
     assert (data_dir / row["raw_path"]).read_bytes() == raw
-    assert row["sha256"] == hashlib.sha256(raw).hexdigest()
+    # identity is the dataset without its file meta (which differs from sender to sender)
+    assert row["sha256"] == content_sha256(raw) != hashlib.sha256(raw).hexdigest()
+    # the same dataset behind another file meta (an extra Source Application Entity Title)
+    group_length = int.from_bytes(raw[140:144], "little")
+    extra = b"\x02\x00\x16\x00AE\x06\x00OTHER "
+    other = (raw[:140] + (group_length + len(extra)).to_bytes(4, "little") + raw[144:144 + group_length]
+             + extra + raw[144 + group_length:])
+    assert hashlib.sha256(other).hexdigest() != hashlib.sha256(raw).hexdigest()
+    assert content_sha256(other) == content_sha256(raw)
     (study,) = list(catalog.iter_studies())
     assert study.dose_objects[0].kind == "enhanced_sr"
     assert study.dose_objects[0].received_at == item.received_at

@@ -497,3 +497,34 @@ def test_threads_of_sender(corpus: Path, tmp_path: Path, listener: Listener, dat
     assert all(s == [0] * len(made[i::4]) for i, s in results.items())
     wait_processed(data_dir, 20)
     assert db_rows(data_dir, "SELECT COUNT(*) FROM studies")[0][0] == 20
+
+
+def test_max_associations(tmp_path: Path, data_dir: Path) -> None:
+    config = _write_config(tmp_path / "c.toml", "max_associations = 1\n")
+    with Listener(data_dir, config=config) as lst:
+        first = scu_ae("FIRST").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+        assert first.is_established
+        second = scu_ae("SECOND").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+        assert second.is_rejected
+        first.release()
+        third = scu_ae("THIRD").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+        assert third.is_established
+        third.release()
+        assert lst.terminate() == 0
+        assert "refused association from SECOND" in lst.log()
+        assert "too many associations (listener.max_associations = 1)" in lst.log()
+
+
+def test_import_while_listening_then_resend(corpus: Path, listener: Listener, data_dir: Path) -> None:
+    """``import`` and the listener on one data directory: one catalog, each object once."""
+    files = corpus_files(corpus)
+    r = run_cli("import", *map(str, files), "--data-dir", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("imported 9, already known 0")
+    r2 = storescu(listener.port, files)
+    assert r2.returncode == 0, r2.stderr
+    wait_processed(data_dir, 2 * len(files))
+    outcomes = [o for (o,) in db_rows(data_dir, "SELECT outcome FROM received ORDER BY id")]
+    assert outcomes == ["new"] * 9 + ["duplicate"] * 9
+    assert db_rows(data_dir, "SELECT COUNT(*) FROM studies")[0][0] == 7
+    assert listener.terminate() == 0
