@@ -105,9 +105,27 @@ class Listener:
         self.cfg = cfg
         lst = cfg.listener
         self.ssl_context = _ssl_context(cfg)
+        try:
+            ae = AE(ae_title=lst.ae_title)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: listener.ae_title (or --ae-title): {exc}") from None
+        ae.require_called_aet = lst.require_called_ae_title
+        try:
+            ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: listener.allowed_calling_ae_titles: {exc}") from None
+        ae.maximum_associations = lst.max_associations
+        ae.acse_timeout = lst.acse_timeout_s
+        ae.dimse_timeout = lst.dimse_timeout_s
+        ae.network_timeout = lst.network_timeout_s
+        ae.maximum_pdu_size = 0  # no limit: the sender chooses; fewer PDUs per object
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        self.ae = ae
         self.data_dir = cfg.data_dir.resolve()
         self.lock = DataDirLock(self.data_dir)
-        if not self.lock.acquire(timeout_s=30):
+        if not self.lock.acquire(timeout_s=5):
             raise ConfigError(
                 f"{self.data_dir}: data directory in use by another dosereg listen ({self.lock.path}); "
                 "give each listener its own storage.data_dir"
@@ -121,19 +139,6 @@ class Listener:
         self._closing = False
         self._cond = threading.Condition()
         self.server: Any = None
-
-        ae = AE(ae_title=lst.ae_title)
-        ae.require_called_aet = lst.require_called_ae_title
-        ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
-        ae.maximum_associations = lst.max_associations
-        ae.acse_timeout = lst.acse_timeout_s
-        ae.dimse_timeout = lst.dimse_timeout_s
-        ae.network_timeout = lst.network_timeout_s
-        ae.maximum_pdu_size = 0  # no limit: the sender chooses; fewer PDUs per object
-        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        for sop_class in STORAGE_CLASSES:
-            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        self.ae = ae
 
     # -- event handlers -------------------------------------------------------------------
     def _on_store(self, event: Any) -> int:

@@ -528,3 +528,24 @@ def test_import_while_listening_then_resend(corpus: Path, listener: Listener, da
     assert outcomes == ["new"] * 9 + ["duplicate"] * 9
     assert db_rows(data_dir, "SELECT COUNT(*) FROM studies")[0][0] == 7
     assert listener.terminate() == 0
+
+
+def test_bad_settings_are_one_clear_line(tmp_path: Path, data_dir: Path) -> None:
+    config = _write_config(tmp_path / "c.toml", 'allowed_calling_ae_titles = ["A_TITLE_FAR_TOO_LONG"]\n')
+    r = run_cli("listen", "--config", str(config), "--port", str(free_port()), "--data-dir", str(data_dir),
+                timeout=60)
+    assert r.returncode == 2
+    assert "listener.allowed_calling_ae_titles" in r.stderr and str(config) in r.stderr
+    config = _write_config(tmp_path / "t.toml", 'tls_certificate = "/nonexistent/cert.pem"\n')
+    r = run_cli("listen", "--config", str(config), "--port", str(free_port()), "--data-dir", str(data_dir),
+                timeout=60)
+    assert r.returncode == 2 and "listener.tls_private_key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_one_listener_per_data_directory(listener: Listener, data_dir: Path) -> None:
+    r = run_cli("listen", "--host", "127.0.0.1", "--port", str(free_port()), "--data-dir", str(data_dir),
+                timeout=60)
+    assert r.returncode == 2
+    assert "data directory in use by another dosereg listen" in r.stderr
+    assert listener.proc.poll() is None
