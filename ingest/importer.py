@@ -21,6 +21,7 @@ from dosereg.config import Config
 from dosereg.extract import StudyRecord, extract_bytes
 
 from .catalog import Catalog, catalog_path
+from .classes import ACCEPTED_SOP_CLASSES, meta_sop_class
 from .locking import DataDirLock
 from .pipeline import Pipeline, Received, content_sha256
 
@@ -36,6 +37,9 @@ class ImportSummary:
     quarantined: Counter[str] = field(default_factory=Counter)
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    #: DICOM files of a SOP class the listener would refuse at negotiation (e.g. CT images
+    #: in an archive export): not taken in, like at the listener.
+    skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,7 +54,10 @@ class ImportSummary:
         q = f"quarantined {self.total_quarantined}"
         if self.quarantined:
             q += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(self.quarantined.items())) + ")"
-        return f"imported {self.imported}, already known {self.known}, {q}, failed {self.failed}"
+        line = f"imported {self.imported}, already known {self.known}, {q}, failed {self.failed}"
+        if self.skipped:
+            line += f", skipped {self.skipped} (SOP class not accepted by the listener)"
+        return line
 
     def count(self, outcome: str) -> None:
         if outcome in ("new", "replaced"):
@@ -79,6 +86,16 @@ def _walk(paths: list[Path], summary: ImportSummary) -> Iterator[Path]:
             yield p
         else:
             summary.fail(f"{p}: no such file or directory")
+
+
+def _read_unless_refused(path: Path) -> bytes | None:
+    """The file's bytes, or None when its file meta names a SOP class the listener refuses."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+        sop_class = meta_sop_class(head)
+        if sop_class is not None and sop_class not in ACCEPTED_SOP_CLASSES:
+            return None
+        return head + fh.read()
 
 
 def _header_sop_uid(data: bytes) -> str | None:
@@ -144,9 +161,15 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
 
         for path in files:
             try:
-                data = path.read_bytes()
+                data = _read_unless_refused(path)
             except OSError as exc:
                 summary.fail(f"{path}: cannot read: {exc.strerror or exc}")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if data is None:
+                summary.skipped += 1
+                log.info("%s: skipped, its SOP class is not one the listener accepts", path)
                 if bar is not None:
                     bar.update(1)
                 continue

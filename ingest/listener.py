@@ -28,19 +28,12 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    PatientRadiationDoseSRStorage,
-    SecondaryCaptureImageStorage,
-    Verification,
-    XRayRadiationDoseSRStorage,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dosereg.config import Config, ConfigError
 
 from .catalog import Catalog, catalog_path
+from .classes import ACCEPTED_SOP_CLASSES
 from .locking import DataDirLock
 from .pipeline import Pipeline
 from .processor import Processor
@@ -48,14 +41,7 @@ from .processor import Processor
 log = logging.getLogger("dosereg.ingest.listener")
 
 #: The storage SOP classes of the domain primer's table; nothing else is accepted.
-STORAGE_CLASSES = (
-    XRayRadiationDoseSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.67
-    EnhancedSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.22
-    ComprehensiveSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.33
-    Comprehensive3DSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.34
-    PatientRadiationDoseSRStorage,  # 1.2.840.10008.5.1.4.1.1.88.73 (quarantined until parsed)
-    SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7 (Philips dose screens)
-)
+STORAGE_CLASSES = tuple(ACCEPTED_SOP_CLASSES)
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

@@ -16,7 +16,8 @@ from .conftest import jsonl, run_cli, validate_record
 from .test_listener import SIEMENS_STUDY, synthetic
 
 SUMMARY = re.compile(
-    r"^imported (\d+), already known (\d+), quarantined (\d+)(?: \(([^)]*)\))?, failed (\d+)$"
+    r"^imported (\d+), already known (\d+), quarantined (\d+)(?: \(([^)]*)\))?, failed (\d+)"
+    r"(?:, skipped \d+ \(SOP class not accepted by the listener\))?$"
 )
 
 
@@ -113,7 +114,7 @@ def test_unreadable_file_fails(tmp_path: Path) -> None:
 def test_import_in_parallel_api(corpus: Path, tmp_path: Path) -> None:
     made = synthetic(corpus, tmp_path / "src", 40)
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "data")))
-    summary = import_paths(cfg, [tmp_path / "src"], jobs=2)
+    summary = import_paths(cfg, [tmp_path / "src"], jobs=2, progress=True)
     assert summary.ok
     assert (summary.imported, summary.known, summary.total_quarantined) == (40, 0, 0)
     catalog = open_catalog(cfg, readonly=True)
@@ -126,3 +127,28 @@ def test_import_in_parallel_api(corpus: Path, tmp_path: Path) -> None:
         catalog.close()
     again = import_paths(cfg, [tmp_path / "src"], jobs=2)
     assert (again.imported, again.known) == (0, 40)
+
+
+def test_other_sop_classes_are_skipped_like_at_the_listener(corpus: Path, tmp_path: Path) -> None:
+    """An archive export holds images too: they are not taken in (the listener refuses them)."""
+    import pydicom
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    from dosereg.ingest.classes import ACCEPTED_SOP_CLASSES, meta_sop_class
+
+    src = tmp_path / "archive"
+    src.mkdir()
+    ds = pydicom.dcmread(corpus / "CT-RDSR-Siemens-Multi-1.dcm")
+    assert meta_sop_class((corpus / "CT-RDSR-Siemens-Multi-1.dcm").read_bytes()) in ACCEPTED_SOP_CLASSES
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(src / "image.dcm", enforce_file_format=True)
+    assert meta_sop_class((src / "image.dcm").read_bytes()[:4096]) == CTImageStorage
+    (src / "report.dcm").write_bytes((corpus / "CT-RDSR-Siemens-Multi-1.dcm").read_bytes())
+    data = tmp_path / "data"
+    r = run_cli("import", str(src), "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line == ("imported 1, already known 0, quarantined 0, failed 0, "
+                    "skipped 1 (SOP class not accepted by the listener)")
+    assert list((data / "quarantine").iterdir()) == []
