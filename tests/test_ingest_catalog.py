@@ -108,6 +108,9 @@ def test_add_objects_bulk(catalog: Catalog) -> None:
     assert s7 is not None and len(s7.dose_objects) == 2 and s7.total_events == 2
     s8 = catalog.get_study("1.9.00008")
     assert s8 is not None and s8.total_dlp_mGycm == 8.0
+    # an identical re-send of a bulk-loaded object changes nothing; a different one replaces it
+    assert catalog.add_object(records[3]) == "duplicate"
+    assert catalog.add_object(record("1.9.00003", "1.9.00003.1", [("8.3", 4.0)])) == "replaced"
     # a later bulk load merges with what is there
     catalog.add_objects([record("1.9.00008", "1.9.00008.2", [("8.8b", 2.0)])])
     s8 = catalog.get_study("1.9.00008")
