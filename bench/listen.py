@@ -30,6 +30,7 @@ from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTLE_S = 3.0
 LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
 log4cplus.appender.console = log4cplus::ConsoleAppender
@@ -119,6 +120,14 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    try:
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [d for k in kids for d in descendants(k)]
+
+
 def parse_rtts(log: str) -> tuple[list[float], int]:
     """Round-trip times (ms) from a storescu log in the LOG_CONFIG pattern, and the successes."""
     rtts: list[float] = []
@@ -182,8 +191,11 @@ def one_run(kind: str, files: list[Path], senders: int, work: Path, log_config: 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
     try:
         wait_port(port, proc)
+        time.sleep(SETTLE_S)  # steady state: dosereg's processing process has started
         elapsed, rtts, ok = run_senders(port, files, senders, log_config)
         rss = peak_rss_mb(proc.pid) or float("nan")
+        # dosereg's processing process (and multiprocessing's resource tracker) count too
+        rss_all = rss + sum(peak_rss_mb(k) or 0.0 for k in descendants(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -192,7 +204,8 @@ def one_run(kind: str, files: list[Path], senders: int, work: Path, log_config: 
             proc.kill()
     if ok != len(files):
         raise SystemExit(f"{kind}: only {ok} of {len(files)} objects acknowledged")
-    return {"rate": len(files) / elapsed, "p50": pct(rtts, 50), "p99": pct(rtts, 99), "rss": rss}
+    return {"rate": len(files) / elapsed, "p50": pct(rtts, 50), "p99": pct(rtts, 99), "rss": rss,
+            "rss_all": rss_all}
 
 
 def main() -> int:
@@ -229,10 +242,12 @@ def main() -> int:
                     if best is None or r["rate"] > best["rate"]:
                         results[(kind, senders)] = r
         print()
-        print(f"{'server':<16}{'senders':>8}{'objects/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS MB':>13}")
+        print(f"{'server':<16}{'senders':>8}{'objects/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS MB':>13}"
+              f"{'+children':>11}")
         for (kind, senders), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             name = "bare pynetdicom" if kind == "bare" else "dosereg listen"
-            print(f"{name:<16}{senders:>8}{r['rate']:>12.1f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rss']:>13.1f}")
+            print(f"{name:<16}{senders:>8}{r['rate']:>12.1f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rss']:>13.1f}"
+                  f"{r['rss_all']:>11.1f}")
         print()
         verdicts = []
         for senders in (1, 4):
@@ -242,7 +257,10 @@ def main() -> int:
                   f"p99 {d['p99']:.1f} ms (target < 50), p50 ratio {d['p50'] / b['p50']:.2f}")
             verdicts += [ratio >= 0.8, d["p99"] < 50]
         rss = max(results[("dosereg", s)]["rss"] for s in (1, 4))
-        print(f"dosereg listen peak RSS {rss:.1f} MB (target < 300)")
+        rss_all = max(results[("dosereg", s)]["rss_all"] for s in (1, 4))
+        print(f"dosereg listen peak RSS {rss:.1f} MB, with its processing process {rss_all:.1f} MB "
+              "(target < 300)")
+        rss = rss_all
         verdicts.append(rss < 300)
         print("all targets met" if all(verdicts) else "some targets NOT met")
     return 0
