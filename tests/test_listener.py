@@ -549,3 +549,24 @@ def test_one_listener_per_data_directory(listener: Listener, data_dir: Path) -> 
     assert r.returncode == 2
     assert "data directory in use by another dosereg listen" in r.stderr
     assert listener.proc.poll() is None
+
+
+def test_patient_radiation_dose_sr_accepted_and_quarantined(corpus: Path, tmp_path: Path, listener: Listener,
+                                                            data_dir: Path) -> None:
+    """Patient Radiation Dose SR (a summary) is accepted, answered Success and quarantined with a reason."""
+    from pynetdicom.sop_class import PatientRadiationDoseSRStorage  # type: ignore[attr-defined]
+
+    (path, _, sop), = synthetic(corpus, tmp_path / "syn", 1)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = PatientRadiationDoseSRStorage
+    ae = scu_ae(contexts=[PatientRadiationDoseSRStorage])
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="DOSEREG")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    wait_processed(data_dir, 1)
+    ((name, code, q_sop),) = db_rows(data_dir, "SELECT name, error_code, sop_instance_uid FROM quarantine")
+    assert q_sop == sop
+    assert (data_dir / "quarantine" / name).is_file()
+    assert f"error_code: {code}" in (data_dir / "quarantine" / f"{name}.reason.txt").read_text()
+    assert db_rows(data_dir, "SELECT COUNT(*) FROM objects")[0][0] == 0
