@@ -351,16 +351,21 @@ class Catalog:
     # -- the spool's ledger -------------------------------------------------------------
     def record_received(self, *, name: str, sha256: str, sop_instance_uid: str | None,
                         sop_class_uid: str | None, calling_ae_title: str | None, source: str | None,
-                        received_at: str) -> int:
-        """Note an object just made durable in the spool; returns its received id."""
+                        received_at: str, state: str = "spooled") -> int:
+        """Note an object just made durable in the spool; returns its received id.
+
+        ``state`` is ``spooled`` (the listener's processing process takes it) or
+        ``importing`` (an ``import`` run processes it itself; if that run dies, the next
+        start finds the file in the spool and notes it ``spooled`` again).
+        """
         with self._lock:
             self._begin()
             try:
                 cur = self._conn.execute(
                     "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
-                    "source, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET state = 'spooled' RETURNING id",
-                    (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at),
+                    "source, received_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET state = excluded.state RETURNING id",
+                    (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at, state),
                 )
                 row = cur.fetchone()
                 cur.close()
@@ -376,8 +381,9 @@ class Catalog:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def received_names(self) -> set[str]:
-        return {r[0] for r in self._conn.execute("SELECT name FROM received")}
+    def received_state_by_name(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT state FROM received WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock:
@@ -391,6 +397,25 @@ class Catalog:
 
     def mark_processed(self, received_id: int, outcome: str) -> None:
         self._write("UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id))
+
+    def mark_lost(self, received_id: int) -> bool:
+        """A spooled object whose file is gone; False when another process finished it meanwhile."""
+        with self._lock:
+            self._begin()
+            try:
+                cur = self._conn.execute(
+                    "UPDATE received SET state = 'done', outcome = 'lost' WHERE id = ? AND state != 'done'",
+                    (received_id,),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return cur.rowcount == 1
+
+    def received_state(self, received_id: int) -> str | None:
+        row = self._conn.execute("SELECT state FROM received WHERE id = ?", (received_id,)).fetchone()
+        return row[0] if row else None
 
     # -- writing ------------------------------------------------------------------------
     def add_quarantined(self, *, sha256: str, name: str, sop_instance_uid: str | None, error_code: str,

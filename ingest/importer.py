@@ -180,7 +180,7 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                     bar.update(1)
                 continue
             try:
-                item = pipeline.receive(data, source=str(path))
+                item = pipeline.receive(data, source=str(path), state="importing")
             except OSError as exc:
                 summary.fail(f"{path}: cannot store it in {pipeline.spool_dir}: {exc.strerror or exc}")
                 if bar is not None:

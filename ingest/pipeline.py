@@ -23,7 +23,9 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from dosereg.extract import StudyRecord, extract_bytes
@@ -33,6 +35,8 @@ from .catalog import Catalog, utc_now
 log = logging.getLogger("dosereg.ingest")
 
 FAULT_ENV = "DOSEREG_FAULT_WRITE_FILE"
+#: A spool file younger than this may belong to a live writer (another ``import``).
+LIVE_WRITER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class Pipeline:
         return final
 
     def receive(self, data: bytes, *, source: str | None = None, sop_instance_uid: str | None = None,
-                sop_class_uid: str | None = None, calling_ae_title: str | None = None) -> Received:
+                sop_class_uid: str | None = None, calling_ae_title: str | None = None,
+                state: str = "spooled") -> Received:
         """Make ``data`` durable in the spool and note it; raises OSError (nothing kept) on failure."""
         sha = content_sha256(data)
         received_at = utc_now()
@@ -142,7 +147,7 @@ class Pipeline:
         try:
             rid = self.catalog.record_received(
                 name=name, sha256=sha, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
-                calling_ae_title=calling_ae_title, source=source or name, received_at=received_at,
+                calling_ae_title=calling_ae_title, source=source or name, received_at=received_at, state=state,
             )
         except (sqlite3.Error, OSError) as exc:
             try:
@@ -187,7 +192,12 @@ class Pipeline:
         an unusable one (``duplicate`` when the same bytes are already quarantined).
         """
         if record is None:
-            record = self.extract(item)
+            try:
+                record = self.extract(item)
+            except FileNotFoundError:
+                if self.catalog.received_state(item.id) == "done":
+                    return "done elsewhere"  # another process (an import) finished it meanwhile
+                raise
         if record.error is not None:
             return self._quarantine(item, record, header_sop_uid)
         final = self.object_path(item.sha256)
@@ -233,22 +243,34 @@ class Pipeline:
     def recover(self) -> list[Received]:
         """Everything spooled but not processed (e.g. after a crash), in received order.
 
-        Leftover temporary files were never acknowledged and are removed; a spooled file
-        the catalog does not know (its row lost in a power cut) is noted again.
+        Run by the one process holding the data directory's lock (a starting listener, or an
+        import when no listener runs). Leftover temporary files were never acknowledged and
+        are removed; a spooled file the catalog does not know (its row lost in a power cut),
+        or whose row says done (a move lost in a power cut), is noted again. Files another
+        live ``import`` is working on (recent ``importing`` rows, recent temporary files) are
+        left to it.
         """
+        now = time.time()
         for tmp in self.spool_dir.glob(".tmp-*"):
-            log.info("removing unfinished spool file %s (never acknowledged)", tmp.name)
-            tmp.unlink(missing_ok=True)
+            try:
+                if now - tmp.stat().st_mtime > LIVE_WRITER_S:
+                    log.info("removing unfinished spool file %s (never acknowledged)", tmp.name)
+                    tmp.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
         on_disk = sorted(p for p in self.spool_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        known = {r["name"]: r for r in self.catalog.pending()}
         for p in on_disk:
-            if p.name in known:
+            state = self.catalog.received_state_by_name(p.name)
+            if state == "spooled":
                 continue
-            sha = content_sha256(p.read_bytes())
-            mtime = os.stat(p).st_mtime
-            from datetime import datetime, timezone
-
-            received_at = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            try:
+                st = p.stat()
+                if state == "importing" and now - st.st_mtime <= LIVE_WRITER_S:
+                    continue
+                sha = content_sha256(p.read_bytes())
+            except FileNotFoundError:
+                continue
+            received_at = datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             self.catalog.record_received(
                 name=p.name, sha256=sha, sop_instance_uid=None, sop_class_uid=None, calling_ae_title=None,
                 source=p.name, received_at=received_at,
@@ -261,8 +283,8 @@ class Pipeline:
         for r in self.catalog.pending():
             path = self.spool_dir / r["name"]
             if not path.exists():
-                log.warning("spooled object %s is no longer in %s; marking it lost", r["name"], self.spool_dir)
-                self.catalog.mark_processed(r["id"], "lost")
+                if self.catalog.mark_lost(r["id"]):
+                    log.warning("spooled object %s is no longer in %s; marked lost", r["name"], self.spool_dir)
                 continue
             items.append(Received(r["id"], r["name"], path, r["sha256"], r["received_at"],
                                   r["source"] or r["name"], r["sop_instance_uid"]))

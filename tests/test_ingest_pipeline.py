@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -85,17 +87,42 @@ def test_recover_after_crash(data_dir: Path) -> None:
     b = pipe.receive(JUNK + b"b")
     catalog.close()
     # a crash left: a temp file (never acknowledged), and a spooled file whose catalog row was lost
-    (data_dir / "spool" / ".tmp-half.dcm").write_bytes(b"half")
+    half = data_dir / "spool" / ".tmp-half.dcm"
+    half.write_bytes(b"half")
+    os.utime(half, (time.time() - 3600, time.time() - 3600))
+    live = data_dir / "spool" / ".tmp-live.dcm"  # another import is writing it right now
+    live.write_bytes(b"live")
     orphan = data_dir / "spool" / "20260101T000000000000-1-000001-orphan.dcm"
     orphan.write_bytes(JUNK + b"c")
     catalog, pipe = make(data_dir)
+    importing = pipe.receive(JUNK + b"d", state="importing")  # a live import's object: left to it
     pending = pipe.recover()
     assert [p.name for p in pending] == [a.name, b.name, orphan.name]
-    assert not (data_dir / "spool" / ".tmp-half.dcm").exists()
+    assert not half.exists() and live.exists()
+    assert catalog.received_state(importing.id) == "importing"
+    live.unlink()
     outcomes = [pipe.process(p) for p in pending]
     assert all(o.startswith("quarantined:") for o in outcomes)
-    assert list((data_dir / "spool").iterdir()) == []
+    assert list((data_dir / "spool").iterdir()) == [importing.path]
     assert pipe.recover() == []
+    # an import that died long ago: its object is taken over
+    old = time.time() - 3600
+    os.utime(importing.path, (old, old))
+    (taken,) = pipe.recover()
+    assert taken.name == importing.name
+    assert pipe.process(taken).startswith("quarantined:")
+    assert list((data_dir / "spool").iterdir()) == []
+    catalog.close()
+
+
+def test_object_finished_by_another_process(data_dir: Path) -> None:
+    catalog, pipe = make(data_dir)
+    item = pipe.receive(JUNK)
+    other_catalog, other = make(data_dir)
+    assert other.process(item).startswith("quarantined:")  # e.g. an import run
+    assert pipe.process(item) == "done elsewhere"
+    assert pipe.pending_items() == []
+    other_catalog.close()
     catalog.close()
 
 
