@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -414,7 +414,7 @@ def _rate_html(rate: float) -> str:
             f"</span></span> {rate:.0%}</span>")
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], raw: tuple[int, ...] = (),
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], raw: tuple[int, ...] = (),
            numeric: tuple[int, ...] = (), nowrap: tuple[int, ...] = ()) -> str:
     if not rows:
         return "<p class='empty'>None.</p>"
