@@ -317,3 +317,21 @@ def test_a_second_export_while_one_runs_is_refused(cfg: Config) -> None:
         holder.rollback()
         holder.close()
     assert export_batch(cfg, source(corpus_of(2))).batch_id is not None
+
+
+def test_month_precision_submission_validates(cfg: Config) -> None:
+    import jsonschema
+
+    cfg = replace(cfg, registry=replace(cfg.registry, date_precision="month"))
+    result = export_batch(cfg, source(corpus_of(6)))
+    submission = json.loads((result.registry_dir / "submission.json").read_text())  # type: ignore[operator]
+    schema = json.loads((ROOT / "conf" / "submission.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(submission)
+    assert submission["date_precision"] == "month"
+    assert {s["study_date"] for s in submission["studies"]} == {"2025-01"}
+    assert all(s["study_time"] is None for s in submission["studies"])
+    # the schema rejects an identifying field slipped into a study
+    bad = json.loads(json.dumps(submission))
+    bad["studies"][0]["patient"]["name"] = "Doe^John"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)

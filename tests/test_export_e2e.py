@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from dosereg.registry_export.deid import pseudonym_uid
-from tests.conftest import jsonl, run_cli
+from tests.conftest import jsonl, run_cli, validate_record
 
 SECRET = "e2e-site-secret"
 ENV = {"DOSEREG_SECRET": SECRET}
@@ -140,6 +140,8 @@ def test_import_export_reexport_and_incremental(corpus: Path, tmp_path: Path) ->
     # `studies --json` carries the export mark
     marked = jsonl(run_cli("studies", "--json", "--data-dir", str(data)).stdout)
     assert all(s["export"]["batch_id"] == batch_id for s in marked)
+    for s in marked:
+        validate_record(s)
 
     # exporting again submits nothing
     res = run_cli("export", "--data-dir", str(data), env=ENV)
