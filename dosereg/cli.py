@@ -194,9 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except (ValueError, OSError) as exc:  # our own clear errors (e.g. a missing pseudonym secret)
+        log.debug("failure", exc_info=True)
+        print(f"dosereg {args.command}: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the contract: never a bare traceback
         log.debug("unexpected failure", exc_info=True)
-        print(f"dosereg {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"dosereg {args.command}: unexpected {type(exc).__name__}: {exc} (run with -vv for details)",
+              file=sys.stderr)
         return 2
 
 
