@@ -152,3 +152,20 @@ def test_other_sop_classes_are_skipped_like_at_the_listener(corpus: Path, tmp_pa
     assert line == ("imported 1, already known 0, quarantined 0, failed 0, "
                     "skipped 1 (SOP class not accepted by the listener)")
     assert list((data / "quarantine").iterdir()) == []
+
+
+def test_import_processes_what_a_crashed_listener_left(corpus: Path, tmp_path: Path) -> None:
+    """No listener running: import takes over objects a crash left in the spool."""
+    from dosereg.ingest import Catalog, Pipeline
+    from dosereg.ingest.catalog import catalog_path
+
+    data = tmp_path / "data"
+    catalog = Catalog(catalog_path(data))
+    Pipeline(data, catalog).receive((corpus / "CT-ESR-GE_VCT.dcm").read_bytes(), calling_ae_title="PACS")
+    catalog.close()  # "crash" before processing
+    (tmp_path / "empty").mkdir()
+    r = run_cli("import", str(tmp_path / "empty"), "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert parse(r.stdout.strip().splitlines()[-1]) == (1, 0, 0, {}, 0)
+    assert list((data / "spool").iterdir()) == []
+    assert len(jsonl(run_cli("studies", "--json", "--data-dir", str(data)).stdout)) == 1

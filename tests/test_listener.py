@@ -570,3 +570,23 @@ def test_patient_radiation_dose_sr_accepted_and_quarantined(corpus: Path, tmp_pa
     assert (data_dir / "quarantine" / name).is_file()
     assert f"error_code: {code}" in (data_dir / "quarantine" / f"{name}.reason.txt").read_text()
     assert db_rows(data_dir, "SELECT COUNT(*) FROM objects")[0][0] == 0
+
+
+def test_no_patient_identifiers_in_logs_above_debug(corpus: Path, listener: Listener, data_dir: Path) -> None:
+    files = corpus_files(corpus) + sorted((corpus / "not-ct").glob("*.dcm"))
+    identifiers = set()
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
+            value = str(ds.get(keyword, "") or "").strip()
+            if len(value) >= 4:
+                identifiers.add(value)
+    assert identifiers
+    r = storescu(listener.port, files)
+    assert r.returncode == 0, r.stderr
+    wait_processed(data_dir, len(files))
+    assert listener.terminate() == 0
+    log = listener.log()  # the listener runs with -v (INFO)
+    assert "stored " in log
+    leaked = sorted(i for i in identifiers if i in log)
+    assert not leaked, f"patient identifiers in the INFO log: {leaked}"
