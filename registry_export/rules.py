@@ -39,8 +39,9 @@ import fnmatch
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,11 @@ class Profile:
     @property
     def elements(self) -> tuple[ElementRule, ...]:
         return self.required + self.recommended
+
+    @cached_property
+    def checks(self) -> tuple[Callable[..., None], ...]:
+        """The elements compiled into checks (evaluation order), once per loaded profile."""
+        return tuple(_compile_rule(rule) for rule in self.elements)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
@@ -762,53 +768,181 @@ class _Collector:
             self.warnings.append(f"{path} {shown} {why} (recommended" + (f"; {label})" if label else ")"))
 
 
-def _check_rule(rule: ElementRule, d: Mapping[str, Any], out: _Collector,
-                cache: dict[tuple[str, int], bool]) -> None:
-    if not rule.in_events:
-        if rule.when and not rule.when.holds(d):
-            return
-        present = [(alt, _get(d, alt)) for alt in rule.alternatives]
-        present = [(alt, v) for alt, v in present if not _absent(v)]
-        if not present:
-            out.add_missing(rule.path, "", rule.required)
-            return
-        problems = [(alt, v, _invalid_reason(v, rule)) for alt, v in present]
-        if any(why is None for _, _, why in problems):
-            return  # at least one alternative is present and valid
-        for alt, v, why in problems:
-            out.add_invalid(alt, v, why or "", "", rule.required)
-        return
-    events = d.get("events") or []
-    rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
-    nested = any(seg.endswith("[]") for seg in rest)
-    dotted = ".".join(rest)
+# The profile compiled: one check per element, built once per loaded profile (no path
+# parsing or type dispatch per record). Each check appends to the collector what is missing
+# or invalid, in profile order and, for event elements, in event order.
+_Check = Callable[[Mapping[str, Any], _Collector, dict[tuple[str, int], bool]], None]
+
+
+def _always_valid(value: Any) -> str | None:
+    return None
+
+
+def _valid_text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "is not text"
+
+
+def _validator(rule: ElementRule) -> Callable[[Any], str | None]:
+    """``_invalid_reason(value, rule)`` specialised for the rule's type (same messages)."""
+    t = rule.type
+    if t == "present":
+        return _always_valid
+    if t == "text":
+        return _valid_text
+    if t in ("number", "integer"):
+        lo, hi, whole = rule.min, rule.max, t == "integer"
+        outside = f"is outside {_range_text(rule)}"
+
+        def number(value: Any) -> str | None:
+            cls = value.__class__
+            if not ((cls is float and math.isfinite(value)) or cls is int or _is_number(value)):
+                return "is not a finite number"
+            if whole and float(value) != int(value):
+                return "is not a whole number"
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return outside
+            return None
+
+        return number
+    if t == "enum":
+        allowed = frozenset(rule.values)
+        message = f"is not one of {', '.join(rule.values)}"
+
+        def enum(value: Any) -> str | None:
+            return None if (value if value.__class__ is str else str(value)) in allowed else message
+
+        return enum
+    if t == "uid":
+        return _valid_uid
+    return lambda value: _invalid_reason(value, rule)
+
+
+def _valid_uid(value: Any) -> str | None:
+    ok = isinstance(value, str) and len(value) <= 64 and _UID.match(value) is not None
+    return None if ok else "is not a valid DICOM UID"
+
+
+def _compile_rule(rule: ElementRule) -> _Check:
+    valid = _validator(rule)
+    required = rule.required
     when = rule.when
-    for i, ev in enumerate(events):
-        if not isinstance(ev, dict):
-            continue
-        if when is not None:
-            key = (when.text, i)
-            holds = cache.get(key)
-            if holds is None:
-                holds = cache[key] = when.holds(ev)
-            if not holds:
-                continue
-        if not nested:  # the common case: one value per event
-            value = ev.get(dotted) if len(rest) == 1 else _get(ev, dotted)
-            if _absent(value):
-                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), rule.required)
-            else:
-                why = _invalid_reason(value, rule)
+    if not rule.in_events:
+        alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
+        if len(alternatives) == 1 and when is None:
+            path, names = alternatives[0]
+
+            def plain_study_element(d: Mapping[str, Any], out: _Collector,
+                                    cache: dict[tuple[str, int], bool]) -> None:
+                value: Any = d
+                for name in names:
+                    value = value.get(name) if isinstance(value, dict) else None
+                if _absent(value):
+                    out.add_missing(path, "", required)
+                    return
+                why = valid(value)
                 if why is not None:
-                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), rule.required)
-            continue
-        for path, value, found in _instances(ev, rest, f"events[{i}]"):
-            if not found or _absent(value):
-                out.add_missing(path, _event_label(ev), rule.required)
+                    out.add_invalid(path, value, why, "", required)
+
+            return plain_study_element
+
+        def study_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
+            if when is not None and not when.holds(d):
+                return
+            present = []
+            for alt, names in alternatives:
+                value: Any = d
+                for name in names:
+                    value = value.get(name) if isinstance(value, dict) else None
+                if not _absent(value):
+                    present.append((alt, value))
+            if not present:
+                out.add_missing(rule.path, "", required)
+                return
+            problems = [(alt, v, valid(v)) for alt, v in present]
+            if any(why is None for _, _, why in problems):
+                return  # at least one alternative is present and valid
+            for alt, v, why in problems:
+                out.add_invalid(alt, v, why or "", "", required)
+
+        return study_element
+
+    rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
+    dotted = ".".join(rest)
+    when_text = when.text if when is not None else ""
+    if len(rest) == 2 and rest[0].endswith("[]") and not rest[1].endswith("[]"):
+        # events[].sources[].kvp_kV: one nested list of items with the element (as _instances walks it)
+        list_name, item_name = rest[0][:-2], rest[1]
+        empty_path = f"{rest[0]}.{item_name}"
+
+        def item_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
+            for i, ev in enumerate(d.get("events") or []):
+                if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
+                    continue
+                items = ev.get(list_name)
+                if not isinstance(items, (list, tuple)) or not items:
+                    out.add_missing(f"events[{i}].{empty_path}", _event_label(ev), required)
+                    continue
+                for j, item in enumerate(items):
+                    value = item.get(item_name) if isinstance(item, dict) else None
+                    if _absent(value):
+                        out.add_missing(f"events[{i}].{list_name}[{j}].{item_name}", _event_label(ev), required)
+                        continue
+                    why = valid(value)
+                    if why is not None:
+                        out.add_invalid(f"events[{i}].{list_name}[{j}].{item_name}", value, why,
+                                        _event_label(ev), required)
+
+        return item_element
+
+    if any(seg.endswith("[]") for seg in rest):  # deeper nesting: walk the nested lists
+
+        def nested_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
+            for i, ev in enumerate(d.get("events") or []):
+                if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
+                    continue
+                for path, value, found in _instances(ev, rest, f"events[{i}]"):
+                    if not found or _absent(value):
+                        out.add_missing(path, _event_label(ev), required)
+                        continue
+                    why = valid(value)
+                    if why is not None:
+                        out.add_invalid(path, value, why, _event_label(ev), required)
+
+        return nested_element
+
+    names = tuple(rest)
+    single = names[0] if len(names) == 1 else None
+
+    def event_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
+        for i, ev in enumerate(d.get("events") or []):
+            if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
                 continue
-            why = _invalid_reason(value, rule)
-            if why is not None:
-                out.add_invalid(path, value, why, _event_label(ev), rule.required)
+            if single is not None:
+                value = ev.get(single)
+            else:
+                value = ev
+                for name in names:
+                    value = value.get(name) if isinstance(value, dict) else None
+            if _absent(value):
+                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), required)
+            else:
+                why = valid(value)
+                if why is not None:
+                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), required)
+
+    return event_element
+
+
+def _applies(when: Condition | None, text: str, ev: Mapping[str, Any], i: int,
+             cache: dict[tuple[str, int], bool]) -> bool:
+    """Whether the element's condition holds for event ``i`` (cached per record: rules share conditions)."""
+    if when is None:
+        return True
+    key = (text, i)
+    holds = cache.get(key)
+    if holds is None:
+        holds = cache[key] = when.holds(ev)
+    return holds
 
 
 def _rule_for_problem(problem: Mapping[str, Any], rules: Rules) -> ElementRule | None:
@@ -862,8 +996,8 @@ def _apply_problems(d: Mapping[str, Any], rules: Rules, out: _Collector) -> None
 def _completeness(d: Mapping[str, Any], rules: Rules) -> Completeness:
     out = _Collector()
     cache: dict[tuple[str, int], bool] = {}  # (condition, event index) -> holds
-    for rule in rules.profile.elements:
-        _check_rule(rule, d, out, cache)
+    for check in rules.profile.checks:
+        check(d, out, cache)
     _apply_problems(d, rules, out)
     incomplete = bool(out.missing or out.invalid)
     return Completeness(
