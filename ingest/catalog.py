@@ -617,6 +617,14 @@ class Catalog:
                 self._conn.execute("ROLLBACK")
                 raise
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for readers or writers)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.OperationalError as exc:  # busy: the next one will do it
+                log.debug("checkpoint skipped: %s", exc)
+
     def close(self) -> None:
         with self._lock:
             try:

@@ -27,6 +27,7 @@ from .pipeline import Pipeline
 log = logging.getLogger("dosereg.ingest.processor")
 
 PROCESSOR_NICENESS = 10
+CHECKPOINT_EVERY = 1000  # objects, during a long burst
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -42,10 +43,13 @@ def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
         os.nice(PROCESSOR_NICENESS)
     except OSError:  # pragma: no cover
         pass
-    catalog = Catalog(catalog_path(Path(data_dir)))
+    # WAL checkpoints (which fsync) run here when the spool is drained, not inside a commit
+    # while an association thread may be waiting for the write lock.
+    catalog = Catalog(catalog_path(Path(data_dir)), autocheckpoint=False)
     pipeline = Pipeline(Path(data_dir), catalog)
     failed: set[int] = set()
     stop_at: float | None = None
+    since_checkpoint = 0
     try:
         while True:
             for item in pipeline.pending_items():
@@ -53,14 +57,21 @@ def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
                     continue
                 try:
                     pipeline.process(item)
+                    since_checkpoint += 1
                 except Exception:
                     failed.add(item.id)
                     log.exception("processing %s failed; it stays in the spool and is retried at the next start",
                                   item.name)
+                if since_checkpoint >= CHECKPOINT_EVERY:
+                    catalog.checkpoint()
+                    since_checkpoint = 0
                 if stop_at is not None and time.monotonic() > stop_at:
                     return
                 if stop_at is None and conn.poll():
                     stop_at = _read(conn, stop_at)
+            if since_checkpoint and not conn.poll(0.05):
+                catalog.checkpoint()  # nothing new for a moment: the spool is drained
+                since_checkpoint = 0
             if stop_at is not None:
                 return
             if conn.poll(1.0):

@@ -507,7 +507,13 @@ def test_max_associations(tmp_path: Path, data_dir: Path) -> None:
         second = scu_ae("SECOND").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
         assert second.is_rejected
         first.release()
-        third = scu_ae("THIRD").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+        # the released association's slot frees once its server thread has ended
+        deadline = time.monotonic() + 20
+        while True:
+            third = scu_ae("THIRD").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+            if third.is_established or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert third.is_established
         third.release()
         assert lst.terminate() == 0
