@@ -40,6 +40,9 @@ class ImportSummary:
     #: DICOM files of a SOP class the listener would refuse at negotiation (e.g. CT images
     #: in an archive export): not taken in, like at the listener.
     skipped: int = 0
+    #: files found while walking a folder that are not DICOM at all (README, JSON, DICOMDIR
+    #: companions...): left where they are, counted, not copied into the quarantine.
+    skipped_not_dicom: int = 0
 
     @property
     def ok(self) -> bool:
@@ -57,6 +60,8 @@ class ImportSummary:
         line = f"imported {self.imported}, already known {self.known}, {q}, failed {self.failed}"
         if self.skipped:
             line += f", skipped {self.skipped} (SOP class not accepted by the listener)"
+        if self.skipped_not_dicom:
+            line += f", skipped {self.skipped_not_dicom} (not DICOM, found in a folder)"
         return line
 
     def count(self, outcome: str) -> None:
@@ -75,17 +80,25 @@ class ImportSummary:
         log.error("%s", message)
 
 
-def _walk(paths: list[Path], summary: ImportSummary) -> Iterator[Path]:
+def _walk(paths: list[Path], summary: ImportSummary) -> Iterator[tuple[Path, bool]]:
+    """(file, named on the command line) for every file, folders walked recursively."""
     for p in paths:
         if p.is_dir():
             for root, dirs, files in os.walk(p):
                 dirs.sort()
                 for name in sorted(files):
-                    yield Path(root) / name
+                    yield Path(root) / name, False
         elif p.is_file():
-            yield p
+            yield p, True
         else:
             summary.fail(f"{p}: no such file or directory")
+
+
+def _looks_like_dicom(head: bytes) -> bool:
+    """A Part 10 file ('DICM' after the preamble), or a bare dataset starting with group 0002/0008."""
+    if head[128:132] == b"DICM" or head[:4] == b"DICM":
+        return True
+    return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
 def _read_unless_refused(path: Path) -> bytes | None:
@@ -159,11 +172,17 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                 if bar is not None:
                     bar.update(1)
 
-        for path in files:
+        for path, named in files:
             try:
                 data = _read_unless_refused(path)
             except OSError as exc:
                 summary.fail(f"{path}: cannot read: {exc.strerror or exc}")
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if data is not None and not named and not _looks_like_dicom(data[:132]):
+                summary.skipped_not_dicom += 1
+                log.info("%s: skipped, not a DICOM file", path)
                 if bar is not None:
                     bar.update(1)
                 continue

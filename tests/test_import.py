@@ -17,7 +17,7 @@ from .test_listener import SIEMENS_STUDY, synthetic
 
 SUMMARY = re.compile(
     r"^imported (\d+), already known (\d+), quarantined (\d+)(?: \(([^)]*)\))?, failed (\d+)"
-    r"(?:, skipped \d+ \(SOP class not accepted by the listener\))?$"
+    r"(?:, skipped \d+ \(SOP class not accepted by the listener\))?(?:, skipped \d+ \(not DICOM, found in a folder\))?$"
 )
 
 
@@ -87,10 +87,20 @@ def test_import_junk_truncated_and_missing(corpus: Path, tmp_path: Path) -> None
     r = run_cli("import", str(tmp_path / "src"), str(corpus / "CT-SC-Philips_Brilliance16P.dcm"),
                 "--data-dir", str(data))
     assert r.returncode == 0, r.stderr  # quarantined is not a failure
-    imported, known, quarantined, reasons, failed = parse(r.stdout.strip().splitlines()[-1])
-    assert (imported, quarantined, failed) == (1, 2, 0)
+    line = r.stdout.strip().splitlines()[-1]
+    imported, known, quarantined, reasons, failed = parse(line)
+    assert (imported, quarantined, failed) == (1, 1, 0)
+    # a non-DICOM file found in a folder is left where it is, counted, not quarantined
+    assert line.endswith(", skipped 1 (not DICOM, found in a folder)")
     reason_texts = [p.read_text() for p in (data / "quarantine").glob("*.reason.txt")]
     assert any(str(src / "truncated.dcm") in t for t in reason_texts)
+    assert not any("junk.txt" in t for t in reason_texts)
+
+    # named on the command line, the same file is taken in like a received object: quarantined
+    r = run_cli("import", str(src / "junk.txt"), "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert parse(r.stdout.strip().splitlines()[-1])[2:4] == (1, {"not_dicom": 1})
+    reason_texts = [p.read_text() for p in (data / "quarantine").glob("*.reason.txt")]
     assert any(str(src / "junk.txt") in t for t in reason_texts)
 
     r = run_cli("import", str(tmp_path / "no-such-folder"), "--data-dir", str(data))
