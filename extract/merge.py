@@ -9,8 +9,8 @@ A pure function: records in the order they were received in, one merged record o
   Cumulative reports (each repeats earlier events) and continuation reports (each holds
   new events) both end with every event exactly once.
 * Philips dose screens describe the same scans as an RDSR of the study: when the study has
-  an RDSR (or other SR) its events win and the screens are kept (``dose_screens``) but not
-  counted; a study with screens only keys their events by series number.
+  an RDSR (or other SR) its events win and the screens are kept (listed in ``dose_objects``
+  and ``dose_screens``) but not counted; a study with screens only keys their events by series number.
 * ``reported_total_dlp_mGycm``: the newest object's stated total when its events include
   all earlier ones (cumulative), else the sum of the objects' stated totals (continuation);
   an object whose events another object repeats is superseded by it, whatever the arrival order.
@@ -99,7 +99,9 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
     dlps = [e.dlp_mGycm for e in merged_events if e.dlp_mGycm is not None]
     # Header fields: the newest counted object describes the study
     base = counted[-1]
-    dose_objects = tuple(o for r in counted for o in r.dose_objects)
+    # every object received for the study is listed; screens an SR supersedes are also
+    # named in dose_screens (kept, not counted)
+    dose_objects = tuple(o for r in objects for o in r.dose_objects)
     screen_refs = tuple(o for r in screens for o in r.dose_objects) if srs else ()
     return replace(
         base,
