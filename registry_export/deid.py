@@ -69,19 +69,36 @@ def pseudonym_uid(secret: bytes, uid: str) -> str:
 class Pseudonymizer:
     """Maps original UIDs to their keyed pseudonyms (``None`` stays ``None``)."""
 
+    CACHE_SIZE = 4096  # UIDs that recur across studies (device observers) are hashed once
+
     def __init__(self, secret: bytes) -> None:
         if not secret:
             raise MissingSecretError("the pseudonym secret is empty; refusing to export")
         self._secret = secret
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)  # copied per UID: no key setup each time
+        self._cache: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: Config) -> Pseudonymizer:
         return cls(secret_from_config(cfg))
 
     def uid(self, uid: str | None) -> str | None:
-        if uid is None or not str(uid).strip():
+        if uid is None:
             return None
-        return pseudonym_uid(self._secret, str(uid))
+        text = uid if uid.__class__ is str else str(uid)
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        key = text.strip()
+        if not key:
+            return None
+        h = self._keyed.copy()
+        h.update(key.encode("ascii", "replace"))
+        out = "2.25." + str(int.from_bytes(h.digest()[:16], "big"))  # = pseudonym_uid(secret, uid)
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[text] = out
+        return out
 
 
 def age_whole_years(age: Any) -> int | None:

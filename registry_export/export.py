@@ -27,9 +27,11 @@ no flags files.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +46,7 @@ from dosereg.extract import Event, StudyRecord
 from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
 from .rules import evaluated_dict, rules_from_config
-from .state import ExportState, state_path
+from .state import ExportState, StudyState, state_path
 
 log = logging.getLogger("dosereg.export")
 
@@ -67,15 +69,52 @@ def iso_utc(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def content_fingerprint(d: dict[str, Any]) -> str:
-    """Hash of what the study record says (not the verdicts, not when objects arrived)."""
+FINGERPRINT_PREFIX = "p1:"  # fingerprints of earlier versions are 32 hex digits without a prefix
+
+
+def _content(d: dict[str, Any]) -> dict[str, Any]:
     core = {k: v for k, v in d.items() if k not in _NOT_CONTENT}
     core["dose_objects"] = [
         {k: v for k, v in o.items() if k != "received_at"} for o in d.get("dose_objects") or ()
     ]
-    # field order is fixed by the record model, so no key sorting is needed
-    blob = json.dumps(core, ensure_ascii=False, default=str, separators=(",", ":"), check_circular=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+    return core
+
+
+def content_fingerprint(d: dict[str, Any]) -> str:
+    """Hash of what the study record says (not the verdicts, not when objects arrived).
+
+    The record's values serialised with pickle without its memo (so the bytes depend on the
+    values only, not on which objects happen to be shared), which is several times faster
+    than JSON; field order is fixed by the record model, so no key sorting is needed.
+    """
+    core = _content(d)
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=5)
+    pickler.fast = True  # no memo: equal values give equal bytes
+    try:
+        pickler.dump(core)
+        blob = buf.getvalue()
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
+        blob = _json_content(core).encode("utf-8")
+    return FINGERPRINT_PREFIX + hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _json_content(core: dict[str, Any]) -> str:
+    return json.dumps(core, ensure_ascii=False, default=str, separators=(",", ":"), check_circular=False)
+
+
+def legacy_fingerprint(d: dict[str, Any]) -> str:
+    """The fingerprint earlier versions stored (JSON of the content), to recognise their submissions."""
+    return hashlib.sha256(_json_content(_content(d)).encode("utf-8")).hexdigest()[:32]
+
+
+def same_content(stored: str | None, fingerprint: str, d: dict[str, Any]) -> bool:
+    """Whether the stored registry fingerprint is this content's (in either format)."""
+    if stored is None:
+        return False
+    if stored.startswith(FINGERPRINT_PREFIX):
+        return stored == fingerprint
+    return stored == legacy_fingerprint(d)
 
 
 def flags_row(d: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +310,8 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
             submission: _Submission | None = None
             flags: FlagsWriter | None = None
             report = ReportBuilder(cfg)
+            known_studies = state.studies()
+            recorded: list[tuple[str, str | None, str | None, str, str]] = []
             for record in studies():
                 d = evaluated_dict(record, rules, export=None)
                 result.studies_seen += 1
@@ -279,10 +320,10 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                 if not uid:
                     result.skipped_no_uid += 1
                     continue
-                known = state.study(uid)
+                known = known_studies.get(uid)
                 fp = content_fingerprint(d)
                 code = (d.get("flags") or {}).get("registry_code")
-                to_registry = code == "G9327" and (known is None or known.registry_fingerprint != fp)
+                to_registry = code == "G9327" and (known is None or not same_content(known.registry_fingerprint, fp, d))
                 if code == "G9327" and not to_registry:
                     result.already_submitted += 1
                 row = flags_row(d)
@@ -317,8 +358,14 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                     flags.append(row)
                     result.flag_rows += 1
                 if to_registry or to_flags:
-                    state.record_study(uid, batch_id, created_at, fp if to_registry else None,
-                                       key if to_flags else None)
+                    recorded.append((uid, fp if to_registry else None, key if to_flags else None, batch_id, created_at))
+                    known_studies[uid] = StudyState(
+                        fp if to_registry else (known.registry_fingerprint if known else None),
+                        key if to_flags else (known.flags_key if known else None))
+                    if len(recorded) >= 1000:
+                        state.record_studies(recorded)
+                        recorded = []
+            state.record_studies(recorded)
             studies_pq.close()
             events_pq.close()
             if flags is not None:

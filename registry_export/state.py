@@ -107,10 +107,19 @@ class ExportState:
         ).fetchone()
         return StudyState(row[0], row[1]) if row else None
 
+    def studies(self) -> dict[str, StudyState]:
+        """Every study's state at once (an export looks up each study of the catalog)."""
+        return {uid: StudyState(fp, key) for uid, fp, key in self._db.execute(
+            "SELECT study_uid, registry_fingerprint, flags_key FROM studies")}
+
     def record_study(self, uid: str, batch_id: str, exported_at: str,
                      registry_fingerprint: str | None, flags_key: str | None) -> None:
         """Record that ``uid`` went into ``batch_id`` (to the registry, to billing or both)."""
-        self._db.execute(
+        self.record_studies([(uid, registry_fingerprint, flags_key, batch_id, exported_at)])
+
+    def record_studies(self, rows: list[tuple[str, str | None, str | None, str, str]]) -> None:
+        """:meth:`record_study` for many (uid, registry fingerprint, flags key, batch id, exported at)."""
+        self._db.executemany(
             """INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
                                     flags_batch_id, batch_id, exported_at)
                VALUES (?1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE ?4 END, ?3,
@@ -121,7 +130,7 @@ class ExportState:
                  flags_key = COALESCE(?3, flags_key),
                  flags_batch_id = CASE WHEN ?3 IS NULL THEN flags_batch_id ELSE ?4 END,
                  batch_id = ?4, exported_at = ?5""",
-            (uid, registry_fingerprint, flags_key, batch_id, exported_at),
+            rows,
         )
 
     def record_batch(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: str,
