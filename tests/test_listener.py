@@ -372,6 +372,10 @@ def test_injected_write_failure_answers_out_of_resources(corpus: Path, tmp_path:
     datasets = [pydicom.dcmread(p) for p, _, _ in made]
     with Listener(data_dir, env={"DOSEREG_FAULT_WRITE_FILE": str(fault)}) as lst:
         assert send_pynetdicom(lst.port, datasets[:2]) == [0x0000, 0x0000]
+        wait_processed(data_dir, 2)
+        deadline = time.monotonic() + 30  # ... and their files have moved out of the spool
+        while any((data_dir / "spool").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         fault.touch()
         assert send_pynetdicom(lst.port, datasets[2:]) == [0xA700, 0xA700, 0xA700]
         # nothing half-written left in the spool
