@@ -282,7 +282,7 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                  out_dir: Path | None = None) -> ExportResult:
     """Write one batch of every study not yet submitted or changed since (module docstring)."""
     from .report import ReportBuilder  # report imports this module's helpers
-    from .writers import EVENT_SCHEMA, STUDY_SCHEMA, ChunkedParquet, FlagsWriter, flatten
+    from .writers import EVENT_GROUPS, EVENT_SCHEMA, STUDY_GROUPS, STUDY_SCHEMA, ChunkedParquet, FlagsWriter
 
     pseudo = Pseudonymizer.from_config(cfg)  # refuse before touching anything
     precision = cfg.registry.date_precision
@@ -305,8 +305,8 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
         _remove_stale_staging(out)
         staging = _Staging(out, batch_id)
         try:
-            studies_pq = ChunkedParquet(staging.registry / "studies.parquet", STUDY_SCHEMA)
-            events_pq = ChunkedParquet(staging.registry / "events.parquet", EVENT_SCHEMA)
+            studies_pq = ChunkedParquet(staging.registry / "studies.parquet", STUDY_SCHEMA, groups=STUDY_GROUPS)
+            events_pq = ChunkedParquet(staging.registry / "events.parquet", EVENT_SCHEMA, groups=EVENT_GROUPS)
             submission: _Submission | None = None
             flags: FlagsWriter | None = None
             report = ReportBuilder(cfg)
@@ -341,13 +341,10 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                     deid = {"facility_id": facility, "batch_id": batch_id, "registry_profile": profile,
                             "date_precision": precision, **deid}
                     submission.append(deid)
-                    studies_pq.append(flatten({k: v for k, v in deid.items() if k != "events"}))
+                    studies_pq.append_nested(deid)  # the schema's columns: "events" is left out
                     pseudo_uid = deid["study_instance_uid"]
                     for i, ev in enumerate(deid["events"]):
-                        erow = flatten(ev)
-                        erow["study_instance_uid"] = pseudo_uid
-                        erow["event_index"] = i
-                        events_pq.append(erow)
+                        events_pq.append_nested({**ev, "study_instance_uid": pseudo_uid, "event_index": i})
                     result.registry_studies += 1
                     result.registry_events += len(deid["events"])
                     if known is not None and known.registry_fingerprint is not None:
