@@ -52,6 +52,7 @@ def _field_names(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
 @dataclass(frozen=True)
 class _Construction:
     defaults: tuple[tuple[str, Any], ...]  # (field name, default or _REQUIRED) in declaration order
+    order: tuple[str, ...]  # the field names in declaration order
     names: frozenset[str]
     required: frozenset[str]
 
@@ -67,7 +68,8 @@ def _construction(cls: type) -> _Construction:
         # a field with a default factory counts as required here (cls(**values) runs the factory)
         defaults = tuple((f.name, f.default if f.default is not MISSING else _REQUIRED) for f in fs)
         spec = _CONSTRUCTION[cls] = _Construction(
-            defaults, frozenset(n for n, _ in defaults), frozenset(n for n, v in defaults if v is _REQUIRED))
+            defaults, tuple(n for n, _ in defaults), frozenset(n for n, _ in defaults),
+            frozenset(n for n, v in defaults if v is _REQUIRED))
     return spec
 
 
@@ -80,10 +82,13 @@ def _build(cls: type[_R], values: dict[str, Any]) -> _R:
     go through ``cls(**values)``, which raises its usual TypeError (or runs a default factory).
     """
     spec = _construction(cls)
+    obj = object.__new__(cls)
+    if tuple(values) == spec.order:  # the usual case: every field, in order (as to_dict wrote them)
+        obj.__dict__.update(values)
+        return obj
     keys = values.keys()
     if not (keys <= spec.names and spec.required <= keys):
         return cls(**values)
-    obj = object.__new__(cls)
     obj.__dict__.update({name: values[name] if name in values else default for name, default in spec.defaults})
     return obj
 
@@ -241,7 +246,9 @@ class Event(_Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        kw: dict[str, Any] = {name: d[name] for name in _field_names(cls)[0] if name in d}
+        names = _field_names(cls)[0]
+        # the keys of a catalog's event are the fields in order: copy it and replace the nested values
+        kw: dict[str, Any] = dict(d) if tuple(d) == names else {name: d[name] for name in names if name in d}
         for key in ("target_region", "acquisition_type_code", "procedure_context", "phantom_code"):
             kw[key] = Code.from_dict(d.get(key))
         kw["sources"] = tuple(_build(Source, s) for s in d.get("sources") or ())
