@@ -39,10 +39,25 @@ def _event_key(obj_index: int, ev_index: int, ev: Event, screen: bool) -> tuple[
 _EVENT_PATH = re.compile(r"^events\[(\d+)\]")
 
 
-def _order_keys(events: dict[tuple[str, object], Event]) -> list[tuple[str, object]]:
-    """Event start time, then order of appearance; untimed events follow (spec section 2)."""
-    timed = sorted((k for k, e in events.items() if e.start_datetime), key=lambda k: events[k].start_datetime or "")
-    return timed + [k for k, e in events.items() if not e.start_datetime]
+def start_order(starts: Sequence[str | None]) -> list[int]:
+    """Indices of events ordered by start time, then order of appearance; events without a
+    start time follow the timed ones (spec section 2)."""
+    timed = sorted((i for i, t in enumerate(starts) if t), key=lambda i: (starts[i] or "", i))
+    return timed + [i for i, t in enumerate(starts) if not t]
+
+
+def renumber_events(problems: Sequence[Problem], order: Sequence[int]) -> tuple[Problem, ...]:
+    """Problems whose ``events[i]`` paths follow the events into ``order`` (old indices listed
+    in their new order)."""
+    new_index = {old: new for new, old in enumerate(order)}
+
+    def renumber(p: Problem) -> Problem:
+        m = _EVENT_PATH.match(p.path)
+        if not m or int(m.group(1)) not in new_index:
+            return p
+        return replace(p, path=_EVENT_PATH.sub(f"events[{new_index[int(m.group(1))]}]", p.path, count=1))
+
+    return tuple(renumber(p) for p in problems)
 
 
 def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
@@ -90,7 +105,8 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
                 study_problems.append(p)
     reported = _reported_total(counted, key_sets)
 
-    ordered_keys = _order_keys(events)
+    keys = list(events)
+    ordered_keys = [keys[i] for i in start_order([events[k].start_datetime for k in keys])]
     merged_events = tuple(events[k] for k in ordered_keys)
     problems = list(study_problems)
     for index, k in enumerate(ordered_keys):

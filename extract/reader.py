@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .dicom_bytes import Dataset, DicomReadError, ParsedFile, parse
+from .merge import renumber_events, start_order
 from .model import Code, DoseObjectRef, Equipment, Event, Patient, Problem, StudyRecord, error_record
 from .sr import CONCEPT_NAME_CODE_SEQUENCE, ContentItem, first_code, read_code
 from .values import (
@@ -200,13 +201,6 @@ def read_header(h: Header) -> dict[str, Any]:
     )
 
 
-def _order_events(events: list[Event]) -> tuple[Event, ...]:
-    """Ordered by start time, then order of appearance; untimed events follow (spec section 2)."""
-    timed = [(e.start_datetime, i, e) for i, e in enumerate(events) if e.start_datetime]
-    timed.sort(key=lambda t: (t[0], t[1]))
-    return tuple(e for _, _, e in timed) + tuple(e for e in events if not e.start_datetime)
-
-
 def _sum_dlp(events: tuple[Event, ...]) -> float | None:
     values = [e.dlp_mGycm for e in events if e.dlp_mGycm is not None]
     return sum(values) if values else None
@@ -248,8 +242,10 @@ def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | No
             if "DOSE_INFO" in image_type:
                 from .philips import read_dose_screen
 
-                return _finish(h, read_dose_screen(h), sop_class, sop_instance, "philips_dose_info",
-                               source, received_at)
+                screen = read_dose_screen(h)
+                return _record(h, read_header(h), sop_class, sop_instance, "philips_dose_info", source,
+                               received_at, screen.events, screen.reported_total_dlp_mGycm, screen.problems,
+                               report=None, series_number=screen.series_number)
             return error_record(
                 "not_dose_report",
                 f"{source}: Secondary Capture (0008,0016) without DOSE_INFO in Image Type (0008,0008): "
@@ -304,40 +300,28 @@ def _extract_sr(h: Header, sop_class: str, sop_instance: str | None, source: str
     hdr["equipment"] = eq
     if hdr["study_instance_uid"] is None and ct.scope_study_uid:
         hdr["study_instance_uid"] = ct.scope_study_uid
-    events = _order_events(ct.events)
-    record = StudyRecord(
-        **hdr,
-        dose_objects=(DoseObjectRef(sop_instance or "", sop_class, SR_KINDS[sop_class], received_at),),
-        report=ct.report,
-        total_events=len(events),
-        total_dlp_mGycm=_sum_dlp(events),
-        reported_total_dlp_mGycm=ct.reported_total_dlp_mGycm,
-        events=events,
-        problems=tuple(h.problems) + tuple(problems.items),
-        source_file=source,
-    )
-    if not sop_instance:
-        return error_record("malformed", f"{source}: no SOP Instance UID (0008,0018)", **_header_only(h, source))
-    return record
+    return _record(h, hdr, sop_class, sop_instance, SR_KINDS[sop_class], source, received_at, ct.events,
+                   ct.reported_total_dlp_mGycm, problems.items, report=ct.report)
 
 
-def _finish(h: Header, screen: Any, sop_class: str, sop_instance: str | None, kind: str, source: str,
-            received_at: str | None) -> StudyRecord:
-    hdr = read_header(h)
-    events = _order_events(screen.events)
+def _record(h: Header, hdr: dict[str, Any], sop_class: str, sop_instance: str | None, kind: str, source: str,
+            received_at: str | None, events: list[Event], reported_total: float | None,
+            problems: list[Problem], **extra: Any) -> StudyRecord:
+    """The study record of one object: header, this object, its events in order, totals."""
     if not sop_instance:
         return error_record("malformed", f"{source}: no SOP Instance UID (0008,0018)", **_header_only(h, source))
+    order = start_order([e.start_datetime for e in events])
+    ordered = tuple(events[i] for i in order)
     return StudyRecord(
         **hdr,
         dose_objects=(DoseObjectRef(sop_instance, sop_class, kind, received_at),),
-        report=None,
-        total_events=len(events),
-        total_dlp_mGycm=_sum_dlp(events),
-        reported_total_dlp_mGycm=screen.reported_total_dlp_mGycm,
-        events=events,
-        problems=tuple(h.problems) + tuple(screen.problems),
+        total_events=len(ordered),
+        total_dlp_mGycm=_sum_dlp(ordered),
+        reported_total_dlp_mGycm=reported_total,
+        events=ordered,
+        problems=tuple(h.problems) + renumber_events(problems, order),
         source_file=source,
-        series_number=screen.series_number,
+        **extra,
     )
 
 

@@ -62,15 +62,25 @@ def _text(parent: ContentItem, code: str) -> str | None:
     return item.text_value() if item is not None else None
 
 
-def _code(parent: ContentItem, code: str, path: str, problems: Problems) -> Code | None:
+def _read(parent: ContentItem, code: str, path: str, problems: Problems,
+          read: Callable[[ContentItem], Any]) -> Any:
+    """``read`` the child with concept ``code``; a value that breaks its VR is a Problem."""
     item = parent.find(code)
     if item is None:
         return None
     try:
-        return item.code()
+        return read(item)
     except ValueProblem as exc:
         problems.add(path, item, f"{item.name()}: {exc}")
         return None
+
+
+def _code(parent: ContentItem, code: str, path: str, problems: Problems) -> Code | None:
+    return _read(parent, code, path, problems, ContentItem.code)  # type: ignore[no-any-return]
+
+
+def _datetime(parent: ContentItem, code: str, path: str, problems: Problems) -> str | None:
+    return _read(parent, code, path, problems, ContentItem.datetime)  # type: ignore[no-any-return]
 
 
 def _find_any(parent: ContentItem, codes: frozenset[tuple[str, str]]) -> ContentItem | None:
@@ -84,17 +94,6 @@ def _find_any(parent: ContentItem, codes: frozenset[tuple[str, str]]) -> Content
         if c is not None and c.value in wanted:
             return child
     return None
-
-
-def _datetime(parent: ContentItem, code: str, path: str, problems: Problems) -> str | None:
-    item = parent.find(code)
-    if item is None:
-        return None
-    try:
-        return item.datetime()
-    except ValueProblem as exc:
-        problems.add(path, item, f"{item.name()}: {exc}")
-        return None
 
 
 def check_ct(root: ContentItem) -> None:

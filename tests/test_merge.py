@@ -95,3 +95,15 @@ def test_events_are_ordered_by_start_time_then_appearance() -> None:
     b = replace(_rdsr("2", [], None), events=evs[2:])
     m = merge_study([a, b])
     assert [e.irradiation_event_uid for e in m.events] == ["early", "late", "untimed"]
+
+
+def test_problems_follow_their_events_when_reordered() -> None:
+    from dosereg.extract import Problem
+    from dosereg.extract.merge import renumber_events, start_order
+
+    order = start_order(["2020-01-01T10:05:00", None, "2020-01-01T10:00:00"])
+    assert order == [2, 0, 1]
+    problems = [Problem("events[0].ctdivol_mGy", "abc", "not a number"), Problem("patient.sex", "U", "bad"),
+                Problem("events[2].sources[0].kvp_kV", "x", "bad")]
+    assert [p.path for p in renumber_events(problems, order)] == [
+        "events[1].ctdivol_mGy", "patient.sex", "events[0].sources[0].kvp_kV"]
