@@ -141,29 +141,33 @@ def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+def _with_catalog(cfg: Config, work: Any) -> Any:
+    """Run ``work(iter_studies)`` over a read-only catalog, closing it afterwards."""
     from dosereg.ingest import open_catalog
-    from dosereg.registry_export import export_batch
 
     catalog = open_catalog(cfg, readonly=True)
     try:
-        result = export_batch(cfg, catalog.iter_studies, out_dir=Path(args.out) if args.out else None)
+        return work(catalog.iter_studies)
     finally:
         catalog.close()
+
+
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.out) if args.out else None
+
+
+def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.registry_export import export_batch
+
+    result = _with_catalog(cfg, lambda studies: export_batch(cfg, studies, out_dir=_out_dir(args)))
     print(result.summary())
     return 0
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.ingest import open_catalog
     from dosereg.registry_export import write_report
 
-    catalog = open_catalog(cfg, readonly=True)
-    try:
-        paths = write_report(cfg, catalog.iter_studies, out_dir=Path(args.out) if args.out else None)
-    finally:
-        catalog.close()
-    for p in paths:
+    for p in _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args))):
         print(p)
     return 0
 
