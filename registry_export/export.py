@@ -30,11 +30,13 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -276,13 +278,168 @@ class _Submission:
         self._fh.close()
 
 
+# -- the registry files -------------------------------------------------------------------
+
+class _RegistryFiles:
+    """``studies.parquet``, ``events.parquet`` and ``submission.json`` of one batch, fed the
+    evaluated studies to submit (de-identified and given their registry values here)."""
+
+    def __init__(self, folder: Path, header: dict[str, Any], pseudo: Pseudonymizer) -> None:
+        from .writers import EVENT_GROUPS, EVENT_SCHEMA, STUDY_GROUPS, STUDY_SCHEMA, ChunkedParquet
+
+        self.header = header
+        self.pseudo = pseudo
+        self.studies = ChunkedParquet(folder / "studies.parquet", STUDY_SCHEMA, groups=STUDY_GROUPS)
+        self.events = ChunkedParquet(folder / "events.parquet", EVENT_SCHEMA, groups=EVENT_GROUPS)
+        self.submission_path = folder / "submission.json"
+        self.submission: _Submission | None = None
+        # what every row carries before the record's own fields
+        self.prefix = {"facility_id": header["facility_id"], "batch_id": header["batch_id"],
+                       "registry_profile": header["profile"], "date_precision": header["date_precision"]}
+
+    def add(self, d: dict[str, Any], events: Sequence[Event] | None = None) -> None:
+        """One evaluated study (``events``: its Event objects, rebuilt from ``d`` when not given)."""
+        if self.submission is None:
+            self.submission = _Submission(self.submission_path, self.header)
+        deid = deidentify_study(d, self.pseudo, self.header["date_precision"])
+        if events is None or len(events) != len(deid["events"]):
+            events = [Event.from_dict(e) for e in d.get("events") or ()]
+        add_registry_values(deid, list(events), [e["is_timing_run"] for e in deid["events"]])
+        deid = {**self.prefix, **deid}
+        self.submission.append(deid)
+        self.studies.append_nested(deid)  # the schema's columns: "events" is left out
+        pseudo_uid = deid["study_instance_uid"]
+        for i, ev in enumerate(deid["events"]):
+            self.events.append_nested({**ev, "study_instance_uid": pseudo_uid, "event_index": i})
+
+    def close(self) -> dict[str, int] | None:
+        """Finish the files; their row counts, or None when no study was added."""
+        self.studies.close()
+        self.events.close()
+        if self.submission is None:
+            return None
+        self.submission.close()
+        return {"studies.parquet": self.studies.rows, "events.parquet": self.events.rows,
+                "submission.json": self.submission.rows}
+
+
+#: Registry studies of one batch above which the registry files are written by a second
+#: process (fork), in parallel with reading and evaluating the catalog; below it (and where
+#: fork is not available) everything runs in this process.
+PARALLEL_AFTER = 2000
+_WORKER_BATCH = 250  # studies per message to the registry process
+
+
+class _RegistrySink:
+    """Feeds :class:`_RegistryFiles` in this process, or in a forked one for large batches."""
+
+    def __init__(self, factory: Callable[..., _RegistryFiles], args: tuple[Any, ...]) -> None:
+        self._factory = factory
+        self._args = args
+        self._pending: list[tuple[dict[str, Any], StudyRecord | None]] = []
+        self._files: _RegistryFiles | None = None
+        self._proc: Any = None
+        self._conn: Any = None
+        self._batch: list[dict[str, Any]] = []
+
+    def add(self, d: dict[str, Any], record: StudyRecord | None = None) -> None:
+        if self._files is not None:
+            self._files.add(d, record.events if record is not None else None)
+        elif self._proc is not None:
+            self._batch.append(d)
+            if len(self._batch) >= _WORKER_BATCH:
+                self._send()
+        else:
+            self._pending.append((d, record))
+            if len(self._pending) >= PARALLEL_AFTER:
+                self._start(parallel=True)
+
+    def _start(self, parallel: bool) -> None:
+        pending, self._pending = self._pending, []
+        if parallel and "fork" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("fork")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_registry_worker, args=(child, self._factory, self._args),
+                                     name="dosereg-export-registry", daemon=True)
+            self._proc.start()
+            child.close()
+            for d, _ in pending:
+                self.add(d)
+        else:
+            self._files = self._factory(*self._args)
+            for d, record in pending:
+                self.add(d, record)
+
+    def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            self._conn.send(batch)
+        except OSError:  # the worker is gone: say why
+            self._fail()
+
+    def _fail(self) -> None:
+        message = "exited without a word"
+        try:
+            if self._conn.poll(5):
+                kind, message = self._conn.recv()
+        except (OSError, EOFError):
+            pass
+        self.abort()
+        raise RuntimeError(f"export: the registry writer process failed: {message}")
+
+    def close(self) -> dict[str, int] | None:
+        """Finish the registry files: row counts per file, or None when no study was submitted."""
+        if self._files is None and self._proc is None:
+            self._start(parallel=False)
+        if self._files is not None:
+            return self._files.close()
+        if self._batch:
+            self._send()
+        try:
+            self._conn.send(None)
+            kind, value = self._conn.recv()
+        except (OSError, EOFError):
+            self._fail()
+        if kind != "ok":
+            self.abort()
+            raise RuntimeError(f"export: the registry writer process failed: {value}")
+        self._proc.join()
+        self._proc = None
+        return value  # type: ignore[no-any-return]
+
+    def abort(self) -> None:
+        """Stop a worker still running (the batch is being abandoned)."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join()
+            self._proc = None
+
+
+def _registry_worker(conn: Any, factory: Callable[..., _RegistryFiles], args: tuple[Any, ...]) -> None:
+    """The registry process: studies in (lists of evaluated dicts, then None), row counts out."""
+    try:
+        files = factory(*args)
+        while True:
+            batch = conn.recv()
+            if batch is None:
+                break
+            for d in batch:
+                files.add(d)
+        conn.send(("ok", files.close()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
+    finally:
+        conn.close()
+
+
 # -- export -------------------------------------------------------------------------------
 
 def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                  out_dir: Path | None = None) -> ExportResult:
     """Write one batch of every study not yet submitted or changed since (module docstring)."""
     from .report import ReportBuilder  # report imports this module's helpers
-    from .writers import EVENT_GROUPS, EVENT_SCHEMA, STUDY_GROUPS, STUDY_SCHEMA, ChunkedParquet, FlagsWriter
+    from .writers import FlagsWriter
 
     pseudo = Pseudonymizer.from_config(cfg)  # refuse before touching anything
     precision = cfg.registry.date_precision
@@ -304,10 +461,12 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out)
         staging = _Staging(out, batch_id)
+        sinks: list[_RegistrySink] = []
         try:
-            studies_pq = ChunkedParquet(staging.registry / "studies.parquet", STUDY_SCHEMA, groups=STUDY_GROUPS)
-            events_pq = ChunkedParquet(staging.registry / "events.parquet", EVENT_SCHEMA, groups=EVENT_GROUPS)
-            submission: _Submission | None = None
+            header = {"schema": SUBMISSION_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
+                      "created_at": created_at, "profile": profile, "date_precision": precision}
+            registry = _RegistrySink(_RegistryFiles, (staging.registry, header, pseudo))
+            sinks.append(registry)
             flags: FlagsWriter | None = None
             report = ReportBuilder(cfg)
             known_studies = state.studies()
@@ -330,23 +489,9 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                 key = _row_key(row)
                 to_flags = known is None or known.flags_key != key
                 if to_registry:
-                    if submission is None:
-                        submission = _Submission(staging.registry / "submission.json", {
-                            "schema": SUBMISSION_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
-                            "created_at": created_at, "profile": profile, "date_precision": precision,
-                        })
-                    deid = deidentify_study(d, pseudo, precision)
-                    events = _events_of(record, d)
-                    add_registry_values(deid, events, [e["is_timing_run"] for e in deid["events"]])
-                    deid = {"facility_id": facility, "batch_id": batch_id, "registry_profile": profile,
-                            "date_precision": precision, **deid}
-                    submission.append(deid)
-                    studies_pq.append_nested(deid)  # the schema's columns: "events" is left out
-                    pseudo_uid = deid["study_instance_uid"]
-                    for i, ev in enumerate(deid["events"]):
-                        events_pq.append_nested({**ev, "study_instance_uid": pseudo_uid, "event_index": i})
+                    registry.add(d, record)
                     result.registry_studies += 1
-                    result.registry_events += len(deid["events"])
+                    result.registry_events += len(d.get("events") or ())
                     if known is not None and known.registry_fingerprint is not None:
                         result.registry_resubmitted += 1
                 if to_flags:
@@ -363,12 +508,9 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                         state.record_studies(recorded)
                         recorded = []
             state.record_studies(recorded)
-            studies_pq.close()
-            events_pq.close()
+            registry_rows = registry.close()
             if flags is not None:
                 flags.close()
-            if submission is not None:
-                submission.close()
 
             if result.registry_studies == 0 and result.flag_rows == 0:
                 staging.remove()
@@ -377,13 +519,11 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                 log.info("export: nothing new (%d studies seen)", result.studies_seen)
                 return result
 
-            if submission is not None:
-                _write_manifest(staging.registry, facility, batch_id, created_at, {
-                    "studies.parquet": studies_pq.rows, "events.parquet": events_pq.rows,
-                    "submission.json": submission.rows,
-                })
+            if registry_rows is not None:
+                _write_manifest(staging.registry, facility, batch_id, created_at, registry_rows)
             report_files = report.write(staging.reports, f"completeness-{batch_id}", batch_id=batch_id)
-            _place(staging, out, facility, batch_id, result, submission is not None, flags is not None, report_files)
+            _place(staging, out, facility, batch_id, result, registry_rows is not None, flags is not None,
+                   report_files)
             state.record_batch(batch_id, seq, created_at, facility, str(out.resolve()), result.studies_seen,
                                result.registry_studies, result.registry_events, result.flag_rows)
             state.commit()
@@ -391,6 +531,8 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                      batch_id, result.registry_studies, result.flag_rows)
             return result
         finally:
+            for sink in sinks:
+                sink.abort()
             staging.remove()
     finally:
         state.rollback()

@@ -41,7 +41,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -517,6 +517,17 @@ class RtPlanningRules:
     procedure_codes: tuple[str, ...]
     manufacturers: tuple[str, ...]
 
+    @cached_property
+    def any_text(self) -> Callable[[str], Any] | None:
+        """``search`` of one regex that finds a match when any ``text`` pattern does (most texts
+        match none, so one search replaces several); None when the patterns cannot be joined."""
+        if not self.text or any(p.groups for p in self.text):  # groups: back-references would shift
+            return None
+        try:
+            return re.compile("|".join(f"(?:{p.pattern})" for p in self.text), re.IGNORECASE).search
+        except re.error:
+            return None
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -771,7 +782,8 @@ class _Collector:
 # The profile compiled: one check per element, built once per loaded profile (no path
 # parsing or type dispatch per record). Each check appends to the collector what is missing
 # or invalid, in profile order and, for event elements, in event order.
-_Check = Callable[[Mapping[str, Any], _Collector, dict[tuple[str, int], bool]], None]
+_Events = dict[str, list[tuple[int, dict[str, Any]]]]  # condition -> the (index, event) where it holds
+_Check = Callable[[Mapping[str, Any], _Collector, _Events], None]
 
 
 def _always_valid(value: Any) -> str | None:
@@ -832,7 +844,7 @@ def _compile_rule(rule: ElementRule) -> _Check:
             path, names = alternatives[0]
 
             def plain_study_element(d: Mapping[str, Any], out: _Collector,
-                                    cache: dict[tuple[str, int], bool]) -> None:
+                                    cache: _Events) -> None:
                 value: Any = d
                 for name in names:
                     value = value.get(name) if isinstance(value, dict) else None
@@ -845,7 +857,7 @@ def _compile_rule(rule: ElementRule) -> _Check:
 
             return plain_study_element
 
-        def study_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
+        def study_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
             if when is not None and not when.holds(d):
                 return
             present = []
@@ -874,10 +886,8 @@ def _compile_rule(rule: ElementRule) -> _Check:
         list_name, item_name = rest[0][:-2], rest[1]
         empty_path = f"{rest[0]}.{item_name}"
 
-        def item_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
-            for i, ev in enumerate(d.get("events") or []):
-                if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
-                    continue
+        def item_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+            for i, ev in _events_where(d, when, when_text, cache):
                 items = ev.get(list_name)
                 if not isinstance(items, (list, tuple)) or not items:
                     out.add_missing(f"events[{i}].{empty_path}", _event_label(ev), required)
@@ -896,10 +906,8 @@ def _compile_rule(rule: ElementRule) -> _Check:
 
     if any(seg.endswith("[]") for seg in rest):  # deeper nesting: walk the nested lists
 
-        def nested_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
-            for i, ev in enumerate(d.get("events") or []):
-                if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
-                    continue
+        def nested_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+            for i, ev in _events_where(d, when, when_text, cache):
                 for path, value, found in _instances(ev, rest, f"events[{i}]"):
                     if not found or _absent(value):
                         out.add_missing(path, _event_label(ev), required)
@@ -913,10 +921,8 @@ def _compile_rule(rule: ElementRule) -> _Check:
     names = tuple(rest)
     single = names[0] if len(names) == 1 else None
 
-    def event_element(d: Mapping[str, Any], out: _Collector, cache: dict[tuple[str, int], bool]) -> None:
-        for i, ev in enumerate(d.get("events") or []):
-            if not isinstance(ev, dict) or not _applies(when, when_text, ev, i, cache):
-                continue
+    def event_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        for i, ev in _events_where(d, when, when_text, cache):
             if single is not None:
                 value = ev.get(single)
             else:
@@ -933,16 +939,15 @@ def _compile_rule(rule: ElementRule) -> _Check:
     return event_element
 
 
-def _applies(when: Condition | None, text: str, ev: Mapping[str, Any], i: int,
-             cache: dict[tuple[str, int], bool]) -> bool:
-    """Whether the element's condition holds for event ``i`` (cached per record: rules share conditions)."""
-    if when is None:
-        return True
-    key = (text, i)
-    holds = cache.get(key)
-    if holds is None:
-        holds = cache[key] = when.holds(ev)
-    return holds
+def _events_where(d: Mapping[str, Any], when: Condition | None, text: str,
+                  cache: _Events) -> list[tuple[int, dict[str, Any]]]:
+    """The (index, event) of the record's events for which ``when`` holds (all without a
+    condition), worked out once per record and condition: elements share conditions."""
+    found = cache.get(text)
+    if found is None:
+        found = cache[text] = [(i, ev) for i, ev in enumerate(d.get("events") or [])
+                               if isinstance(ev, dict) and (when is None or when.holds(ev))]
+    return found
 
 
 def _rule_for_problem(problem: Mapping[str, Any], rules: Rules) -> ElementRule | None:
@@ -995,7 +1000,7 @@ def _apply_problems(d: Mapping[str, Any], rules: Rules, out: _Collector) -> None
 
 def _completeness(d: Mapping[str, Any], rules: Rules) -> Completeness:
     out = _Collector()
-    cache: dict[tuple[str, int], bool] = {}  # (condition, event index) -> holds
+    cache: _Events = {}
     for check in rules.profile.checks:
         check(d, out, cache)
     _apply_problems(d, rules, out)
@@ -1007,13 +1012,28 @@ def _completeness(d: Mapping[str, Any], rules: Rules) -> Completeness:
 
 
 def _glob(value: str | None, patterns: Iterable[str]) -> str | None:
+    """The first pattern (case-insensitive glob) that matches ``value``, or None."""
     if not value:
         return None
     v = value.strip().casefold()
-    for pat in patterns:
-        if fnmatch.fnmatchcase(v, pat.casefold()):
+    any_match, each = _globs(tuple(patterns))
+    if any_match is None or not any_match(v):
+        return None
+    for pat, match in each:
+        if match(v):
             return pat
     return None
+
+
+@lru_cache(maxsize=64)
+def _globs(patterns: tuple[str, ...]) -> tuple[Callable[[str], Any] | None, tuple[tuple[str, Callable[[str], Any]], ...]]:
+    """(one regex matching when any pattern does, (pattern, its regex) each), as fnmatch.fnmatchcase
+    compiles them."""
+    regexes = [fnmatch.translate(p.casefold()) for p in patterns]
+    if not regexes:
+        return None, ()
+    each = tuple((p, re.compile(r).match) for p, r in zip(patterns, regexes, strict=True))
+    return re.compile("|".join(f"(?:{r})" for r in regexes)).match, each
 
 
 def _non_patient_reasons(d: Mapping[str, Any], rules: Rules) -> list[str]:
@@ -1045,7 +1065,9 @@ def _rt_reasons(d: Mapping[str, Any], rules: Rules) -> list[str]:
     for i, ev in enumerate(events):
         if isinstance(ev, dict) and ev.get("acquisition_protocol"):
             texts.append((f"events[{i}].acquisition_protocol", ev["acquisition_protocol"]))
-    for pattern in rt.text:
+    any_text = rt.any_text
+    patterns = rt.text if any_text is None or any(any_text(text) for _, text in texts) else ()
+    for pattern in patterns:
         hits = [(where, text) for where, text in texts if pattern.search(text)]
         if hits:
             where, text = hits[0]
