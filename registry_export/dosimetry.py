@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import Any
 
 from dosereg.extract import Code, Event
@@ -100,6 +101,14 @@ def _region_is_head(code: Code | None) -> bool | None:
     """True: head; False: body; None: no usable region (the phantom decides)."""
     if code is None:
         return None
+    try:
+        return _code_is_head(code)
+    except TypeError:  # a code holding unhashable values: work it out without the cache
+        return _code_is_head.__wrapped__(code)
+
+
+@lru_cache(maxsize=4096)  # a site has few distinct target regions; every event asks several times
+def _code_is_head(code: Code) -> bool | None:
     sct = _snomed_ct_id(code)
     if sct in AMBIGUOUS_REGIONS:
         return None
@@ -214,12 +223,18 @@ def ssde_mGy(event: Event) -> float | None:
 TIMING_PROTOCOL = re.compile(r"monitoring|test[\s_-]*bolus", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)  # protocol names repeat across studies
+def _timing_word(protocol: str) -> str | None:
+    m = TIMING_PROTOCOL.search(protocol)
+    return m.group(0) if m else None
+
+
 def timing_run_reason(event: Event) -> str | None:
     """Why the event is a timing run, or ``None`` when it is not."""
     protocol = event.acquisition_protocol or ""
-    m = TIMING_PROTOCOL.search(protocol)
-    if m:
-        return f"protocol {protocol!r} contains {m.group(0)!r}"
+    found = _timing_word(protocol) if protocol.__class__ is str else _timing_word.__wrapped__(protocol)
+    if found is not None:
+        return f"protocol {protocol!r} contains {found!r}"
     if (
         event.acquisition_type == "stationary"
         and event.ctdivol_mGy is not None
