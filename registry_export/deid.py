@@ -75,7 +75,7 @@ class Pseudonymizer:
         if not secret:
             raise MissingSecretError("the pseudonym secret is empty; refusing to export")
         self._secret = secret
-        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)  # copied per UID: no key setup each time
+        self._keyed = hmac.new(secret, digestmod="sha256")  # OpenSSL HMAC, copied per UID: keyed once
         self._cache: dict[str, str] = {}
 
     @classmethod
