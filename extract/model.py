@@ -123,7 +123,9 @@ class Code(_Record):
     def from_dict(cls, d: dict[str, Any] | None) -> Code | None:
         if d is None:
             return None
-        return _build(cls, {"value": d.get("value"), "scheme": d.get("scheme"), "meaning": d.get("meaning")})
+        code = object.__new__(cls)  # = cls(value, scheme, meaning), without the frozen __init__ (see _build)
+        code.__dict__.update(value=d.get("value"), scheme=d.get("scheme"), meaning=d.get("meaning"))
+        return code
 
 
 @dataclass(frozen=True)

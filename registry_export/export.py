@@ -26,6 +26,7 @@ no flags files.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -37,6 +38,7 @@ import re
 import shutil
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,12 +151,6 @@ def profile_info(rules: Any, cfg: Config) -> dict[str, str | None]:
         "name": str(name) if name is not None else cfg.registry.profile,
         "version": str(version) if version is not None else None,
     }
-
-
-def _events_of(record: StudyRecord, d: dict[str, Any]) -> list[Event]:
-    if len(record.events) == len(d.get("events") or ()):
-        return list(record.events)
-    return [Event.from_dict(e) for e in d.get("events") or ()]
 
 
 def add_registry_values(deid: dict[str, Any], events: list[Event], timing: list[bool]) -> None:
@@ -435,9 +431,28 @@ def _registry_worker(conn: Any, factory: Callable[..., _RegistryFiles], args: tu
 
 # -- export -------------------------------------------------------------------------------
 
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """The export allocates millions of short-lived, acyclic dicts and lists (freed by reference
+    counting); the cyclic collector's passes over them and the export state cost a quarter of
+    the time, so it is paused for the export and restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                  out_dir: Path | None = None) -> ExportResult:
     """Write one batch of every study not yet submitted or changed since (module docstring)."""
+    with _without_cyclic_gc():
+        return _export_batch(cfg, studies, out_dir)
+
+
+def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None) -> ExportResult:
     from .report import ReportBuilder  # report imports this module's helpers
     from .writers import FlagsWriter
 
