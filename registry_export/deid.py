@@ -41,6 +41,7 @@ REGISTRY_STUDY_SCHEMA_ID = "dosereg.registry-study/1"  # the de-identified form 
 DATE_PRECISIONS = ("day", "month", "year")
 
 # A DICOM UID inside free text: at least four numeric components.
+_NAME_PARTS = re.compile(r"[\^=\s,]+")
 _UID_IN_TEXT = re.compile(r"(?<![\d.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){3,}(?![\d.])")
 
 
@@ -77,10 +78,22 @@ class Pseudonymizer:
         self._secret = secret
         self._keyed = hmac.new(secret, digestmod="sha256")  # OpenSSL HMAC, copied per UID: keyed once
         self._cache: dict[str, str] = {}
+        self._text_cache: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: Config) -> Pseudonymizer:
         return cls(secret_from_config(cfg))
+
+    def uids_in_text(self, text: str) -> str:
+        """``text`` with every DICOM UID in it replaced by its pseudonym (cached: texts such as
+        protocol names and reasons repeat across studies)."""
+        out = self._text_cache.get(text)
+        if out is None:
+            out = _UID_IN_TEXT.sub(lambda m: self.uid(m.group(0)) or "", text)
+            if len(self._text_cache) >= self.CACHE_SIZE:
+                self._text_cache.clear()
+            self._text_cache[text] = out
+        return out
 
     def uid(self, uid: str | None) -> str | None:
         if uid is None:
@@ -142,7 +155,7 @@ class Scrubber:
                 words.add(str(value).strip())
         name = patient.get("name")
         if name:
-            for part in re.split(r"[\^=\s,]+", str(name)):
+            for part in _NAME_PARTS.split(str(name)):
                 if len(part) >= 3:
                     words.add(part)
         birth = patient.get("birth_date")
@@ -157,7 +170,7 @@ class Scrubber:
             return value
         out = value
         if "." in out:
-            out = _UID_IN_TEXT.sub(lambda m: self._pseudo.uid(m.group(0)) or "", out)
+            out = self._pseudo.uids_in_text(out)
         low = out.lower()
         for w in self._words:
             if w in low:  # rare: only then pay for a case-insensitive replacement

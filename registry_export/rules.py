@@ -193,7 +193,25 @@ class Condition:
     clauses: tuple[Clause, ...]
 
     def holds(self, ctx: Mapping[str, Any]) -> bool:
-        return all(c.holds(ctx) for c in self.clauses)
+        return self.test(ctx)
+
+    @cached_property
+    def test(self) -> Callable[[Mapping[str, Any]], bool]:
+        """:meth:`holds` compiled: a one-clause equality on a top-level text field (the usual
+        "acquisition_type != constant_angle") compares directly; anything else goes clause by clause."""
+        if len(self.clauses) == 1:
+            c = self.clauses[0]
+            if c.op in ("==", "!=") and "." not in c.field and isinstance(c.values[0], str):
+                name, expected, equal = c.field, c.values[0], c.op == "=="
+
+                def text_equality(ctx: Mapping[str, Any]) -> bool:
+                    actual = ctx.get(name)
+                    same = actual == expected if actual.__class__ is str else _equal(actual, expected)
+                    return same if equal else not same
+
+                return text_equality
+        clauses = self.clauses
+        return lambda ctx: all(c.holds(ctx) for c in clauses)
 
     @classmethod
     def parse(cls, text: str, context: type, where: str) -> Condition:
