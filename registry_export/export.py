@@ -319,34 +319,59 @@ class _RegistryFiles:
                 "submission.json": self.submission.rows}
 
 
-#: Registry studies of one batch above which the registry files are written by a second
-#: process (fork), in parallel with reading and evaluating the catalog; below it (and where
-#: fork is not available) everything runs in this process.
+class _BatchWork:
+    """What a batch does with each evaluated study besides the decisions: the completeness
+    report (every study) and the registry files (the studies to submit)."""
+
+    def __init__(self, cfg: Config, registry_folder: Path, header: dict[str, Any], pseudo: Pseudonymizer) -> None:
+        from .report import ReportBuilder  # report imports this module's helpers
+
+        self.report = ReportBuilder(cfg)
+        self.registry = _RegistryFiles(registry_folder, header, pseudo)
+
+    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None:
+        if events is None or len(events) != len(d.get("events") or ()):
+            events = [Event.from_dict(e) for e in d.get("events") or ()]
+        self.report.add(None, d, events)
+        if to_registry:
+            self.registry.add(d, events)
+
+    def finish(self, report_to: tuple[Path, str, str] | None) -> tuple[dict[str, int] | None, list[Path]]:
+        """(registry row counts or None, the report files written into ``report_to`` = (folder,
+        stem, batch id); none when it is None)."""
+        rows = self.registry.close()
+        paths = self.report.write(*report_to[:2], batch_id=report_to[2]) if report_to is not None else []
+        return rows, paths
+
+
+#: Studies of one batch above which the report and the registry files are worked out by a
+#: second process (fork), in parallel with reading and evaluating the catalog; below it (and
+#: where fork is not available) everything runs in this process.
 PARALLEL_AFTER = 2000
-_WORKER_BATCH = 250  # studies per message to the registry process
+_WORKER_BATCH = 250  # studies per message to the second process
 
 
-class _RegistrySink:
-    """Feeds :class:`_RegistryFiles` in this process, or in a forked one for large batches."""
+class _BatchSink:
+    """Feeds :class:`_BatchWork` in this process, or in a forked one for large batches."""
 
-    def __init__(self, factory: Callable[..., _RegistryFiles], args: tuple[Any, ...]) -> None:
-        self._factory = factory
+    def __init__(self, args: tuple[Any, ...]) -> None:
         self._args = args
-        self._pending: list[tuple[dict[str, Any], StudyRecord | None]] = []
-        self._files: _RegistryFiles | None = None
+        self._pending: list[tuple[dict[str, Any], StudyRecord | None, bool]] = []
+        self._work: _BatchWork | None = None
         self._proc: Any = None
         self._conn: Any = None
-        self._batch: list[dict[str, Any]] = []
+        self._batch: list[tuple[dict[str, Any], bool]] = []
 
-    def add(self, d: dict[str, Any], record: StudyRecord | None = None) -> None:
-        if self._files is not None:
-            self._files.add(d, record.events if record is not None else None)
+    def add(self, d: dict[str, Any], record: StudyRecord | None, to_registry: bool) -> None:
+        if self._work is not None:
+            self._work.add(d, record.events if record is not None else None, to_registry)
         elif self._proc is not None:
-            self._batch.append(d)
+            self._batch.append((d, to_registry))
             if len(self._batch) >= _WORKER_BATCH:
-                self._send()
+                self._send(self._batch)
+                self._batch = []
         else:
-            self._pending.append((d, record))
+            self._pending.append((d, record, to_registry))
             if len(self._pending) >= PARALLEL_AFTER:
                 self._start(parallel=True)
 
@@ -355,50 +380,49 @@ class _RegistrySink:
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("fork")
             self._conn, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_registry_worker, args=(child, self._factory, self._args),
-                                     name="dosereg-export-registry", daemon=True)
+            self._proc = ctx.Process(target=_batch_worker, args=(child, self._args),
+                                     name="dosereg-export-writer", daemon=True)
             self._proc.start()
             child.close()
-            for d, _ in pending:
-                self.add(d)
+            for d, _, to_registry in pending:
+                self.add(d, None, to_registry)
         else:
-            self._files = self._factory(*self._args)
-            for d, record in pending:
-                self.add(d, record)
+            self._work = _BatchWork(*self._args)
+            for d, record, to_registry in pending:
+                self.add(d, record, to_registry)
 
-    def _send(self) -> None:
-        batch, self._batch = self._batch, []
+    def _send(self, message: Any) -> None:
         try:
-            self._conn.send(batch)
+            self._conn.send(message)
         except OSError:  # the worker is gone: say why
             self._fail()
 
-    def _fail(self) -> None:
-        message = "exited without a word"
+    def _fail(self, message: str = "exited without a word") -> None:
         try:
             if self._conn.poll(5):
-                kind, message = self._conn.recv()
+                _, message = self._conn.recv()
         except (OSError, EOFError):
             pass
         self.abort()
-        raise RuntimeError(f"export: the registry writer process failed: {message}")
+        raise RuntimeError(f"export: the second export process failed: {message}")
 
-    def close(self) -> dict[str, int] | None:
-        """Finish the registry files: row counts per file, or None when no study was submitted."""
-        if self._files is None and self._proc is None:
+    def finish(self, report_to: tuple[Path, str, str] | None) -> tuple[dict[str, int] | None, list[Path]]:
+        """See :meth:`_BatchWork.finish`."""
+        if self._work is None and self._proc is None:
             self._start(parallel=False)
-        if self._files is not None:
-            return self._files.close()
+        if self._work is not None:
+            return self._work.finish(report_to)
         if self._batch:
-            self._send()
+            self._send(self._batch)
+            self._batch = []
+        self._send(("finish", report_to))
         try:
-            self._conn.send(None)
             kind, value = self._conn.recv()
         except (OSError, EOFError):
             self._fail()
+            raise  # not reached: _fail raises
         if kind != "ok":
-            self.abort()
-            raise RuntimeError(f"export: the registry writer process failed: {value}")
+            self._fail(value)
         self._proc.join()
         self._proc = None
         return value  # type: ignore[no-any-return]
@@ -412,17 +436,17 @@ class _RegistrySink:
             self._proc = None
 
 
-def _registry_worker(conn: Any, factory: Callable[..., _RegistryFiles], args: tuple[Any, ...]) -> None:
-    """The registry process: studies in (lists of evaluated dicts, then None), row counts out."""
+def _batch_worker(conn: Any, args: tuple[Any, ...]) -> None:
+    """The second process: lists of (evaluated study, to registry) in, then ("finish", report_to)."""
     try:
-        files = factory(*args)
+        work = _BatchWork(*args)
         while True:
-            batch = conn.recv()
-            if batch is None:
+            message = conn.recv()
+            if isinstance(message, tuple):
+                conn.send(("ok", work.finish(message[1])))
                 break
-            for d in batch:
-                files.add(d)
-        conn.send(("ok", files.close()))
+            for d, to_registry in message:
+                work.add(d, None, to_registry)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
     finally:
@@ -453,7 +477,6 @@ def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
 
 
 def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None) -> ExportResult:
-    from .report import ReportBuilder  # report imports this module's helpers
     from .writers import FlagsWriter
 
     pseudo = Pseudonymizer.from_config(cfg)  # refuse before touching anything
@@ -476,23 +499,22 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(out)
         staging = _Staging(out, batch_id)
-        sinks: list[_RegistrySink] = []
+        sinks: list[_BatchSink] = []
         try:
             header = {"schema": SUBMISSION_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
                       "created_at": created_at, "profile": profile, "date_precision": precision}
-            registry = _RegistrySink(_RegistryFiles, (staging.registry, header, pseudo))
-            sinks.append(registry)
+            work = _BatchSink((cfg, staging.registry, header, pseudo))
+            sinks.append(work)
             flags: FlagsWriter | None = None
-            report = ReportBuilder(cfg)
             known_studies = state.studies()
             recorded: list[tuple[str, str | None, str | None, str, str]] = []
             for record in studies():
                 d = evaluated_dict(record, rules, export=None)
                 result.studies_seen += 1
-                report.add(record, d)
                 uid = d.get("study_instance_uid")
                 if not uid:
                     result.skipped_no_uid += 1
+                    work.add(d, record, False)
                     continue
                 known = known_studies.get(uid)
                 fp = content_fingerprint(d)
@@ -503,8 +525,8 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
                 row = flags_row(d)
                 key = _row_key(row)
                 to_flags = known is None or known.flags_key != key
+                work.add(d, record, to_registry)
                 if to_registry:
-                    registry.add(d, record)
                     result.registry_studies += 1
                     result.registry_events += len(d.get("events") or ())
                     if known is not None and known.registry_fingerprint is not None:
@@ -523,11 +545,13 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
                         state.record_studies(recorded)
                         recorded = []
             state.record_studies(recorded)
-            registry_rows = registry.close()
             if flags is not None:
                 flags.close()
+            nothing_new = result.registry_studies == 0 and result.flag_rows == 0
+            registry_rows, report_files = work.finish(
+                None if nothing_new else (staging.reports, f"completeness-{batch_id}", batch_id))
 
-            if result.registry_studies == 0 and result.flag_rows == 0:
+            if nothing_new:
                 staging.remove()
                 state.rollback()
                 result.batch_id = None
@@ -536,7 +560,6 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
 
             if registry_rows is not None:
                 _write_manifest(staging.registry, facility, batch_id, created_at, registry_rows)
-            report_files = report.write(staging.reports, f"completeness-{batch_id}", batch_id=batch_id)
             _place(staging, out, facility, batch_id, result, registry_rows is not None, flags is not None,
                    report_files)
             state.record_batch(batch_id, seq, created_at, facility, str(out.resolve()), result.studies_seen,

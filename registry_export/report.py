@@ -153,8 +153,9 @@ class ReportBuilder:
             det.rows.append(row)
         self._spool_csv.writerow({"table": name, **row})
 
-    def add(self, record: StudyRecord, d: dict[str, Any]) -> None:
-        """Account for one evaluated study (``d`` is ``evaluated_dict(record, rules)``)."""
+    def add(self, record: StudyRecord | None, d: dict[str, Any], events: Sequence[Event] | None = None) -> None:
+        """Account for one evaluated study (``d`` is ``evaluated_dict(record, rules)``; its
+        Event objects are ``events``, else the record's, else rebuilt from ``d``)."""
         self.studies += 1
         comp = d.get("completeness") or {}
         flags = d.get("flags") or {}
@@ -194,7 +195,10 @@ class ReportBuilder:
                 by_event.setdefault(int(m.group(1)), set()).add(_generic(p))
 
         dicts = d.get("events") or ()
-        events = list(record.events) if len(record.events) == len(dicts) else [Event.from_dict(e) for e in dicts]
+        if events is None and record is not None:
+            events = record.events
+        if events is None or len(events) != len(dicts):
+            events = [Event.from_dict(e) for e in dicts]
         age = (d.get("patient") or {}).get("age_years")
         seen_protocols: set[str] = set()
         for i, (ev, ed) in enumerate(zip(events, dicts, strict=True)):
