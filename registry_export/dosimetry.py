@@ -155,15 +155,18 @@ def _convert(value: float, stated: str | None, target: str) -> float | None:
     return None  # phantom not stated, or "other" (NEMA XR21): no known conversion
 
 
-def normalised_dose(event: Event) -> tuple[float | None, float | None]:
+def normalised_dose(event: Event, head: bool | None = None) -> tuple[float | None, float | None]:
     """(CTDIvol in mGy, DLP in mGy.cm) on the event's standard phantom.
 
     Head exams compare on the 16 cm phantom, body exams on 32 cm. A value stated on
     32 cm for a head exam is multiplied by 2.3; one stated on 16 cm for a body exam is
     divided by 2.3; otherwise it is returned unchanged. ``None`` where the value is not
     stated, or the stated phantom is unknown or "other" (no conversion is defined).
+    ``head``: :func:`is_head_exam` of the event, when the caller has it already.
     """
-    target = standard_phantom(event)
+    if head is None:
+        head = is_head_exam(event)
+    target = "head16" if head else "body32"
     ctdi = None if event.ctdivol_mGy is None else _convert(event.ctdivol_mGy, event.phantom, target)
     dlp = None if event.dlp_mGycm is None else _convert(event.dlp_mGycm, event.phantom, target)
     return ctdi, dlp
@@ -197,7 +200,7 @@ def ssde_from_diameter(ctdivol_mGy: float, diameter_cm: float, phantom: str = "b
     return conversion_factor(diameter_cm, phantom) * ctdivol_mGy
 
 
-def ssde_mGy(event: Event) -> float | None:
+def ssde_mGy(event: Event, head: bool | None = None) -> float | None:
     """The event's size-specific dose estimate in mGy.
 
     The scanner's own SSDE (113930) when stated. Otherwise, for a body exam with a
@@ -208,7 +211,7 @@ def ssde_mGy(event: Event) -> float | None:
     """
     if event.ssde_mGy is not None:
         return event.ssde_mGy
-    if is_head_exam(event):
+    if is_head_exam(event) if head is None else head:
         return None
     dw = event.water_equivalent_diameter_mm
     if event.ctdivol_mGy is None or dw is None or dw <= 0 or event.phantom not in AAPM204_FIT:

@@ -158,12 +158,12 @@ def add_registry_values(deid: dict[str, Any], events: list[Event], timing: list[
     total: float | None = None
     for out, ev, is_timing in zip(deid["events"], events, timing, strict=True):
         head = dosimetry.is_head_exam(ev)
-        ctdi, dlp = dosimetry.normalised_dose(ev)
+        ctdi, dlp = dosimetry.normalised_dose(ev, head)
         out["body_region"] = "head" if head else "body"
-        out["normalised_phantom"] = dosimetry.standard_phantom(ev)
+        out["normalised_phantom"] = "head16" if head else "body32"  # dosimetry.standard_phantom
         out["normalised_ctdivol_mGy"] = ctdi
         out["normalised_dlp_mGycm"] = dlp
-        out["ssde_estimate_mGy"] = dosimetry.ssde_mGy(ev)
+        out["ssde_estimate_mGy"] = dosimetry.ssde_mGy(ev, head)
         if dlp is not None and not is_timing:
             total = (total or 0.0) + dlp
     deid["normalised_total_dlp_mGycm"] = total
@@ -252,6 +252,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# = json.dumps(study, ensure_ascii=False), built once; study dicts are trees (no cycle check needed)
+_STUDY_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
 class _Submission:
     """``submission.json`` written one study at a time (a JSON object with a ``studies`` array)."""
 
@@ -265,7 +269,7 @@ class _Submission:
         self.rows = 0
 
     def append(self, study: dict[str, Any]) -> None:
-        self._fh.write(("\n  " if self._first else ",\n  ") + json.dumps(study, ensure_ascii=False))
+        self._fh.write(("\n  " if self._first else ",\n  ") + _STUDY_JSON.encode(study))
         self._first = False
         self.rows += 1
 
