@@ -49,21 +49,25 @@ def build_catalog(data_dir: Path, n: int, chunk: int = 5000) -> float:
     return time.perf_counter() - t0
 
 
-def run_export(data_dir: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS MB of the export process, its stdout)."""
+def run_export(data_dir: Path) -> tuple[float, float, str, float]:
+    """(seconds, peak RSS MB of the export process, its stdout, CPU seconds of the export and its
+    second process)."""
     env = dict(os.environ)
     env.setdefault("DOSEREG_SECRET", "bench-secret")
     env.pop("DOSEREG_CONFIG", None)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dosereg.cli", "export", "--data-dir", str(data_dir)],
                           capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu_before
     if proc.returncode != 0:
         raise SystemExit(f"dosereg export failed ({proc.returncode}): {proc.stderr.strip()}")
-    # ru_maxrss of children is the largest child so far (KiB on Linux)
-    return elapsed, max(after, before) / 1024.0, proc.stdout
+    # ru_maxrss of children is the largest child so far (KiB on Linux): the export process or
+    # the second process it forks for a large batch, whichever peaked higher
+    return elapsed, max(after, before) / 1024.0, proc.stdout, cpu
 
 
 def breakdown(data_dir: Path) -> tuple[float, float]:
@@ -108,9 +112,9 @@ def main() -> int:
         build_s = build_catalog(data_dir, args.studies)
         print(f"catalog built in {build_s:.1f} s", file=sys.stderr)
 
-        elapsed, rss_mb, out = run_export(data_dir)
+        elapsed, rss_mb, out, cpu_s = run_export(data_dir)
         first_line = out.splitlines()[0] if out else ""
-        again_s, _, again_out = run_export(data_dir)
+        again_s, _, again_out, _ = run_export(data_dir)
 
         projected = elapsed * 100_000 / args.studies  # export time grows linearly with the studies
         ok_time = projected < TARGET_S
@@ -120,6 +124,7 @@ def main() -> int:
               f"{args.studies / elapsed:,.0f} studies/s) {'OK' if ok_time else 'MISSED'}")
         if args.studies != 100_000:
             print(f"  projected for 100,000 studies: {projected:.1f} s")
+        print(f"  CPU time         {cpu_s:8.1f} s   (export process and its second process together)")
         print(f"  peak RSS         {rss_mb:8.0f} MB  (target < {TARGET_RSS_MB:.0f} MB) "
               f"{'OK' if rss_mb < TARGET_RSS_MB else 'MISSED'}")
         print(f"  second export    {again_s:8.1f} s   ({again_out.strip().splitlines()[0][:60]}...)")
@@ -128,7 +133,8 @@ def main() -> int:
             print(f"  of the export:   {read_s:8.1f} s   reading the catalog (iter_studies)")
             print(f"                   {evaluate_s - read_s:8.1f} s   evaluating with the rules (evaluated_dict)")
             print(f"                   {elapsed - evaluate_s:8.1f} s   the rest: start-up, de-identification, "
-                  f"Parquet/JSON/CSV writing, report")
+                  f"Parquet/JSON/CSV writing, report (a second process works on these in parallel, "
+                  f"so this is what is not hidden by it)")
         return 0 if ok_time and rss_mb < TARGET_RSS_MB else 1
     finally:
         if tmp:

@@ -49,7 +49,7 @@ from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
-from .rules import evaluated_dict, rules_from_config
+from .rules import Rules, evaluated_dict, rules_from_config, with_verdicts
 from .state import ExportState, StudyState, state_path
 
 log = logging.getLogger("dosereg.export")
@@ -91,16 +91,7 @@ def content_fingerprint(d: dict[str, Any]) -> str:
     values only, not on which objects happen to be shared), which is several times faster
     than JSON; field order is fixed by the record model, so no key sorting is needed.
     """
-    core = _content(d)
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, protocol=5)
-    pickler.fast = True  # no memo: equal values give equal bytes
-    try:
-        pickler.dump(core)
-        blob = buf.getvalue()
-    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
-        blob = _json_content(core).encode("utf-8")
-    return FINGERPRINT_PREFIX + hashlib.sha256(blob).hexdigest()[:32]
+    return FINGERPRINT_PREFIX + hashlib.sha256(_value_bytes(_content(d))).hexdigest()[:32]
 
 
 def _json_content(core: dict[str, Any]) -> str:
@@ -119,6 +110,41 @@ def same_content(stored: str | None, fingerprint: str, d: dict[str, Any]) -> boo
     if stored.startswith(FINGERPRINT_PREFIX):
         return stored == fingerprint
     return stored == legacy_fingerprint(d)
+
+
+def rules_key(rules: Rules) -> str:
+    """What evaluating a record depends on besides the record: the loaded profile, nomenclature
+    table and classification settings, and the code that evaluates (rules, dosimetry, model)."""
+    from dosereg.extract import model
+
+    from . import rules as rules_module
+
+    h = hashlib.sha256()
+    for module in (rules_module, dosimetry, model):
+        h.update(Path(str(module.__file__)).read_bytes())
+    p, nom = rules.profile, rules.nomenclature
+    h.update(repr((p.name, p.version, p.required, p.recommended, sorted(nom.entries.items()),
+                   nom.playbook_schemes, nom.path.name, rules.non_patient, rules.rt_planning)).encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+_SUBMITTED = ":G9327"  # on a study's stored input key: its code was G9327 (already submitted since)
+
+
+def input_key(d: dict[str, Any], rules_key: str) -> str:
+    """Key of everything an evaluation of the record ``d`` (= ``record.to_dict()``) sees."""
+    return hashlib.sha256(rules_key.encode("ascii") + _value_bytes(d)).hexdigest()[:32]
+
+
+def _value_bytes(value: Any) -> bytes:
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=5)
+    pickler.fast = True  # no memo: equal values give equal bytes
+    try:
+        pickler.dump(value)
+        return buf.getvalue()
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
+        return _json_content(value).encode("utf-8")
 
 
 def flags_row(d: dict[str, Any]) -> dict[str, Any]:
@@ -511,16 +537,33 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
             sinks.append(work)
             flags: FlagsWriter | None = None
             known_studies = state.studies()
-            recorded: list[tuple[str, str | None, str | None, str, str]] = []
+            recorded: list[tuple[str, str | None, str | None, str, str, str | None]] = []
+            settled: list[tuple[str, str]] = []
+            rkey = rules_key(rules)
+            # Studies settled by an earlier export (evaluated with the same record and rules, and
+            # nothing to send since) need no evaluation to decide: while only such studies come,
+            # they are just counted. The report needs every study evaluated, though, so the first
+            # study that is not settled has those evaluated (a second pass over them) first.
+            unevaluated = 0
             for record in studies():
-                d = evaluated_dict(record, rules, export=None)
                 result.studies_seen += 1
+                d = record.to_dict()
                 uid = d.get("study_instance_uid")
+                known = known_studies.get(uid) if uid else None
+                ikey = input_key(d, rkey) if uid else None
+                if unevaluated >= 0:
+                    if known is not None and known.input_key in (ikey, f"{ikey}{_SUBMITTED}"):
+                        unevaluated += 1
+                        result.already_submitted += known.input_key.endswith(_SUBMITTED)
+                        continue
+                    if unevaluated:
+                        _report_settled(studies, unevaluated, rules, work)
+                    unevaluated = -1  # from here on every study is evaluated
+                with_verdicts(d, record, rules)
                 if not uid:
                     result.skipped_no_uid += 1
                     work.add(d, record, False)
                     continue
-                known = known_studies.get(uid)
                 fp = content_fingerprint(d)
                 code = (d.get("flags") or {}).get("registry_code")
                 to_registry = code == "G9327" and (known is None or not same_content(known.registry_fingerprint, fp, d))
@@ -540,15 +583,20 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
                         flags = FlagsWriter(staging.flags / f"{batch_id}.csv", staging.flags / f"{batch_id}.parquet")
                     flags.append(row)
                     result.flag_rows += 1
+                settled_key = f"{ikey}{_SUBMITTED}" if code == "G9327" else ikey
                 if to_registry or to_flags:
-                    recorded.append((uid, fp if to_registry else None, key if to_flags else None, batch_id, created_at))
+                    recorded.append((uid, fp if to_registry else None, key if to_flags else None, batch_id,
+                                     created_at, settled_key))
                     known_studies[uid] = StudyState(
                         fp if to_registry else (known.registry_fingerprint if known else None),
-                        key if to_flags else (known.flags_key if known else None))
+                        key if to_flags else (known.flags_key if known else None), settled_key)
                     if len(recorded) >= 1000:
                         state.record_studies(recorded)
                         recorded = []
+                elif known is not None and known.input_key != settled_key and settled_key is not None:
+                    settled.append((uid, settled_key))
             state.record_studies(recorded)
+            state.settle(settled)
             if flags is not None:
                 flags.close()
             nothing_new = result.registry_studies == 0 and result.flag_rows == 0
@@ -557,7 +605,7 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
 
             if nothing_new:
                 staging.remove()
-                state.rollback()
+                state.commit()  # only the input keys of studies found settled (no batch is recorded)
                 result.batch_id = None
                 log.info("export: nothing new (%d studies seen)", result.studies_seen)
                 return result
@@ -579,6 +627,14 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
     finally:
         state.rollback()
         state.close()
+
+
+def _report_settled(studies: Callable[[], Iterator[StudyRecord]], n: int, rules: Rules, work: _BatchSink) -> None:
+    """Evaluate the first ``n`` studies (settled ones, passed over undecided) for the report."""
+    for i, record in enumerate(studies()):
+        if i >= n:
+            break
+        work.add(evaluated_dict(record, rules), record, False)
 
 
 def _write_manifest(folder: Path, facility: str, batch_id: str, created_at: str, rows: dict[str, int]) -> None:

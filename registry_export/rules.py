@@ -1223,7 +1223,12 @@ def evaluated_dict(record: StudyRecord, rules: Rules, export: dict[str, Any] | N
     ``is_timing_run`` set, and ``export`` = the given mark (``{batch_id, exported_at}`` or
     None). For an error record the three verdicts are null.
     """
-    d = record.to_dict()
+    return with_verdicts(record.to_dict(), record, rules, export)
+
+
+def with_verdicts(d: dict[str, Any], record: StudyRecord, rules: Rules,
+                  export: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`evaluated_dict` on ``d = record.to_dict()`` (filled in place and returned)."""
     d["export"] = export
     if d.get("error"):
         d["completeness"] = d["classification"] = d["flags"] = None

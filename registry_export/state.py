@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dosereg.config import Config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: studies.input_key
 STATE_FILE = "export-state.sqlite"
 
 _SCHEMA = """
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS studies (
     flags_key TEXT,              -- hash of the flags row billing last received
     flags_batch_id TEXT,
     batch_id TEXT,               -- the last batch the study was part of (registry or flags)
-    exported_at TEXT
+    exported_at TEXT,
+    input_key TEXT               -- record + rules the study was last evaluated with, once settled
 );
 """
 
@@ -55,6 +56,9 @@ def state_path(cfg: Config) -> Path:
 class StudyState:
     registry_fingerprint: str | None
     flags_key: str | None
+    #: the record and rules the study was last evaluated with, in an export that settled it
+    #: (afterwards its registry fingerprint and flags key are what that evaluation gives)
+    input_key: str | None = None
 
 
 class ExportState:
@@ -73,6 +77,11 @@ class ExportState:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: export state schema {row[0]} is newer than this dosereg "
                                    f"understands ({SCHEMA_VERSION})")
+            elif int(row[0]) < SCHEMA_VERSION:
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
+                if "input_key" not in columns:  # 1 -> 2
+                    self._db.execute("ALTER TABLE studies ADD COLUMN input_key TEXT")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._db.close()
@@ -109,28 +118,35 @@ class ExportState:
 
     def studies(self) -> dict[str, StudyState]:
         """Every study's state at once (an export looks up each study of the catalog)."""
-        return {uid: StudyState(fp, key) for uid, fp, key in self._db.execute(
-            "SELECT study_uid, registry_fingerprint, flags_key FROM studies")}
+        return {uid: StudyState(fp, key, ik) for uid, fp, key, ik in self._db.execute(
+            "SELECT study_uid, registry_fingerprint, flags_key, input_key FROM studies")}
+
+    def settle(self, rows: list[tuple[str, str]]) -> None:
+        """Set the input key of studies (uid, input key) evaluated with nothing to send."""
+        self._db.executemany("UPDATE studies SET input_key = ?2 WHERE study_uid = ?1", rows)
 
     def record_study(self, uid: str, batch_id: str, exported_at: str,
                      registry_fingerprint: str | None, flags_key: str | None) -> None:
         """Record that ``uid`` went into ``batch_id`` (to the registry, to billing or both)."""
         self.record_studies([(uid, registry_fingerprint, flags_key, batch_id, exported_at)])
 
-    def record_studies(self, rows: list[tuple[str, str | None, str | None, str, str]]) -> None:
-        """:meth:`record_study` for many (uid, registry fingerprint, flags key, batch id, exported at)."""
+    def record_studies(self, rows: list[tuple[str, str | None, str | None, str, str]] |
+                       list[tuple[str, str | None, str | None, str, str, str | None]]) -> None:
+        """:meth:`record_study` for many (uid, registry fingerprint, flags key, batch id, exported at
+        [, input key])."""
         self._db.executemany(
             """INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
-                                    flags_batch_id, batch_id, exported_at)
+                                    flags_batch_id, batch_id, exported_at, input_key)
                VALUES (?1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE ?4 END, ?3,
-                       CASE WHEN ?3 IS NULL THEN NULL ELSE ?4 END, ?4, ?5)
+                       CASE WHEN ?3 IS NULL THEN NULL ELSE ?4 END, ?4, ?5, ?6)
                ON CONFLICT(study_uid) DO UPDATE SET
+                 input_key = ?6,
                  registry_fingerprint = COALESCE(?2, registry_fingerprint),
                  registry_batch_id = CASE WHEN ?2 IS NULL THEN registry_batch_id ELSE ?4 END,
                  flags_key = COALESCE(?3, flags_key),
                  flags_batch_id = CASE WHEN ?3 IS NULL THEN flags_batch_id ELSE ?4 END,
                  batch_id = ?4, exported_at = ?5""",
-            rows,
+            [row if len(row) == 6 else (*row, None) for row in rows],
         )
 
     def record_batch(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: str,
