@@ -283,13 +283,18 @@ _REFERENCE_PHANTOM = {
 _PAEDIATRIC_BODY_32CM_RATIO = 20.0 / 25.0
 
 
+@lru_cache(maxsize=8192)  # protocol names and region meanings repeat across events and studies
+def _found(pattern: re.Pattern[str], text: str) -> bool:
+    return pattern.search(text) is not None
+
+
 def _is_cardiac(event: Event) -> bool:
     region = event.target_region
     if region is not None:
         sct = _snomed_ct_id(region)
-        if sct in _CARDIAC_REGIONS or _CARDIAC.search(region.meaning or ""):
+        if sct in _CARDIAC_REGIONS or _found(_CARDIAC, region.meaning or ""):
             return True
-    return bool(_CARDIAC.search(event.acquisition_protocol or ""))
+    return _found(_CARDIAC, event.acquisition_protocol or "")
 
 
 def _cardiac_category(event: Event) -> str:
@@ -315,7 +320,7 @@ def notification_category(event: Event, age_years: float | None) -> str:
     under 10 y; else adult head / adult body.
     """
     head = is_head_exam(event)
-    if head and _PERFUSION.search(event.acquisition_protocol or ""):
+    if head and _found(_PERFUSION, event.acquisition_protocol or ""):
         return "brain_perfusion"
     if not head and _is_cardiac(event):
         return _cardiac_category(event)
