@@ -366,18 +366,19 @@ class _BatchWork:
         if to_registry:
             self.registry.add(d, events)
 
-    def finish(self, report_to: tuple[Path, str, str] | None) -> tuple[dict[str, int] | None, list[Path]]:
-        """(registry row counts or None, the report files written into ``report_to`` = (folder,
-        stem, batch id); none when it is None)."""
-        rows = self.registry.close()
-        paths = self.report.write(*report_to[:2], batch_id=report_to[2]) if report_to is not None else []
-        return rows, paths
+    def close_registry(self) -> dict[str, int] | None:
+        """Finish the registry files: row counts per file, or None when no study was submitted."""
+        return self.registry.close()
+
+    def write_report(self, report_to: tuple[Path, str, str] | None) -> list[Path]:
+        """The report files written into ``report_to`` = (folder, stem, batch id); none when it is None."""
+        return self.report.write(*report_to[:2], batch_id=report_to[2]) if report_to is not None else []
 
 
 #: Studies of one batch above which the report and the registry files are worked out by a
 #: second process (fork), in parallel with reading and evaluating the catalog; below it (and
 #: where fork is not available) everything runs in this process.
-PARALLEL_AFTER = 2000
+PARALLEL_AFTER = 500
 _WORKER_BATCH = 250  # studies per message to the second process
 
 
@@ -436,16 +437,29 @@ class _BatchSink:
         self.abort()
         raise RuntimeError(f"export: the second export process failed: {message}")
 
-    def finish(self, report_to: tuple[Path, str, str] | None) -> tuple[dict[str, int] | None, list[Path]]:
-        """See :meth:`_BatchWork.finish`."""
+    def close_registry(self, report_to: tuple[Path, str, str] | None) -> dict[str, int] | None:
+        """Every study is in: finish the registry files (row counts, or None when no study was
+        submitted); a second process goes on to write the report to ``report_to`` meanwhile."""
         if self._work is None and self._proc is None:
             self._start(parallel=False)
         if self._work is not None:
-            return self._work.finish(report_to)
+            return self._work.close_registry()
         if self._batch:
             self._send(self._batch)
             self._batch = []
         self._send(("finish", report_to))
+        return self._receive()  # type: ignore[no-any-return]
+
+    def write_report(self, report_to: tuple[Path, str, str] | None) -> list[Path]:
+        """The report files (same ``report_to`` as given to :meth:`close_registry`)."""
+        if self._work is not None:
+            return self._work.write_report(report_to)
+        paths = self._receive()
+        self._proc.join()
+        self._proc = None
+        return paths  # type: ignore[no-any-return]
+
+    def _receive(self) -> Any:
         try:
             kind, value = self._conn.recv()
         except (OSError, EOFError):
@@ -453,9 +467,7 @@ class _BatchSink:
             raise  # not reached: _fail raises
         if kind != "ok":
             self._fail(value)
-        self._proc.join()
-        self._proc = None
-        return value  # type: ignore[no-any-return]
+        return value
 
     def abort(self) -> None:
         """Stop a worker still running (the batch is being abandoned)."""
@@ -472,8 +484,9 @@ def _batch_worker(conn: Any, args: tuple[Any, ...]) -> None:
         work = _BatchWork(*args)
         while True:
             message = conn.recv()
-            if isinstance(message, tuple):
-                conn.send(("ok", work.finish(message[1])))
+            if isinstance(message, tuple):  # ("finish", report_to)
+                conn.send(("ok", work.close_registry()))
+                conn.send(("ok", work.write_report(message[1])))
                 break
             for d, to_registry in message:
                 work.add(d, None, to_registry)
@@ -600,8 +613,11 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
             if flags is not None:
                 flags.close()
             nothing_new = result.registry_studies == 0 and result.flag_rows == 0
-            registry_rows, report_files = work.finish(
-                None if nothing_new else (staging.reports, f"completeness-{batch_id}", batch_id))
+            report_to = None if nothing_new else (staging.reports, f"completeness-{batch_id}", batch_id)
+            registry_rows = work.close_registry(report_to)
+            if registry_rows is not None:  # while a second process writes the report
+                _write_manifest(staging.registry, facility, batch_id, created_at, registry_rows)
+            report_files = work.write_report(report_to)
 
             if nothing_new:
                 staging.remove()
@@ -610,8 +626,6 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
                 log.info("export: nothing new (%d studies seen)", result.studies_seen)
                 return result
 
-            if registry_rows is not None:
-                _write_manifest(staging.registry, facility, batch_id, created_at, registry_rows)
             _place(staging, out, facility, batch_id, result, registry_rows is not None, flags is not None,
                    report_files)
             state.record_batch(batch_id, seq, created_at, facility, str(out.resolve()), result.studies_seen,
