@@ -565,9 +565,10 @@ def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out
                 known = known_studies.get(uid) if uid else None
                 ikey = input_key(d, rkey) if uid else None
                 if unevaluated >= 0:
-                    if known is not None and known.input_key in (ikey, f"{ikey}{_SUBMITTED}"):
+                    stored = known.input_key if known is not None else None
+                    if stored is not None and stored in (ikey, f"{ikey}{_SUBMITTED}"):
                         unevaluated += 1
-                        result.already_submitted += known.input_key.endswith(_SUBMITTED)
+                        result.already_submitted += stored.endswith(_SUBMITTED)
                         continue
                     if unevaluated:
                         _report_settled(studies, unevaluated, rules, work)
