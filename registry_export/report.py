@@ -102,7 +102,7 @@ class _Group:
         return self.complete / self.studies if self.studies else 0.0
 
     def top(self) -> str:
-        return "; ".join(f"{p} ({n})" for p, n in self.problems.most_common(TOP_PROBLEMS))
+        return "; ".join(f"{p} ({n})" for p, n in _top(self.problems, TOP_PROBLEMS))
 
 
 @dataclass
@@ -315,7 +315,7 @@ class ReportBuilder:
         if self.problems:
             parts.append("<h2>Most frequent missing or invalid elements</h2>")
             parts.append(_table(("Element", "Studies"), [
-                (_code_html(p), str(n)) for p, n in self.problems.most_common(10)], raw=(0,)))
+                (_code_html(p), str(n)) for p, n in _top(self.problems, 10)], raw=(0,)))
 
         parts.append("<h2>Completeness by scanner</h2>")
         scanner_rows = sorted(self.scanners.items(), key=lambda kv: (kv[1].rate(), kv[0]))
@@ -409,7 +409,7 @@ def _code_html(path: str) -> str:
 def _problems_html(g: _Group) -> str:
     if not g.problems:
         return "<span class='ok'>none</span>"
-    return ", ".join(f"{_code_html(p)} <span class='n'>×{n}</span>" for p, n in g.problems.most_common(TOP_PROBLEMS))
+    return ", ".join(f"{_code_html(p)} <span class='n'>×{n}</span>" for p, n in _top(g.problems, TOP_PROBLEMS))
 
 
 def _rate_html(rate: float) -> str:
@@ -553,3 +553,8 @@ def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _top(counter: Counter[str], n: int) -> list[tuple[str, int]]:
+    """The ``n`` most frequent, ties by name: the same page whatever the hash seed."""
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
