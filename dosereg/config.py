@@ -221,16 +221,19 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
     return Config(**merged, path=where)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "configuration", key: str | None = None) -> dict[str, Any]:
+    """Read a TOML file; every failure is a :class:`ConfigError` naming the file (and the
+    setting that pointed at it, when given)."""
+    where = f" ({key})" if key else ""
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
+        raise ConfigError(f"{path}: {what} not found{where}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: {what} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
 _DEFAULTS: Config | None = None
@@ -240,7 +243,7 @@ def default_config() -> Config:
     """The packaged defaults (``conf/dosereg.toml``)."""
     global _DEFAULTS
     if _DEFAULTS is None:
-        _DEFAULTS = parse_config(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG)
+        _DEFAULTS = parse_config(read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG)
     return _DEFAULTS
 
 
@@ -257,7 +260,7 @@ def load_config(path: str | os.PathLike[str] | None = None, data_dir: str | None
         cfg = defaults
     else:
         p = Path(path)
-        cfg = parse_config(_read_toml(p), p, base=defaults)
+        cfg = parse_config(read_toml(p), p, base=defaults)
     if data_dir is not None:
         from dataclasses import replace
 

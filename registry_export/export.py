@@ -49,6 +49,7 @@ from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
+from .report import scanner_label
 from .rules import Rules, evaluated_dict, rules_from_config, with_verdicts
 from .state import ExportState, StudyState, state_path
 
@@ -709,15 +710,6 @@ def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:
 
 # -- the `dosereg studies` table ----------------------------------------------------------
 
-def _scanner(equipment: dict[str, Any]) -> str:
-    parts = [equipment.get("manufacturer"), equipment.get("model")]
-    name = " ".join(str(p) for p in parts if p)
-    station = equipment.get("station_name")
-    if station:
-        name = f"{name} ({station})" if name else str(station)
-    return name
-
-
 def _cut(text: Any, width: int) -> str:
     s = "" if text is None else " ".join(str(text).split())
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -749,7 +741,7 @@ def studies_table(evaluated_dicts: Iterable[dict[str, Any]]) -> str:
             d.get("study_date") or "",
             _cut(d.get("accession_number"), widths_max[1]),
             _cut(d.get("study_description") or d.get("requested_procedure_description"), widths_max[2]),
-            _cut(_scanner(d.get("equipment") or {}), widths_max[3]),
+            _cut(scanner_label(d.get("equipment") or {}, missing=""), widths_max[3]),
             str(d.get("total_events") if d.get("total_events") is not None else len(d.get("events") or ())),
             _num(d.get("total_dlp_mGycm")),
             status,

@@ -62,13 +62,14 @@ _EVENT_PATH = re.compile(r"^events\[(\d+)\]")
 _INDEX = re.compile(r"\[\d+\]")
 
 
-def _scanner(equipment: dict[str, Any]) -> str:
+def scanner_label(equipment: dict[str, Any], missing: str = "(scanner not stated)") -> str:
+    """'Manufacturer Model (station)', as physicists and the studies table name a scanner."""
     parts = [equipment.get("manufacturer"), equipment.get("model")]
     name = " ".join(str(p) for p in parts if p)
     station = equipment.get("station_name")
     if station:
         name = f"{name} ({station})" if name else str(station)
-    return name or "(scanner not stated)"
+    return name or missing
 
 
 def _problem_paths(d: dict[str, Any]) -> list[str]:
@@ -163,7 +164,7 @@ class ReportBuilder:
         self.codes[code] += 1
         complete = comp.get("status") == "complete" and not d.get("error")
         self.complete += complete
-        scanner = _scanner(d.get("equipment") or {})
+        scanner = scanner_label(d.get("equipment") or {})
         paths = _problem_paths(d)
         generic = [_generic(p) for p in paths]
         self.problems.update(set(generic))

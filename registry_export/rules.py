@@ -38,14 +38,13 @@ import datetime as _dt
 import fnmatch
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings
+from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings, read_toml
 from dosereg.extract import (
     Code,
     DoseCheck,
@@ -60,11 +59,6 @@ from dosereg.extract import (
 )
 
 from .dosimetry import is_timing_run
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "Classification", "Completeness", "Condition", "ElementRule", "Evaluation", "Flags",
@@ -400,15 +394,7 @@ def _element(raw: Any, required: bool, where: str) -> ElementRule:
 
 def load_profile(path: Path) -> Profile:
     """Read and check a registry profile (TOML). Errors name the file and the key."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: registry profile not found (registry.profile)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: registry profile is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read registry profile: {exc.strerror}") from None
+    data = read_toml(path, "registry profile", key="registry.profile")
     known = {"name", "version", "description", "required", "recommended"}
     for key in data:
         if key not in known:
