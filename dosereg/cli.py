@@ -27,6 +27,16 @@ class CommandError(Exception):
         self.status = status
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+    return port
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="F", help="configuration file (default: $DOSEREG_CONFIG, else packaged)")
     p.add_argument("--data-dir", metavar="DIR", help="overrides storage.data_dir")
@@ -42,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("listen", help="run the DICOM C-STORE SCP until SIGINT/SIGTERM")
     _common(p)
-    p.add_argument("--port", type=int, help="TCP port (overrides listener.port)")
+    p.add_argument("--port", type=_port, help="TCP port (overrides listener.port)")
     p.add_argument("--host", help="address to bind (overrides listener.host)")
     p.add_argument("--ae-title", help="our AE title (overrides listener.ae_title)")
 

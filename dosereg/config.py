@@ -146,6 +146,14 @@ _SECTIONS: dict[str, type] = {
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
+# numeric settings that only make sense within a range (inclusive)
+_RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("listener", "port"): (1, 65535),
+    ("listener", "max_associations"): (1, 1000),
+    ("listener", "acse_timeout_s"): (0.1, 86400),
+    ("listener", "dimse_timeout_s"): (0.1, 86400),
+    ("listener", "network_timeout_s"): (0.1, 86400),
+}
 
 
 def _coerce(value: Any, default: Any, key: str, where: Path) -> Any:
@@ -186,6 +194,9 @@ def _section(cls: type, data: Any, base: Any, name: str, where: Path) -> Any:
         choices = _CHOICES.get((name, key))
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{where}: {full} must be one of {', '.join(choices)}, not {value!r}")
+        bounds = _RANGES.get((name, key))
+        if bounds and not bounds[0] <= kwargs[key] <= bounds[1]:
+            raise ConfigError(f"{where}: {full} must be between {bounds[0]:g} and {bounds[1]:g}, not {value!r}")
     return cls(**kwargs)
 
 

@@ -75,3 +75,21 @@ def test_stages_install_under_the_dosereg_namespace(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[listener]\nport = 70000\n", "listener.port must be between 1 and 65535"),
+    ("[listener]\nmax_associations = 0\n", "listener.max_associations must be between 1 and 1000"),
+    ("[listener]\ndimse_timeout_s = -1\n", "listener.dimse_timeout_s must be between"),
+])
+def test_out_of_range_settings_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    f = tmp_path / "range.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_config(f)
+
+
+def test_cli_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli("listen", "--port", "99999", "--data-dir", str(tmp_path / "d"))
+    assert proc.returncode == 2 and "port 99999 is outside 1-65535" in proc.stderr
+    assert "Traceback" not in proc.stderr
