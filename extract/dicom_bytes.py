@@ -84,7 +84,8 @@ class DicomReadError(Exception):
 Dataset = dict[int, tuple[str, Any]]  # tag -> (VR, bytes | list[Dataset])
 
 
-def _tag_str(tag: int) -> str:
+def tag_str(tag: int) -> str:
+    """``(gggg,eeee)``, as dcmtk and the standard write a tag."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
@@ -130,7 +131,7 @@ class _Reader:
                     vr = "UN"
                 elif vr_b in long_vrs:
                     if pos + 12 > n:
-                        raise DicomReadError("truncated", f"element {_tag_str(tag)} header is cut short")
+                        raise DicomReadError("truncated", f"element {tag_str(tag)} header is cut short")
                     length = u32(buf, pos + 8)[0]
                     pos += 12
                     vr = vr_b.decode("ascii")
@@ -139,7 +140,7 @@ class _Reader:
                     vr = vr_b.decode("ascii")
                 else:
                     raise DicomReadError(
-                        "malformed", f"element {_tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})"
+                        "malformed", f"element {tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})"
                     )
             else:
                 g, e, length = head_impl(buf, pos)
@@ -161,7 +162,7 @@ class _Reader:
             vend = pos + length
             if vend > n:
                 raise DicomReadError(
-                    "truncated", f"element {_tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
+                    "truncated", f"element {tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
                 )
             if vr == "SQ":
                 ds[tag] = ("SQ", self.sequence(pos, vend, tag)[0])
@@ -183,7 +184,7 @@ class _Reader:
         head_impl = self.head_impl
         while pos < limit:
             if pos + 8 > n:
-                raise DicomReadError("truncated", f"sequence {_tag_str(tag)} is cut short (no sequence delimiter)")
+                raise DicomReadError("truncated", f"sequence {tag_str(tag)} is cut short (no sequence delimiter)")
             g, e, length = head_impl(buf, pos)
             pos += 8
             if g == 0xFFFE and e == 0xE0DD:
@@ -191,27 +192,27 @@ class _Reader:
             if g != 0xFFFE or e != 0xE000:
                 raise DicomReadError(
                     "malformed",
-                    f"sequence {_tag_str(tag)} holds {_tag_str((g << 16) | e)} at byte {pos - 8} where an item was expected",
+                    f"sequence {tag_str(tag)} holds {tag_str((g << 16) | e)} at byte {pos - 8} where an item was expected",
                 )
             if length == UNDEFINED:
                 ds, pos = self.dataset(pos, n)
                 if pos > n or (pos == n and head_impl(buf, pos - 8)[:2] != (0xFFFE, 0xE00D)):
                     raise DicomReadError(
-                        "truncated", f"item {len(items) + 1} of sequence {_tag_str(tag)} is cut short (no item delimiter)"
+                        "truncated", f"item {len(items) + 1} of sequence {tag_str(tag)} is cut short (no item delimiter)"
                     )
             else:
                 iend = pos + length
                 if iend > n:
                     raise DicomReadError(
                         "truncated",
-                        f"item {len(items) + 1} of sequence {_tag_str(tag)} ({length} bytes at byte {pos}) "
+                        f"item {len(items) + 1} of sequence {tag_str(tag)} ({length} bytes at byte {pos}) "
                         "runs past the end of the file",
                     )
                 ds, _ = self.dataset(pos, iend)
                 pos = iend
             items.append(ds)
         if end is None:
-            raise DicomReadError("truncated", f"sequence {_tag_str(tag)} is cut short (no sequence delimiter)")
+            raise DicomReadError("truncated", f"sequence {tag_str(tag)} is cut short (no sequence delimiter)")
         return items, pos
 
     def _skip_fragments(self, pos: int) -> int:

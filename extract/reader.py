@@ -15,10 +15,9 @@ The header (patient, study, equipment) is read here for every kind.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from .dicom_bytes import Dataset, DicomReadError, ParsedFile, parse
+from .dicom_bytes import Dataset, DicomReadError, ParsedFile, parse, tag_str
 from .merge import renumber_events, start_order
 from .model import Code, DoseObjectRef, Equipment, Event, Patient, Problem, StudyRecord, error_record
 from .sr import CONCEPT_NAME_CODE_SEQUENCE, ContentItem, first_code, read_code
@@ -69,7 +68,6 @@ PATIENT_WEIGHT = 0x00101030
 DEVICE_SERIAL_NUMBER = 0x00181000
 SOFTWARE_VERSIONS = 0x00181020
 STUDY_INSTANCE_UID = 0x0020000D
-SERIES_NUMBER = 0x00200011
 REQUESTED_PROCEDURE_DESCRIPTION = 0x00321060
 REQUESTED_PROCEDURE_CODE_SEQUENCE = 0x00321064
 REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
@@ -121,12 +119,8 @@ class Header:
         try:
             return parse_fn(text)
         except ValueProblem as exc:
-            self.problems.append(Problem(path, text, f"{_tagname(tag)}: {exc}"))
+            self.problems.append(Problem(path, text, f"{tag_str(tag)}: {exc}"))
             return None
-
-
-def _tagname(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _sequence(ds: Dataset, tag: int) -> list[Dataset]:
@@ -336,7 +330,3 @@ def extract_file(path: Any, *, received_at: str | None = None) -> StudyRecord:
     except OSError as exc:
         return error_record("unreadable", f"{name}: cannot read file: {exc.strerror}", source_file=name)
     return extract_bytes(data, source=name, received_at=received_at)
-
-
-def now_utc() -> str:
-    return datetime.utcnow().replace(microsecond=0).isoformat() + "Z"

@@ -353,5 +353,3 @@ def read_dose_check(parent: ContentItem, path: str, problems: Problems) -> DoseC
                 values["person"] = item.text_value()
     return DoseCheck(**values)
 
-
-Reader = Callable[[ContentItem, Problems], CTDoseReport]
