@@ -420,53 +420,54 @@ def hash_text(s: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _dose_check_details(
+    container_concept: Triple, concepts: tuple[Triple, Triple, Triple, Triple, Triple, Triple],
+    dlp: str | None, ctdivol: str | None, dlp_forward: str | None, ctdivol_forward: str | None,
+    reason: str | None, person: str | None, continuous: bool,
+) -> list[Dataset]:
+    """One TID 10015 details container (alert or notification), or none when nothing is stated.
+
+    ``concepts``: DLP configured, CTDIvol configured, DLP value, CTDIvol value, DLP forward
+    estimate, CTDIvol forward estimate (the alert and notification containers differ only there).
+    """
+    if all(v is None for v in (ctdivol, dlp, reason, ctdivol_forward, dlp_forward)):
+        return []
+    dlp_conf, ctdivol_conf, dlp_value, ctdivol_value, dlp_fwd, ctdivol_fwd = concepts
+    items: list[Dataset] = []
+    if dlp is not None:
+        items.append(code_item(dlp_conf, C_YES))
+    if ctdivol is not None:
+        items.append(code_item(ctdivol_conf, C_YES))
+    if dlp is not None:
+        items.append(num(dlp_value, dlp, UNIT_MGYCM))
+    if ctdivol is not None:
+        items.append(num(ctdivol_value, ctdivol, UNIT_MGY))
+    if dlp_forward is not None:
+        items.append(num(dlp_fwd, dlp_forward, UNIT_MGYCM))
+    if ctdivol_forward is not None:
+        items.append(num(ctdivol_fwd, ctdivol_forward, UNIT_MGY))
+    if reason is not None:
+        items.append(text(C_REASON, reason))
+    if person is not None:
+        items.append(with_children(PnameContentItem(cc(C_PERSON_NAME), person, relationship_type=CONTAINS),
+                                   [code_item(C_PERSON_ROLE, C_IRRADIATION_AUTHORIZING, HAS_PROPERTIES)]))
+    return [container(container_concept, items, continuous=continuous)]
+
+
 def _dose_check_items(dc: DoseCheckSpec, continuous: bool) -> list[Dataset]:
-    out: list[Dataset] = []
-    alert: list[Dataset] = []
-    if any(v is not None for v in (dc.alert_ctdivol, dc.alert_dlp, dc.alert_reason,
-                                   dc.alert_acc_ctdivol_forward, dc.alert_acc_dlp_forward)):
-        if dc.alert_dlp is not None:
-            alert.append(code_item(C_DLP_ALERT_CONFIGURED, C_YES))
-        if dc.alert_ctdivol is not None:
-            alert.append(code_item(C_CTDIVOL_ALERT_CONFIGURED, C_YES))
-        if dc.alert_dlp is not None:
-            alert.append(num(C_DLP_ALERT_VALUE, dc.alert_dlp, UNIT_MGYCM))
-        if dc.alert_ctdivol is not None:
-            alert.append(num(C_CTDIVOL_ALERT_VALUE, dc.alert_ctdivol, UNIT_MGY))
-        if dc.alert_acc_dlp_forward is not None:
-            alert.append(num(C_ACC_DLP_FORWARD, dc.alert_acc_dlp_forward, UNIT_MGYCM))
-        if dc.alert_acc_ctdivol_forward is not None:
-            alert.append(num(C_ACC_CTDIVOL_FORWARD, dc.alert_acc_ctdivol_forward, UNIT_MGY))
-        if dc.alert_reason is not None:
-            alert.append(text(C_REASON, dc.alert_reason))
-        if dc.alert_person is not None:
-            alert.append(with_children(PnameContentItem(cc(C_PERSON_NAME), dc.alert_person,
-                                                        relationship_type=CONTAINS),
-                                       [code_item(C_PERSON_ROLE, C_IRRADIATION_AUTHORIZING, HAS_PROPERTIES)]))
-        out.append(container(C_ALERT_DETAILS, alert, continuous=continuous))
-    notification: list[Dataset] = []
-    if any(v is not None for v in (dc.notification_ctdivol, dc.notification_dlp, dc.notification_reason,
-                                   dc.notification_ctdivol_forward, dc.notification_dlp_forward)):
-        if dc.notification_dlp is not None:
-            notification.append(code_item(C_DLP_NOTIFICATION_CONFIGURED, C_YES))
-        if dc.notification_ctdivol is not None:
-            notification.append(code_item(C_CTDIVOL_NOTIFICATION_CONFIGURED, C_YES))
-        if dc.notification_dlp is not None:
-            notification.append(num(C_DLP_NOTIFICATION_VALUE, dc.notification_dlp, UNIT_MGYCM))
-        if dc.notification_ctdivol is not None:
-            notification.append(num(C_CTDIVOL_NOTIFICATION_VALUE, dc.notification_ctdivol, UNIT_MGY))
-        if dc.notification_dlp_forward is not None:
-            notification.append(num(C_DLP_FORWARD, dc.notification_dlp_forward, UNIT_MGYCM))
-        if dc.notification_ctdivol_forward is not None:
-            notification.append(num(C_CTDIVOL_FORWARD, dc.notification_ctdivol_forward, UNIT_MGY))
-        if dc.notification_reason is not None:
-            notification.append(text(C_REASON, dc.notification_reason))
-        if dc.notification_person is not None:
-            notification.append(with_children(
-                PnameContentItem(cc(C_PERSON_NAME), dc.notification_person, relationship_type=CONTAINS),
-                [code_item(C_PERSON_ROLE, C_IRRADIATION_AUTHORIZING, HAS_PROPERTIES)]))
-        out.append(container(C_NOTIFICATION_DETAILS, notification, continuous=continuous))
-    return out
+    return _dose_check_details(
+        C_ALERT_DETAILS,
+        (C_DLP_ALERT_CONFIGURED, C_CTDIVOL_ALERT_CONFIGURED, C_DLP_ALERT_VALUE, C_CTDIVOL_ALERT_VALUE,
+         C_ACC_DLP_FORWARD, C_ACC_CTDIVOL_FORWARD),
+        dc.alert_dlp, dc.alert_ctdivol, dc.alert_acc_dlp_forward, dc.alert_acc_ctdivol_forward,
+        dc.alert_reason, dc.alert_person, continuous,
+    ) + _dose_check_details(
+        C_NOTIFICATION_DETAILS,
+        (C_DLP_NOTIFICATION_CONFIGURED, C_CTDIVOL_NOTIFICATION_CONFIGURED, C_DLP_NOTIFICATION_VALUE,
+         C_CTDIVOL_NOTIFICATION_VALUE, C_DLP_FORWARD, C_CTDIVOL_FORWARD),
+        dc.notification_dlp, dc.notification_ctdivol, dc.notification_dlp_forward,
+        dc.notification_ctdivol_forward, dc.notification_reason, dc.notification_person, continuous,
+    )
 
 
 def event_container(spec: ReportSpec, ev: EventSpec) -> ContainerContentItem:
