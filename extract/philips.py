@@ -71,29 +71,14 @@ def read_dose_screen(h: Any) -> DoseScreen:
 
     def number(item: Dataset, tag: int, path: str, what: str) -> float | None:
         el = item.get(tag)
-        if el is None:
-            return None
-        raw = el[1]
-        if el[0] in ("FD",) or (el[0] in ("UN", "OB") and len(raw) == 8 and tag in _FD_TAGS):
-            return parse_fd(raw, little)
-        text = ascii_text(raw)
-        if not text:
-            return None
-        try:
-            return parse_ds(text)
-        except ValueProblem as exc:
-            screen.problems.append(Problem(path, text, f"{what}: {exc}"))
-            return None
+        if el is not None and (el[0] == "FD" or (el[0] in ("UN", "OB") and len(el[1]) == 8 and tag in _FD_TAGS)):
+            return parse_fd(el[1], little)
+        return h.typed(tag, path, parse_ds, ds=item, what=what, problems=screen.problems)  # type: ignore[no-any-return]
 
     top = _private_tag(ds, PRIVATE_GROUP, PRIVATE_CREATOR, DLP_ELEMENT)
     if top is not None:
         screen.reported_total_dlp_mGycm = number(ds, top, "reported_total_dlp_mGycm", "ELSCINT1 DLP total")
-    sn = ds.get(SERIES_NUMBER)
-    if sn is not None:
-        try:
-            screen.series_number = int(parse_ds(ascii_text(sn[1])))
-        except ValueProblem:
-            pass
+    screen.series_number = _series_number(ds)
 
     el = ds.get(EXPOSURE_DOSE_SEQUENCE)
     items = el[1] if el is not None and el[0] == "SQ" else []
@@ -107,13 +92,6 @@ def read_dose_screen(h: Any) -> DoseScreen:
         ma = ua / 1000 if ua is not None else number(
             item, TUBE_CURRENT, P + "sources[0].tube_current_mA", "X-Ray Tube Current (0018,1151)")
         dlp_tag = _private_tag(item, PRIVATE_GROUP, PRIVATE_CREATOR, DLP_ELEMENT)
-        series = item.get(SERIES_NUMBER)
-        series_number: int | None = None
-        if series is not None:
-            try:
-                series_number = int(parse_ds(ascii_text(series[1])))
-            except ValueProblem:
-                series_number = None
         screen.events.append(Event(
             irradiation_event_uid=None,
             acquisition_protocol=clean_text(h.text(desc[1])) if desc is not None else None,
@@ -133,10 +111,21 @@ def read_dose_screen(h: Any) -> DoseScreen:
             ),),
             ctdivol_mGy=number(item, CTDIVOL, P + "ctdivol_mGy", "CTDIvol (0018,9345)"),
             dlp_mGycm=number(item, dlp_tag, P + "dlp_mGycm", "ELSCINT1 DLP") if dlp_tag is not None else None,
-            series_number=series_number,
+            series_number=_series_number(item),
         ))
     return screen
 
 
 # FD-valued attributes, for implicit VR where the stream carries no VR
 _FD_TAGS = frozenset({SINGLE_COLLIMATION, TOTAL_COLLIMATION, SPIRAL_PITCH, CTDIVOL})
+
+
+def _series_number(item: Dataset) -> int | None:
+    """Series Number (0020,0011): the key of a screen's events; unreadable -> None."""
+    el = item.get(SERIES_NUMBER)
+    if el is None:
+        return None
+    try:
+        return int(parse_ds(ascii_text(el[1])))
+    except ValueProblem:
+        return None

@@ -109,8 +109,12 @@ class Header:
             return None
         return clean_name(self.text(raw))
 
-    def typed(self, tag: int, path: str, parse_fn: Any) -> Any:
-        raw = self.raw(tag)
+    def typed(self, tag: int, path: str, parse_fn: Any, ds: Dataset | None = None,
+              what: str | None = None, problems: list[Problem] | None = None) -> Any:
+        """``parse_fn`` of the element's text (in ``ds``, else the top level); a value that
+        breaks it is a Problem on ``path`` (named ``what``, else by its tag), added to
+        ``problems`` (else this header's), and gives None."""
+        raw = self.raw(tag, ds)
         if raw is None or isinstance(raw, list):
             return None
         text = ascii_text(raw)
@@ -119,7 +123,8 @@ class Header:
         try:
             return parse_fn(text)
         except ValueProblem as exc:
-            self.problems.append(Problem(path, text, f"{tag_str(tag)}: {exc}"))
+            (self.problems if problems is None else problems).append(
+                Problem(path, text, f"{what or tag_str(tag)}: {exc}"))
             return None
 
 
