@@ -42,6 +42,20 @@ class ListenerSettings:
     tls_certificate: str = ""
     tls_private_key: str = ""
     tls_ca_certificates: str = ""
+    max_pdu_size: int = 65536
+    max_pending_bytes: int = 268435456
+    association_deadline_s: float = 30.0
+    pdu_deadline_s: float = 60.0
+    max_associations_per_address: int = 10
+    reserved_for_allowed: int = 2
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Bounds on what reading one object may cost, whatever the object claims."""
+
+    max_inflated_bytes: int = 268435456
+    max_nesting: int = 64
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class Config:
     classification: ClassificationSettings = field(default_factory=ClassificationSettings)
     nomenclature: NomenclatureSettings = field(default_factory=NomenclatureSettings)
     notification: NotificationSettings = field(default_factory=NotificationSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -143,6 +158,7 @@ _SECTIONS: dict[str, type] = {
     "registry": RegistrySettings,
     "nomenclature": NomenclatureSettings,
     "notification": NotificationSettings,
+    "extract": ExtractSettings,
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
@@ -153,6 +169,15 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("listener", "acse_timeout_s"): (0.1, 86400),
     ("listener", "dimse_timeout_s"): (0.1, 86400),
     ("listener", "network_timeout_s"): (0.1, 86400),
+    # a PDU must hold at least a P-DATA header; 2**32-1 is the protocol's own limit
+    ("listener", "max_pdu_size"): (4096, 2**32 - 1),
+    ("listener", "max_pending_bytes"): (1 << 20, 1 << 40),
+    ("listener", "association_deadline_s"): (0.1, 86400),
+    ("listener", "pdu_deadline_s"): (0.1, 86400),
+    ("listener", "max_associations_per_address"): (1, 1000),
+    ("listener", "reserved_for_allowed"): (0, 1000),
+    ("extract", "max_inflated_bytes"): (1 << 16, 1 << 40),
+    ("extract", "max_nesting"): (8, 10000),
 }
 
 
