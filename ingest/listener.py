@@ -9,6 +9,13 @@ Status codes answered (PS3.4 Annex B):
   (also for objects that will be quarantined: a PACS would otherwise retry forever);
 * 0xA700 Refused: Out of Resources -- the object could not be stored (disk full, I/O
   error, shutting down); nothing of it is kept, the sender may retry.
+* 0xC000 Error: Cannot Understand -- an identifying UID of the request or of the dataset is
+  not a valid UID (:mod:`dosereg.ingest.storecheck`), or the dataset cannot be encoded; the
+  Error Comment (0000,0902) names the UID and the reason; nothing of it is kept. (0xA900
+  "Data Set does not match SOP Class" is about the content against the SOP class, which
+  this check does not judge; an unreadable identifier is "cannot understand".)
+
+Connections, PDUs, deadlines, slots and memory are policed by :mod:`dosereg.ingest.guard`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import threading
 import time
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -32,11 +40,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dosereg.config import Config, ConfigError
 
+from . import guard
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES
 from .locking import DataDirLock
 from .pipeline import Pipeline
 from .processor import Processor
+from .storecheck import store_problem
 
 log = logging.getLogger("dosereg.ingest.listener")
 
@@ -84,6 +94,14 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def _failure(status: int, comment: str) -> Dataset:
+    """A failure status with its Error Comment (0000,0902; LO, at most 64 characters)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
 class Listener:
     """The SCP with its spool worker; :func:`serve` runs one until a signal."""
 
@@ -100,11 +118,14 @@ class Listener:
             ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
         except ValueError as exc:
             raise ConfigError(f"{cfg.path}: listener.allowed_calling_ae_titles: {exc}") from None
-        ae.maximum_associations = lst.max_associations
+        self.gate = guard.Gate(guard.Limits.from_settings(lst))
+        # The gate counts slots (and closes what is over); pynetdicom's own count also sees
+        # the connections waiting to show their AE title, so it must never refuse first.
+        ae.maximum_associations = self.gate.limits.max_connections + 1
         ae.acse_timeout = lst.acse_timeout_s
         ae.dimse_timeout = lst.dimse_timeout_s
         ae.network_timeout = lst.network_timeout_s
-        ae.maximum_pdu_size = 0  # no limit: the sender chooses; fewer PDUs per object
+        ae.maximum_pdu_size = lst.max_pdu_size  # advertised; the guard enforces it on receive
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
@@ -127,39 +148,53 @@ class Listener:
         self.server: Any = None
 
     # -- event handlers -------------------------------------------------------------------
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         with self._cond:
             if self._closing:
                 log.warning("C-STORE refused (0xA700): the listener is shutting down")
                 return STATUS_OUT_OF_RESOURCES
             self._inflight += 1
         try:
-            req = event.request
-            calling = str(event.assoc.requestor.ae_title).strip()
-            sop_uid = str(req.AffectedSOPInstanceUID)
-            try:
-                data = event.encoded_dataset()
-            except Exception as exc:
-                log.error("C-STORE of %s from %s: cannot encode the received dataset (%s); answered 0xC000",
-                          sop_uid, calling, exc)
-                return STATUS_CANNOT_UNDERSTAND
-            try:
-                item = self.pipeline.receive(
-                    data, sop_instance_uid=sop_uid, sop_class_uid=str(req.AffectedSOPClassUID),
-                    calling_ae_title=calling,
-                )
-            except OSError as exc:
-                log.error("C-STORE of %s from %s: cannot store it in %s: %s; answered 0xA700 Out of Resources "
-                          "(nothing kept, the sender may retry)",
-                          sop_uid, calling, self.pipeline.spool_dir, exc.strerror or exc)
-                return STATUS_OUT_OF_RESOURCES
-            log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
-            self.processor.poke()
-            return STATUS_SUCCESS
+            return self._store(event)
         finally:
+            self.gate.release(event.assoc)
             with self._cond:
                 self._inflight -= 1
                 self._cond.notify_all()
+
+    def _store(self, event: Any) -> int | Dataset:
+        req = event.request
+        calling = str(event.assoc.requestor.ae_title).strip()
+        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        problem = store_problem(
+            {"Affected SOP Instance UID": req.AffectedSOPInstanceUID,
+             "Affected SOP Class": req.AffectedSOPClassUID},
+            req.DataSet.getvalue() if req.DataSet is not None else b"",
+            str(event.context.transfer_syntax),
+        )
+        if problem:
+            log.warning("C-STORE from %s (%s) refused (0xC000, nothing kept): %s", calling, peer, problem)
+            return _failure(STATUS_CANNOT_UNDERSTAND, problem)
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:
+            log.error("C-STORE of %s from %s: cannot encode the received dataset (%s); answered 0xC000",
+                      sop_uid, calling, exc)
+            return _failure(STATUS_CANNOT_UNDERSTAND, "the received dataset cannot be encoded")
+        try:
+            item = self.pipeline.receive(
+                data, sop_instance_uid=sop_uid, sop_class_uid=str(req.AffectedSOPClassUID),
+                calling_ae_title=calling,
+            )
+        except OSError as exc:
+            log.error("C-STORE of %s from %s: cannot store it in %s: %s; answered 0xA700 Out of Resources "
+                      "(nothing kept, the sender may retry)",
+                      sop_uid, calling, self.pipeline.spool_dir, exc.strerror or exc)
+            return STATUS_OUT_OF_RESOURCES
+        log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
+        self.processor.poke()
+        return STATUS_SUCCESS
 
     def _on_rejected(self, event: Any) -> None:
         rq = event.assoc.requestor
@@ -173,16 +208,6 @@ class Listener:
         else:
             why = f"too many associations (listener.max_associations = {self.cfg.listener.max_associations})"
         log.warning("refused association from %s (%s:%s): %s", calling, rq.address, rq.port, why)
-
-    def _on_conn_close(self, event: Any) -> None:
-        # A connection closed before any A-ASSOCIATE-RQ (a monitoring port probe): pynetdicom
-        # would keep its association slot for listener.acse_timeout_s; wake it up now.
-        assoc = event.assoc
-        try:
-            if not assoc.is_established and assoc.requestor.primitive is None:
-                assoc.dul.to_user_queue.put(None)
-        except AttributeError:  # pragma: no cover - pynetdicom internals changed
-            pass
 
     def _on_established(self, event: Any) -> None:
         rq = event.assoc.requestor
@@ -206,10 +231,9 @@ class Listener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
-        self.server = self.ae.start_server(
-            (lst.host, lst.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context,
+        self.server = guard.start_server(
+            self.ae, (lst.host, lst.port), self.gate, evt_handlers=handlers, ssl_context=self.ssl_context,
         )
 
     def startup_line(self) -> str:
@@ -271,6 +295,9 @@ def serve(cfg: Config) -> int:
         print(line, file=sys.stderr, flush=True)
     if not cfg.listener.allowed_calling_ae_titles:
         log.warning("any calling AE title is accepted: set listener.allowed_calling_ae_titles to restrict")
+    if listener.ssl_context is not None and not cfg.listener.tls_ca_certificates:
+        log.warning("DICOM TLS without listener.tls_ca_certificates: any client certificate or none is "
+                    "accepted (no client authentication); set it to require certificates it signed")
 
     previous: dict[signal.Signals, Any] = {}
 
