@@ -10,12 +10,20 @@ file is reported, not silently half-read; domain primer, vendor behaviour).
 Transfer syntaxes: implicit VR little endian, explicit VR little endian (and every
 encapsulated syntax, whose non-pixel data is explicit VR little endian), deflated explicit
 VR little endian, explicit VR big endian.
+
+Reading is bounded whatever the bytes claim (issue 8): the reader is iterative (a stack of
+open datasets and sequences, not one Python call per level), so nesting deeper than
+:attr:`ExtractLimits.max_nesting` is reported as ``malformed`` and never becomes a
+RecursionError; a deflated dataset is inflated piece by piece and abandoned as
+``malformed`` once it passes :meth:`ExtractLimits.inflation_cap`. Values are kept as
+``bytes`` copies (a memoryview per element costs four times the memory of a short value).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -71,6 +79,32 @@ SQ_TAGS = frozenset({
     0x0018_9346,  # CTDI Phantom Type Code Sequence
 })
 
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What reading one object may cost, whatever the object claims (README, operations).
+
+    * ``max_inflated_bytes``, ``max_inflation_ratio``: a deflated dataset (transfer syntax
+      1.2.840.10008.1.2.1.99) inflates to at most the smaller of ``max_inflated_bytes`` and
+      ``max_inflation_ratio`` times the size of the encoded object; beyond it the object is
+      ``malformed`` (a deflate bomb, not a dose report).
+    * ``max_nesting``: sequences nested deeper than this are ``malformed``. A CT dose report
+      nests about eight levels; 64 is far beyond any real SR.
+
+    The defaults are those of ``[extract]`` in conf/dosereg.toml; a caller with a config passes
+    ``ExtractLimits(max_inflated_bytes=cfg.extract.max_inflated_bytes, max_nesting=cfg.extract.max_nesting)``.
+    """
+
+    max_inflated_bytes: int = 256 * 1024 * 1024
+    max_inflation_ratio: int = 200
+    max_nesting: int = 64
+
+    def inflation_cap(self, encoded_size: int) -> int:
+        """The most bytes a deflated dataset of an object of ``encoded_size`` bytes may inflate to."""
+        return min(self.max_inflated_bytes, self.max_inflation_ratio * max(encoded_size, 1))
+
+
+DEFAULT_LIMITS = ExtractLimits()
+
 
 class DicomReadError(Exception):
     """The bytes are not a readable DICOM object. ``code`` is a short machine word."""
@@ -83,41 +117,159 @@ class DicomReadError(Exception):
 
 Dataset = dict[int, tuple[str, Any]]  # tag -> (VR, bytes | list[Dataset])
 
+PIXEL_DATA = 0x7FE00010
+# The VRs of PS3.5 table 6.2-1 as shared strings (one object per VR, not one per element).
+_VR_NAMES = {vr.encode("ascii"): vr for vr in (
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV",
+    "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV")}
+
 
 def tag_str(tag: int) -> str:
     """``(gggg,eeee)``, as dcmtk and the standard write a tag."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-class _Reader:
-    """Reads datasets and sequences from one buffer in one encoding.
+class _Codec:
+    """The header layouts of one encoding (explicit or implicit VR, byte order)."""
+
+    __slots__ = ("explicit", "head", "head_impl", "u32")
+
+    def __init__(self, explicit: bool, little: bool) -> None:
+        e = "<" if little else ">"
+        self.explicit = explicit
+        self.head = struct.Struct(e + "HH2sH").unpack_from  # group, element, VR, 16-bit length
+        self.head_impl = struct.Struct(e + "HHL").unpack_from  # group, element, 32-bit length
+        self.u32 = struct.Struct(e + "L").unpack_from
+
+
+_CODECS = {(x, le): _Codec(x, le) for x in (False, True) for le in (False, True)}
+_IMPLICIT_LE = _CODECS[(False, True)]  # unknown (UN) content is implicit VR little endian (PS3.5 6.2.2)
+
+
+class _Frame:
+    """One open dataset or sequence of the iterative reader."""
+
+    __slots__ = ("is_seq", "value", "end", "tag", "codec", "depth", "index")
+
+    def __init__(self, is_seq: bool, value: Any, end: int | None, tag: int, codec: _Codec, depth: int,
+                 index: int = 0) -> None:
+        self.is_seq = is_seq  # a sequence (value: its items) or a dataset (value: its dict)
+        self.value = value
+        self.end = end  # where it ends and reading goes on; None: undefined length (a delimiter ends it)
+        self.tag = tag  # the sequence's tag (for an item: its sequence's)
+        self.codec = codec
+        self.depth = depth  # sequences open around it, itself included
+        self.index = index  # item number within its sequence, for messages
+
+
+class _Parser:
+    """Reads datasets and sequences from one buffer, with an explicit stack of open frames.
 
     Errors name the element and the byte offset; no path is built while reading (the
     hot loop runs once per element of every content item).
     """
 
-    __slots__ = ("buf", "explicit", "little", "head", "head_impl", "u32")
+    __slots__ = ("buf", "n", "max_nesting")
 
-    def __init__(self, buf: bytes | memoryview, explicit: bool, little: bool) -> None:
+    def __init__(self, buf: bytes, max_nesting: int) -> None:
         self.buf = buf
-        self.explicit = explicit
-        self.little = little
-        e = "<" if little else ">"
-        self.head = struct.Struct(e + "HH2sH").unpack_from  # group, element, VR, 16-bit length
-        self.head_impl = struct.Struct(e + "HHL").unpack_from  # group, element, 32-bit length
-        self.u32 = struct.Struct(e + "L").unpack_from
+        self.n = len(buf)
+        self.max_nesting = max_nesting
 
-    def dataset(self, pos: int, end: int) -> tuple[Dataset, int]:
+    def dataset(self, pos: int, end: int, codec: _Codec) -> tuple[Dataset, int]:
         """Read elements from ``pos`` up to ``end``, or to an item delimiter."""
-        buf = self.buf
         ds: Dataset = {}
-        n = len(buf)
-        explicit = self.explicit
-        head = self.head
-        head_impl = self.head_impl
-        u32 = self.u32
+        return ds, self._run([_Frame(False, ds, end, 0, codec, 0)], pos)
+
+    def sequence(self, pos: int, end: int, tag: int, depth: int) -> list[Dataset]:
+        """The items of an implicit VR little endian sequence from ``pos`` to ``end`` (an UN value)."""
+        items: list[Dataset] = []
+        self._run([self._sequence_frame(items, end, tag, _IMPLICIT_LE, depth + 1, pos)], pos)
+        return items
+
+    def _run(self, stack: list[_Frame], pos: int, floor: int = 0, stop: int | None = None) -> int:
+        """Read until the stack is down to ``floor`` frames (or, with ``stop``, until the
+        top-level dataset opens the sequence of that tag)."""
+        while len(stack) > floor:
+            fr = stack[-1]
+            if fr.is_seq:
+                pos = self._item(stack, fr, pos)
+            else:
+                pos = self._elements(stack, fr, pos)
+                if stop is not None and len(stack) == 2 and stack[1].tag == stop and stack[1].is_seq:
+                    break
+        return pos
+
+    def _sequence_frame(self, items: list[Dataset], end: int | None, tag: int, codec: _Codec, depth: int,
+                        pos: int) -> _Frame:
+        if depth > self.max_nesting:
+            raise DicomReadError(
+                "malformed", f"sequence {tag_str(tag)} at byte {pos} is nested {depth} levels deep, "
+                f"beyond the limit of {self.max_nesting} levels")
+        return _Frame(True, items, end, tag, codec, depth)
+
+    def _item(self, stack: list[_Frame], fr: _Frame, pos: int) -> int:
+        """One step of an open sequence: open its next item, or close it."""
+        buf = self.buf
+        n = self.n
+        limit = n if fr.end is None else fr.end
+        if pos >= limit:
+            if fr.end is None:
+                raise DicomReadError("truncated", f"sequence {tag_str(fr.tag)} is cut short (no sequence delimiter)")
+            stack.pop()
+            return fr.end
+        if pos + 8 > n:
+            raise DicomReadError("truncated", f"sequence {tag_str(fr.tag)} is cut short (no sequence delimiter)")
+        g, e, length = fr.codec.head_impl(buf, pos)
+        pos += 8
+        if g == 0xFFFE and e == 0xE0DD:
+            stack.pop()
+            return pos if fr.end is None else fr.end
+        if g != 0xFFFE or e != 0xE000:
+            raise DicomReadError(
+                "malformed",
+                f"sequence {tag_str(fr.tag)} holds {tag_str((g << 16) | e)} at byte {pos - 8} where an item was expected",
+            )
+        items = fr.value
+        ds: Dataset = {}
+        items.append(ds)
+        if length == UNDEFINED:
+            stack.append(_Frame(False, ds, None, fr.tag, fr.codec, fr.depth, len(items)))
+            return pos
+        iend = pos + length
+        if iend > n:
+            raise DicomReadError(
+                "truncated",
+                f"item {len(items)} of sequence {tag_str(fr.tag)} ({length} bytes at byte {pos}) "
+                "runs past the end of the file",
+            )
+        stack.append(_Frame(False, ds, iend, fr.tag, fr.codec, fr.depth, len(items)))
+        return pos
+
+    def _close_dataset(self, stack: list[_Frame], fr: _Frame, pos: int) -> int:
+        """The dataset of ``fr`` reached its end (``pos``): close it; where reading goes on."""
+        if fr.end is None:
+            raise DicomReadError(
+                "truncated", f"item {fr.index} of sequence {tag_str(fr.tag)} is cut short (no item delimiter)")
+        stack.pop()
+        return fr.end if fr.index else pos
+
+    def _elements(self, stack: list[_Frame], fr: _Frame, pos: int) -> int:
+        """Read the elements of the open dataset ``fr`` until it ends or a sequence opens."""
+        buf = self.buf
+        n = self.n
+        ds = fr.value
+        codec = fr.codec
+        explicit = codec.explicit
+        head = codec.head
+        head_impl = codec.head_impl
+        u32 = codec.u32
         long_vrs = _LONG_VRS
-        while pos < end:
+        vr_names = _VR_NAMES
+        end = n if fr.end is None else fr.end
+        while True:
+            if pos >= end:
+                return self._close_dataset(stack, fr, pos)
             if pos + 8 > n:
                 raise DicomReadError("truncated", f"element header at byte {pos} runs past the end of the file")
             if explicit:
@@ -125,7 +277,8 @@ class _Reader:
                 tag = (g << 16) | e
                 if g == 0xFFFE:
                     if e == 0xE00D or e == 0xE0DD:  # item delimiter (or a stray sequence delimiter)
-                        return ds, pos + 8
+                        stack.pop()
+                        return pos + 8 if fr.end is None or not fr.index else fr.end
                     length = u32(buf, pos + 4)[0]
                     pos += 8
                     vr = "UN"
@@ -134,10 +287,10 @@ class _Reader:
                         raise DicomReadError("truncated", f"element {tag_str(tag)} header is cut short")
                     length = u32(buf, pos + 8)[0]
                     pos += 12
-                    vr = vr_b.decode("ascii")
+                    vr = vr_names[vr_b]
                 elif vr_b.isalpha() and vr_b.isupper():
                     pos += 8
-                    vr = vr_b.decode("ascii")
+                    vr = vr_names.get(vr_b) or vr_b.decode("ascii")
                 else:
                     raise DicomReadError(
                         "malformed", f"element {tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})"
@@ -146,148 +299,209 @@ class _Reader:
                 g, e, length = head_impl(buf, pos)
                 tag = (g << 16) | e
                 if g == 0xFFFE and (e == 0xE00D or e == 0xE0DD):
-                    return ds, pos + 8
+                    stack.pop()
+                    return pos + 8 if fr.end is None or not fr.index else fr.end
                 pos += 8
                 vr = "SQ" if tag in SQ_TAGS else "UN"
             if length == UNDEFINED:
-                if vr in ("OB", "OW") or tag == 0x7FE00010:
-                    pos = self._skip_fragments(pos)
+                if vr in ("OB", "OW") or tag == PIXEL_DATA:
+                    pos = _skip_fragments(buf, pos, head_impl)
                     ds[tag] = (vr, b"")
                     continue
                 # SQ, or UN / implicit with undefined length: a sequence (PS3.5 6.2.2)
-                sub = _Reader(buf, False, True) if (vr == "UN" and explicit) else self
-                items, pos = sub.sequence(pos, None, tag)
+                items: list[Dataset] = []
                 ds[tag] = ("SQ", items)
-                continue
+                sub = _IMPLICIT_LE if (vr == "UN" and explicit) else codec
+                stack.append(self._sequence_frame(items, None, tag, sub, fr.depth + 1, pos))
+                return pos
             vend = pos + length
             if vend > n:
                 raise DicomReadError(
                     "truncated", f"element {tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
                 )
             if vr == "SQ":
-                ds[tag] = ("SQ", self.sequence(pos, vend, tag)[0])
-            elif vr == "UN" and length >= 8 and tag != 0x7FE00010 and head_impl(buf, pos)[:2] == (0xFFFE, 0xE000):
-                try:  # an unknown element holding items: a sequence (as dcmtk reads it)
-                    ds[tag] = ("SQ", _Reader(buf, False, True).sequence(pos, vend, tag)[0])
-                except DicomReadError:
-                    ds[tag] = (vr, buf[pos:vend])
+                items = []
+                ds[tag] = ("SQ", items)
+                stack.append(self._sequence_frame(items, vend, tag, codec, fr.depth + 1, pos))
+                return pos
+            if vr == "UN" and length >= 8 and tag != PIXEL_DATA and _IMPLICIT_LE.head_impl(buf, pos)[:2] == (0xFFFE, 0xE000):
+                ds[tag] = self._unknown(pos, vend, tag, fr.depth)
             else:
                 ds[tag] = (vr, buf[pos:vend])
             pos = vend
-        return ds, pos
 
-    def sequence(self, pos: int, end: int | None, tag: int) -> tuple[list[Dataset], int]:
-        buf = self.buf
-        n = len(buf)
-        items: list[Dataset] = []
-        limit = n if end is None else end
-        head_impl = self.head_impl
-        while pos < limit:
-            if pos + 8 > n:
-                raise DicomReadError("truncated", f"sequence {tag_str(tag)} is cut short (no sequence delimiter)")
-            g, e, length = head_impl(buf, pos)
-            pos += 8
-            if g == 0xFFFE and e == 0xE0DD:
-                return items, pos
-            if g != 0xFFFE or e != 0xE000:
-                raise DicomReadError(
-                    "malformed",
-                    f"sequence {tag_str(tag)} holds {tag_str((g << 16) | e)} at byte {pos - 8} where an item was expected",
-                )
-            if length == UNDEFINED:
-                ds, pos = self.dataset(pos, n)
-                if pos > n or (pos == n and head_impl(buf, pos - 8)[:2] != (0xFFFE, 0xE00D)):
-                    raise DicomReadError(
-                        "truncated", f"item {len(items) + 1} of sequence {tag_str(tag)} is cut short (no item delimiter)"
-                    )
-            else:
-                iend = pos + length
-                if iend > n:
-                    raise DicomReadError(
-                        "truncated",
-                        f"item {len(items) + 1} of sequence {tag_str(tag)} ({length} bytes at byte {pos}) "
-                        "runs past the end of the file",
-                    )
-                ds, _ = self.dataset(pos, iend)
-                pos = iend
-            items.append(ds)
-        if end is None:
-            raise DicomReadError("truncated", f"sequence {tag_str(tag)} is cut short (no sequence delimiter)")
-        return items, pos
+    def _unknown(self, pos: int, vend: int, tag: int, depth: int) -> tuple[str, Any]:
+        """An unknown element holding items: a sequence (as dcmtk reads it), else its bytes."""
+        try:
+            return ("SQ", self.sequence(pos, vend, tag, depth))
+        except (DicomReadError, RecursionError):  # not a sequence after all (or nested past any limit)
+            return ("UN", self.buf[pos:vend])
 
-    def _skip_fragments(self, pos: int) -> int:
-        buf = self.buf
-        n = len(buf)
+
+def _skip_fragments(buf: bytes, pos: int, head_impl: Any) -> int:
+    """The end of encapsulated pixel data (items up to a sequence delimiter) from ``pos``."""
+    n = len(buf)
+    while True:
+        if pos + 8 > n:
+            raise DicomReadError("truncated", "encapsulated pixel data is cut short")
+        g, e, length = head_impl(buf, pos)
+        pos += 8
+        if g == 0xFFFE and e == 0xE0DD:
+            return pos
+        if length == UNDEFINED or pos + length > n:
+            raise DicomReadError("truncated", "encapsulated pixel data fragment is cut short")
+        pos += length
+
+
+def inflate(data: bytes, cap: int) -> bytes:
+    """Inflate a raw deflate stream (PS3.5 A.5) to at most ``cap`` bytes, a piece at a time.
+
+    Never holds more than ``cap`` bytes of output: a deflate bomb stops at the cap.
+    """
+    d = zlib.decompressobj(-15)
+    pieces: list[bytes] = []
+    total = 0
+    pending = data
+    try:
         while True:
-            if pos + 8 > n:
-                raise DicomReadError("truncated", "encapsulated pixel data is cut short")
-            g, e, length = self.head_impl(buf, pos)
-            pos += 8
-            if g == 0xFFFE and e == 0xE0DD:
-                return pos
-            if length == UNDEFINED or pos + length > n:
-                raise DicomReadError("truncated", "encapsulated pixel data fragment is cut short")
-            pos += length
+            piece = d.decompress(pending, min(1 << 20, cap + 1 - total))
+            total += len(piece)
+            if total > cap:
+                raise DicomReadError(
+                    "malformed", f"deflated dataset inflates to more than {cap} bytes, the limit for a "
+                    f"{len(data)}-byte deflated dataset (the smaller of max_inflated_bytes and "
+                    "200 times its size); not read further")
+            pieces.append(piece)
+            pending = d.unconsumed_tail
+            if d.eof or (not pending and not piece):
+                break
+    except zlib.error as exc:
+        raise DicomReadError("malformed", f"deflated dataset cannot be inflated: {exc}") from None
+    if not d.eof:
+        raise DicomReadError("malformed", "deflated dataset cannot be inflated: the deflate stream is cut short")
+    return b"".join(pieces)
+
+
+CONTENT_SEQUENCE = 0x0040A730
+
+
+class StreamedItems:
+    """The items of the top-level Content Sequence, read one at a time as they are iterated.
+
+    A report of 10,000 events is never held whole: each item is read, handed over and
+    dropped. Once the last item is read, the rest of the top-level dataset is read into
+    it (so a file cut short after its content is still reported). Iterable once.
+    """
+
+    __slots__ = ("_parser", "_stack", "_pos", "done")
+
+    def __init__(self, parser: _Parser, stack: list[_Frame], pos: int) -> None:
+        self._parser = parser
+        self._stack = stack
+        self._pos = pos
+        self.done = False
+
+    def __iter__(self) -> Any:
+        if self.done:
+            raise RuntimeError("the content sequence was already read")
+        parser, stack = self._parser, self._stack
+        seq = stack[1]
+        items: list[Dataset] = seq.value
+        pos = self._pos
+        while len(stack) == 2:
+            pos = parser._item(stack, seq, pos)
+            if len(stack) == 3:  # an item opened: read it whole
+                pos = parser._run(stack, pos, floor=2)
+                item = items.pop()
+                yield item
+        self._pos = parser._run(stack, pos)  # the rest of the top-level dataset
+        self.done = True
 
 
 class ParsedFile:
-    """The file meta information and the dataset of one encoded object."""
+    """The file meta information and the dataset of one encoded object.
 
-    __slots__ = ("meta", "dataset", "transfer_syntax", "little_endian")
+    With ``streamed`` set, the dataset's Content Sequence is a :class:`StreamedItems`
+    (read when iterated) and the elements after it are read once it is exhausted;
+    :meth:`materialize` reads it all into a plain list instead.
+    """
 
-    def __init__(self, meta: Dataset, dataset: Dataset, transfer_syntax: str, little_endian: bool) -> None:
+    __slots__ = ("meta", "dataset", "transfer_syntax", "little_endian", "streamed")
+
+    def __init__(self, meta: Dataset, dataset: Dataset, transfer_syntax: str, little_endian: bool,
+                 streamed: StreamedItems | None = None) -> None:
         self.meta = meta
         self.dataset = dataset
         self.transfer_syntax = transfer_syntax
         self.little_endian = little_endian
+        self.streamed = streamed
+
+    def materialize(self) -> None:
+        """Read a streamed Content Sequence into a list (for objects that are not walked once)."""
+        streamed = self.streamed
+        if streamed is not None and not streamed.done:
+            items = list(streamed)
+            self.dataset[CONTENT_SEQUENCE] = ("SQ", items)
+        self.streamed = None
 
 
-def parse(data: bytes) -> ParsedFile:
-    """Parse a DICOM Part 10 file (or a bare implicit-VR dataset) from bytes."""
-    buf = memoryview(data)
+def _start(buf: bytes) -> int:
+    """Where the elements start: after the 128-byte preamble and 'DICM', or at 0 for a bare dataset."""
     n = len(buf)
+    if n >= 132 and buf[128:132] == b"DICM":
+        return 132
+    if n >= 4 and buf[0:4] == b"DICM":
+        return 4
+    # A bare dataset (no preamble): plausible only if it starts with a group 0002 or 0008 tag.
+    if n >= 8 and struct.unpack_from("<H", buf, 0)[0] in (0x0002, 0x0008):
+        return 0
+    raise DicomReadError("not_dicom", "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
+
+
+def parse(data: bytes, limits: ExtractLimits = DEFAULT_LIMITS, *, stream: bool = False) -> ParsedFile:
+    """Parse a DICOM Part 10 file (or a bare implicit-VR dataset) from bytes, within ``limits``.
+
+    ``stream``: leave the top-level Content Sequence to be read item by item
+    (:class:`StreamedItems`); the caller then iterates it once, or calls ``materialize``.
+    """
+    buf = data if isinstance(data, bytes) else bytes(data)
+    n = len(buf)
+    pos = _start(buf)
     meta: Dataset = {}
-    pos = 0
-    if n >= 132 and bytes(buf[128:132]) == b"DICM":
-        pos = 132
-    elif n >= 4 and bytes(buf[0:4]) == b"DICM":
-        pos = 4
-    else:
-        # A bare dataset (no preamble): plausible only if it starts with a group 0002 or 0008 tag.
-        if n >= 8 and struct.unpack_from("<H", buf, 0)[0] in (0x0002, 0x0008):
-            pos = 0
-        else:
-            raise DicomReadError("not_dicom", "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
     # File meta group: always explicit VR little endian (PS3.10 7.1)
-    meta_reader = _Reader(buf, True, True)
+    meta_parser = _Parser(buf, limits.max_nesting)
+    meta_codec = _CODECS[(True, True)]
     end = pos
     while end + 8 <= n and struct.unpack_from("<H", buf, end)[0] == 0x0002:
-        one, end = meta_reader.dataset(end, _next_elem_end(buf, end, n))
+        one, end = meta_parser.dataset(end, _next_elem_end(buf, end, n), meta_codec)
         meta.update(one)
     ts = _text(meta.get(0x00020010, ("UI", b""))[1]).strip("\x00 ") or (IMPLICIT_LE if pos == 0 else EXPLICIT_LE)
-    body: Any = buf
+    body = buf
     start = end
     if ts == DEFLATED_LE:
-        try:
-            body = memoryview(zlib.decompress(bytes(buf[end:]), -15))
-        except zlib.error as exc:
-            raise DicomReadError("malformed", f"deflated dataset cannot be inflated: {exc}") from None
+        body = inflate(buf[end:], limits.inflation_cap(n))
         start = 0
     explicit = ts != IMPLICIT_LE
     little = ts != EXPLICIT_BE
     if explicit and little and start + 6 <= len(body):
         # Some writers declare explicit VR but write implicit: detect by the VR bytes.
-        vr = bytes(body[start + 4:start + 6])
+        vr = body[start + 4:start + 6]
         if not (vr.isalpha() and vr.isupper()):
             explicit = False
-    reader = _Reader(body, explicit, little)
-    ds, _ = reader.dataset(start, len(body))
-    return ParsedFile(meta, ds, ts, little)
+    parser = _Parser(body, limits.max_nesting)
+    ds: Dataset = {}
+    stack = [_Frame(False, ds, len(body), 0, _CODECS[(explicit, little)], 0)]
+    pos = parser._run(stack, start, stop=CONTENT_SEQUENCE if stream else None)
+    if not stack:
+        return ParsedFile(meta, ds, ts, little)
+    streamed = StreamedItems(parser, stack, pos)
+    ds[CONTENT_SEQUENCE] = ("SQ", streamed)
+    return ParsedFile(meta, ds, ts, little, streamed)
 
 
-def _next_elem_end(buf: Any, pos: int, n: int) -> int:
+def _next_elem_end(buf: bytes, pos: int, n: int) -> int:
     """End of the single explicit-VR-LE element at ``pos`` (for reading the meta group)."""
-    vr = bytes(buf[pos + 4:pos + 6])
+    vr = buf[pos + 4:pos + 6]
     if vr in _LONG_VRS:
         if pos + 12 > n:
             raise DicomReadError("truncated", "file meta information is cut short")

@@ -72,7 +72,11 @@ def read_dose_screen(h: Any) -> DoseScreen:
     def number(item: Dataset, tag: int, path: str, what: str) -> float | None:
         el = item.get(tag)
         if el is not None and (el[0] == "FD" or (el[0] in ("UN", "OB") and len(el[1]) == 8 and tag in _FD_TAGS)):
-            return parse_fd(el[1], little)
+            try:
+                return parse_fd(el[1], little)
+            except ValueProblem as exc:
+                screen.problems.append(Problem(path, None, f"{what}: {exc}"))
+                return None
         return h.typed(tag, path, parse_ds, ds=item, what=what, problems=screen.problems)  # type: ignore[no-any-return]
 
     top = _private_tag(ds, PRIVATE_GROUP, PRIVATE_CREATOR, DLP_ELEMENT)

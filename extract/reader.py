@@ -15,9 +15,10 @@ The header (patient, study, equipment) is read here for every kind.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from .dicom_bytes import Dataset, DicomReadError, ParsedFile, parse, tag_str
+from .dicom_bytes import DEFAULT_LIMITS, Dataset, DicomReadError, ExtractLimits, ParsedFile, parse, tag_str
 from .merge import renumber_events, start_order
 from .model import Code, DoseObjectRef, Equipment, Event, Patient, Problem, StudyRecord, error_record
 from .sr import CONCEPT_NAME_CODE_SEQUENCE, ContentItem, first_code, read_code
@@ -84,8 +85,19 @@ class Header:
         self.meta = parsed.meta
         self.little = parsed.little_endian
         cs = self.ds.get(SPECIFIC_CHARACTER_SET)
-        self.text = TextDecoder(cs[1] if cs else None)
+        self.charset_problems: list[tuple[str, str]] = []  # (value, reason), from every decoder of the object
+        self.text = TextDecoder(cs[1] if cs and cs[0] != "SQ" else None, self.charset_problems)
         self.problems: list[Problem] = []
+
+    def all_problems(self) -> tuple[Problem, ...]:
+        """The header's problems, then the character set's (on ``header.SpecificCharacterSet``)."""
+        seen: set[tuple[str, str]] = set()
+        charset: list[Problem] = []
+        for value, reason in self.charset_problems:
+            if (value, reason) not in seen:
+                seen.add((value, reason))
+                charset.append(Problem("header.SpecificCharacterSet", value, reason))
+        return tuple(self.problems) + tuple(charset)
 
     def raw(self, tag: int, ds: Dataset | None = None) -> Any:
         el = (self.ds if ds is None else ds).get(tag)
@@ -107,7 +119,7 @@ class Header:
         raw = self.raw(tag)
         if raw is None or isinstance(raw, list):
             return None
-        return clean_name(self.text(raw))
+        return clean_name(self.text(raw, person_name=True))
 
     def typed(self, tag: int, path: str, parse_fn: Any, ds: Dataset | None = None,
               what: str | None = None, problems: list[Problem] | None = None) -> Any:
@@ -200,9 +212,19 @@ def read_header(h: Header) -> dict[str, Any]:
     )
 
 
-def _sum_dlp(events: tuple[Event, ...]) -> float | None:
-    values = [e.dlp_mGycm for e in events if e.dlp_mGycm is not None]
-    return sum(values) if values else None
+def finite_sum(values: list[float], path: str, what: str, problems: list[Problem]) -> float | None:
+    """The exact sum (math.fsum) of ``values``; None for none. A sum that is not finite (two
+    DLPs of 1e308) is checked like a stated value: None, and a Problem on ``path``."""
+    if not values:
+        return None
+    try:
+        total = math.fsum(values)
+    except OverflowError:  # fsum raises where the exact sum overflows
+        total = math.inf
+    if math.isfinite(total):
+        return total
+    problems.append(Problem(path, None, f"sum of {what} is not finite"))
+    return None
 
 
 def _header_only(h: Header | None, source: str) -> dict[str, Any]:
@@ -218,13 +240,29 @@ def _header_only(h: Header | None, source: str) -> dict[str, Any]:
     }
 
 
-def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | None = None) -> StudyRecord:
-    """Parse one encoded object (DICOM Part 10 bytes). Never raises for bad input."""
+def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | None = None,
+                  limits: ExtractLimits = DEFAULT_LIMITS) -> StudyRecord:
+    """Parse one encoded object (DICOM Part 10 bytes) within ``limits``. Never raises.
+
+    Every failure is an error record naming the file, the element and the reason: the
+    reader's own (``not_dicom``, ``truncated``, ``malformed``, ...), and, as a last safety
+    net, anything else raised while reading (``malformed``, with the exception named).
+    """
+    h: Header | None = None
     try:
-        parsed = parse(data)
-    except DicomReadError as exc:
+        parsed = parse(data, limits, stream=True)
+        h = Header(parsed)
+        return _extract(h, parsed, source, received_at)
+    except DicomReadError as exc:  # the structure (or a content item) cannot be read
         return error_record(exc.code, f"{source}: {exc.message}", source_file=source)
-    h = Header(parsed)
+    except Exception as exc:  # the safety net: an object no rule foresaw never escapes as an exception
+        what = "the header" if h is not None else "the file structure"
+        return error_record(
+            "malformed", f"{source}: {what} cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+            **_header_only(h, source))
+
+
+def _extract(h: Header, parsed: ParsedFile, source: str, received_at: str | None) -> StudyRecord:
     sop_class = h.uid(SOP_CLASS_UID) or (
         clean_text(ascii_text(parsed.meta[MEDIA_STORAGE_SOP_CLASS_UID][1]))
         if MEDIA_STORAGE_SOP_CLASS_UID in parsed.meta else None
@@ -233,55 +271,57 @@ def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | No
         clean_text(ascii_text(parsed.meta[MEDIA_STORAGE_SOP_INSTANCE_UID][1]))
         if MEDIA_STORAGE_SOP_INSTANCE_UID in parsed.meta else None
     )
-    try:
-        if sop_class in SR_KINDS:
-            return _extract_sr(h, sop_class, sop_instance, source, received_at)
-        if sop_class == SECONDARY_CAPTURE:
-            image_type = (h.text_of(IMAGE_TYPE) or "").upper().split("\\")
-            if "DOSE_INFO" in image_type:
-                from .philips import read_dose_screen
+    if sop_class in SR_KINDS:
+        return _extract_sr(h, parsed, sop_class, sop_instance, source, received_at)
+    parsed.materialize()  # the rest is read as a whole
+    if sop_class == SECONDARY_CAPTURE:
+        image_type = (h.text_of(IMAGE_TYPE) or "").upper().split("\\")
+        if "DOSE_INFO" in image_type:
+            from .philips import read_dose_screen
 
-                screen = read_dose_screen(h)
-                return _record(h, read_header(h), sop_class, sop_instance, "philips_dose_info", source,
-                               received_at, screen.events, screen.reported_total_dlp_mGycm, screen.problems,
-                               report=None, series_number=screen.series_number)
-            return error_record(
-                "not_dose_report",
-                f"{source}: Secondary Capture (0008,0016) without DOSE_INFO in Image Type (0008,0008): "
-                "not a dose screen", **_header_only(h, source))
-        if sop_class == PATIENT_RADIATION_DOSE_SR:
-            return error_record(
-                "summary_not_parsed",
-                f"{source}: Patient Radiation Dose SR (0008,0016 = {sop_class}) is a summary, "
-                "not a CT dose report; kept unparsed", **_header_only(h, source))
-        if sop_class is None:
-            return error_record("not_dicom", f"{source}: no SOP Class UID (0008,0016): not a DICOM object",
-                                source_file=source)
+            screen = read_dose_screen(h)
+            return _record(h, read_header(h), sop_class, sop_instance, "philips_dose_info", source,
+                           received_at, screen.events, screen.reported_total_dlp_mGycm, screen.problems,
+                           report=None, series_number=screen.series_number)
         return error_record(
-            "unsupported_sop_class",
-            f"{source}: SOP Class UID (0008,0016) {sop_class} is not a dose report class", **_header_only(h, source))
-    except DicomReadError as exc:
-        return error_record(exc.code, f"{source}: {exc.message}", **_header_only(h, source))
+            "not_dose_report",
+            f"{source}: Secondary Capture (0008,0016) without DOSE_INFO in Image Type (0008,0008): "
+            "not a dose screen", **_header_only(h, source))
+    if sop_class == PATIENT_RADIATION_DOSE_SR:
+        return error_record(
+            "summary_not_parsed",
+            f"{source}: Patient Radiation Dose SR (0008,0016 = {sop_class}) is a summary, "
+            "not a CT dose report; kept unparsed", **_header_only(h, source))
+    if sop_class is None:
+        return error_record("not_dicom", f"{source}: no SOP Class UID (0008,0016): not a DICOM object",
+                            source_file=source)
+    return error_record(
+        "unsupported_sop_class",
+        f"{source}: SOP Class UID (0008,0016) {sop_class} is not a dose report class", **_header_only(h, source))
 
 
-def _extract_sr(h: Header, sop_class: str, sop_instance: str | None, source: str,
+def _extract_sr(h: Header, parsed: ParsedFile, sop_class: str, sop_instance: str | None, source: str,
                 received_at: str | None) -> StudyRecord:
-    from .tid10011 import NotCTDose, Problems, check_ct, read_report
+    from .tid10011 import NotCTDose, Problems, check_ct, read_report, stream_events
 
     concept = first_code(h.ds, CONCEPT_NAME_CODE_SEQUENCE, h.text)
     if concept is None or concept.value != "113701":
+        parsed.materialize()  # a file that is cut short is reported as such first
         what = f"'{concept.meaning or concept.value}'" if concept else "no document title"
         return error_record(
             "not_dose_report",
             f"{source}: SR document title (0040,A043) is {what}, not 'X-Ray Radiation Dose Report' (113701, DCM)",
             **_header_only(h, source))
     root = ContentItem(h.ds, h.text, h.little)
+    event_problems = Problems()
+    events = stream_events(root, event_problems)
     try:
-        check_ct(root)
+        check_ct(root, has_acquisitions=bool(events))
     except NotCTDose as exc:
         return error_record("not_ct_dose", f"{source}: {exc}", **_header_only(h, source))
     problems = Problems()
-    ct = read_report(root, problems)
+    ct = read_report(root, problems, events)
+    problems.items.extend(event_problems.items)
     hdr = read_header(h)
     obs = ct.device_observer
     eq: Equipment = hdr["equipment"]
@@ -311,21 +351,24 @@ def _record(h: Header, hdr: dict[str, Any], sop_class: str, sop_instance: str | 
         return error_record("malformed", f"{source}: no SOP Instance UID (0008,0018)", **_header_only(h, source))
     order = start_order([e.start_datetime for e in events])
     ordered = tuple(events[i] for i in order)
+    computed: list[Problem] = []
+    total = finite_sum([e.dlp_mGycm for e in ordered if e.dlp_mGycm is not None], "total_dlp_mGycm",
+                       "event DLPs", computed)
     return StudyRecord(
         **hdr,
         dose_objects=(DoseObjectRef(sop_instance, sop_class, kind, received_at),),
         total_events=len(ordered),
-        total_dlp_mGycm=_sum_dlp(ordered),
+        total_dlp_mGycm=total,
         reported_total_dlp_mGycm=reported_total,
         events=ordered,
-        problems=tuple(h.problems) + renumber_events(problems, order),
+        problems=h.all_problems() + renumber_events(problems, order) + tuple(computed),
         source_file=source,
         **extra,
     )
 
 
-def extract_file(path: Any, *, received_at: str | None = None) -> StudyRecord:
-    """Read and parse one file; an unreadable file gives an error record naming it."""
+def extract_file(path: Any, *, received_at: str | None = None, limits: ExtractLimits = DEFAULT_LIMITS) -> StudyRecord:
+    """Read and parse one file; an unreadable file gives an error record naming it. Never raises."""
     name = str(path)
     try:
         with open(path, "rb") as fh:
@@ -334,4 +377,6 @@ def extract_file(path: Any, *, received_at: str | None = None) -> StudyRecord:
         return error_record("unreadable", f"{name}: is a directory, not a file", source_file=name)
     except OSError as exc:
         return error_record("unreadable", f"{name}: cannot read file: {exc.strerror}", source_file=name)
-    return extract_bytes(data, source=name, received_at=received_at)
+    except (MemoryError, ValueError) as exc:  # a file too large to hold; an unusable path
+        return error_record("unreadable", f"{name}: cannot read file: {type(exc).__name__}", source_file=name)
+    return extract_bytes(data, source=name, received_at=received_at, limits=limits)

@@ -8,7 +8,7 @@ by the typed accessors, so the caller can record that one element as invalid and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .dicom_bytes import Dataset
@@ -33,6 +33,8 @@ CODING_SCHEME_DESIGNATOR = 0x00080102
 CODE_MEANING = 0x00080104
 LONG_CODE_VALUE = 0x00080119
 URN_CODE_VALUE = 0x00080120
+SPECIFIC_CHARACTER_SET = 0x00080005
+_TUCKED = ("HAS PROPERTIES", "HAS CONCEPT MOD")
 
 
 def read_code(item: Dataset, text: TextDecoder) -> Code:
@@ -54,7 +56,13 @@ def first_code(ds: Dataset, tag: int, text: TextDecoder) -> Code | None:
 
 
 class ContentItem:
-    __slots__ = ("ds", "text", "little", "_concept", "_children")
+    """One content item, with its children indexed by concept code once (on first lookup).
+
+    A report of 10,000 events is looked up thousands of times per container; the index
+    makes each lookup one dict access instead of a walk over the children.
+    """
+
+    __slots__ = ("ds", "text", "little", "_concept", "_children", "_index")
 
     def __init__(self, ds: Dataset, text: TextDecoder, little: bool = True) -> None:
         self.ds = ds
@@ -62,17 +70,18 @@ class ContentItem:
         self.little = little
         self._concept: Code | None | bool = False
         self._children: list[ContentItem] | None = None
+        self._index: dict[str | None, list[ContentItem]] | None = None
 
     # -- structure ---------------------------------------------------------------
     @property
     def relationship(self) -> str | None:
         el = self.ds.get(RELATIONSHIP_TYPE)
-        return ascii_text(el[1]) if el else None
+        return ascii_text(el[1]) if el and el[0] != "SQ" else None
 
     @property
     def value_type(self) -> str | None:
         el = self.ds.get(VALUE_TYPE)
-        return ascii_text(el[1]) if el else None
+        return ascii_text(el[1]) if el and el[0] != "SQ" else None
 
     @property
     def concept(self) -> Code | None:
@@ -85,13 +94,33 @@ class ContentItem:
         c = self.concept
         return c.value if c else None
 
+    def _child(self, ds: Dataset) -> ContentItem:
+        """A child item; one that states its own Specific Character Set is read in it (PS3.5 7.5.3)."""
+        cs = ds.get(SPECIFIC_CHARACTER_SET)
+        text = self.text if cs is None or cs[0] == "SQ" else TextDecoder(cs[1], self.text.problems)
+        return ContentItem(ds, text, self.little)
+
     @property
     def children(self) -> list[ContentItem]:
         if self._children is None:
             el = self.ds.get(CONTENT_SEQUENCE)
             items = el[1] if el and el[0] == "SQ" else []
-            self._children = [ContentItem(d, self.text, self.little) for d in items]
+            self._children = [self._child(d) for d in items]
         return self._children
+
+    def stream_children(self, take: Callable[[ContentItem], bool]) -> None:
+        """Read the children once, in order: each one ``take`` accepts is handed over and not
+        kept (a streamed Content Sequence is never held whole); the rest become ``children``."""
+        el = self.ds.get(CONTENT_SEQUENCE)
+        kept: list[ContentItem] = []
+        if el and el[0] == "SQ":
+            for d in el[1]:
+                child = self._child(d)
+                if not take(child):
+                    kept.append(child)
+            self.ds[CONTENT_SEQUENCE] = ("SQ", [c.ds for c in kept])
+        self._children = kept
+        self._index = None
 
     def name(self) -> str:
         """How a reason names this item: its concept meaning, else its code."""
@@ -101,33 +130,48 @@ class ContentItem:
         return c.meaning or f"({c.value}, {c.scheme})"
 
     # -- navigation --------------------------------------------------------------
+    def _lookup(self) -> dict[str | None, list[ContentItem]]:
+        index = self._index
+        if index is None:
+            index = {}
+            children = self.children
+            for child in children:
+                index.setdefault(child.code_value, []).append(child)
+            for child in children:
+                if child.relationship in _TUCKED or child.value_type != "CONTAINER":
+                    for grandchild in child.children:
+                        index.setdefault(grandchild.code_value, []).append(grandchild)
+            self._index = index
+        return index
+
     def find_all(self, code: str) -> Iterator[ContentItem]:
         """Children with this concept code value, and those a vendor tucked one level down
         under a HAS PROPERTIES / HAS CONCEPT MOD child (domain primer: GE via PixelMed)."""
-        for child in self.children:
-            if child.code_value == code:
-                yield child
-        for child in self.children:
-            if child.relationship in ("HAS PROPERTIES", "HAS CONCEPT MOD") or child.value_type != "CONTAINER":
-                for grandchild in child.children:
-                    if grandchild.code_value == code:
-                        yield grandchild
+        return iter(self._lookup().get(code, ()))
 
     def find(self, code: str) -> ContentItem | None:
-        return next(self.find_all(code), None)
+        found = self._lookup().get(code)
+        return found[0] if found else None
 
     def walk(self) -> Iterator[ContentItem]:
-        for child in self.children:
+        """Every item below this one, depth first (iterative: the depth is not Python's)."""
+        stack = [iter(self.children)]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+                continue
             yield child
-            yield from child.walk()
+            stack.append(iter(child.children))
 
     # -- values ------------------------------------------------------------------
     def text_value(self) -> str | None:
         for tag in (TEXT_VALUE, UID, PERSON_NAME):
             el = self.ds.get(tag)
-            if el:
-                s = self.text(el[1])
-                return clean_name(s) if tag == PERSON_NAME else clean_text(s)
+            if el and el[0] != "SQ":
+                if tag == PERSON_NAME:
+                    return clean_name(self.text(el[1], person_name=True))
+                return clean_text(self.text(el[1]))
         return None
 
     def uid_value(self) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import concepts as C
+from .dicom_bytes import DicomReadError
 from .model import Code, DoseCheck, Event, Problem, ReportInfo, Source
 from .sr import ContentItem, value_repr
 from .values import ValueProblem, convert
@@ -96,12 +97,13 @@ def _find_any(parent: ContentItem, codes: frozenset[tuple[str, str]]) -> Content
     return None
 
 
-def check_ct(root: ContentItem) -> None:
+def check_ct(root: ContentItem, has_acquisitions: bool = False) -> None:
     """Raise :class:`NotCTDose` unless this X-Ray Radiation Dose Report is of CT.
 
     Procedure reported (121058) decides: CT is (P5-08000, SRT) / (77477000, SCT). Without
     it, the CT containers of TID 10011 (113811, 113819) decide; TID 10001 projection
     X-ray containers (113702, 113706) mark a projection / fluoroscopy report.
+    ``has_acquisitions``: CT Acquisition children were already read (:func:`stream_events`).
     """
     proc_item = root.find(C.PROCEDURE_REPORTED)
     proc: Code | None = None
@@ -122,15 +124,43 @@ def check_ct(root: ContentItem) -> None:
             kind = "not a CT dose report"
         raise NotCTDose(f"Procedure reported is '{what}': {kind}, not CT")
     codes = {c.code_value for c in root.children}
-    if C.CT_ACQUISITION in codes or C.CT_ACCUMULATED_DOSE_DATA in codes:
+    if has_acquisitions or C.CT_ACQUISITION in codes or C.CT_ACCUMULATED_DOSE_DATA in codes:
         return
     if C.IRRADIATION_EVENT_XRAY_DATA in codes or C.ACCUMULATED_XRAY_DOSE_DATA in codes:
         raise NotCTDose("the report holds projection X-ray irradiation events (TID 10001), not CT")
     raise NotCTDose("the report states no procedure and holds no CT acquisition (TID 10013)")
 
 
-def read_report(root: ContentItem, problems: Problems) -> CTDoseReport:
-    """TID 10011 from its root content item (concept 113701)."""
+def stream_events(root: ContentItem, problems: Problems) -> list[Event]:
+    """Read every CT Acquisition (113819) child of ``root`` as the file is read, in order.
+
+    Each acquisition is read into an :class:`Event` and its content items are dropped, so a
+    report of thousands of events is never held whole; the other children stay ``root``'s
+    children. An acquisition that is not a plain CONTAINER (whose children a lookup on
+    ``root`` may search, see :meth:`ContentItem.find_all`) is kept as a child as well.
+    """
+    events: list[Event] = []
+
+    def take(child: ContentItem) -> bool:
+        if child.code_value != C.CT_ACQUISITION:
+            return False
+        path = f"events[{len(events)}]"
+        try:
+            events.append(read_event(child, path, problems))
+        except DicomReadError:
+            raise
+        except Exception as exc:  # a content item no rule foresaw: the object is malformed there
+            raise DicomReadError("malformed", f"CT Acquisition {path} (content item (113819, DCM)) cannot be "
+                                              f"read: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return child.value_type == "CONTAINER" and child.relationship not in ("HAS PROPERTIES", "HAS CONCEPT MOD")
+
+    root.stream_children(take)
+    return events
+
+
+def read_report(root: ContentItem, problems: Problems, events: list[Event] | None = None) -> CTDoseReport:
+    """TID 10011 from its root content item (concept 113701); ``events``: those
+    :func:`stream_events` already read (else read here)."""
     proc_item = root.find(C.PROCEDURE_REPORTED)
     procedure: Code | None = None
     intent: Code | None = None
@@ -184,10 +214,11 @@ def read_report(root: ContentItem, problems: Problems) -> CTDoseReport:
         total_dlp = _num(acc, C.CT_DOSE_LENGTH_PRODUCT_TOTAL, "mGycm", "reported_total_dlp_mGycm", problems)
         total_e = _num(acc, C.CT_EFFECTIVE_DOSE_TOTAL, "mSv", "effective_dose_total_mSv", problems)
 
-    events = [
-        read_event(item, f"events[{i}]", problems)
-        for i, item in enumerate(c for c in root.children if c.code_value == C.CT_ACQUISITION)
-    ]
+    if events is None:
+        events = [
+            read_event(item, f"events[{i}]", problems)
+            for i, item in enumerate(c for c in root.children if c.code_value == C.CT_ACQUISITION)
+        ]
     return CTDoseReport(report, observer, scope_uid, total_events, total_dlp, total_e, events)
 
 
