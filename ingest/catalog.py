@@ -3,7 +3,8 @@
 Tables (schema version 1):
 
 * ``received``   -- one row per object taken into the spool (listener or import), in
-  received order; ``state`` is ``spooled`` until processed, then ``done``.
+  received order; ``state`` is ``spooled`` until processed, then ``done``
+  (``importing`` while an ``import`` run processes it itself).
 * ``objects``    -- one row per usable dose object (key: SOP Instance UID) with its
   extracted record as JSON, the SHA-256 of its bytes and where its bytes are kept.
 * ``quarantine`` -- objects that could not be used (key: SHA-256 of the bytes).
@@ -15,6 +16,7 @@ Verdicts (completeness, flags) are not stored: they are computed when a record i
 The spool files are the durable truth for anything not yet processed, so the catalog
 runs with ``synchronous=NORMAL``: a power cut can lose the last catalog rows but never
 an acknowledged object (the listener re-processes whatever is still in the spool).
+The catalog file and its -wal/-shm are owner-only (0600): they hold patient data.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import fields, is_dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, utc_now
 from dosereg.extract import StudyRecord, merge_study
 from dosereg.extract.model import _Record
 
@@ -125,9 +128,8 @@ class CatalogError(Exception):
     """The catalog cannot be opened or is of an unknown (newer) schema."""
 
 
-def utc_now() -> str:
-    """ISO 8601 UTC timestamp with microseconds (``2026-11-25T19:50:00.123456Z``)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class CatalogBusyError(CatalogError):
+    """Another writer held the catalog's write lock for too long: worth retrying later."""
 
 
 def _dumps(d: dict[str, Any]) -> str:
@@ -199,7 +201,7 @@ class Catalog:
                     self._conn.execute("PRAGMA busy_timeout = 30000")
                     self._check_version()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private_catalog_files(self.path)
                 self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30,
                                              isolation_level=None)
                 # Writers wait for each other in _begin() with sub-millisecond retries: SQLite's
@@ -215,6 +217,20 @@ class Catalog:
         except sqlite3.Error as exc:
             raise CatalogError(f"{self.path}: cannot open the catalog: {exc}") from None
 
+    def _rollback(self) -> None:
+        """Undo the open transaction, if there still is one; never raises over the real error.
+
+        SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR,
+        ...): a second ROLLBACK would fail with "cannot rollback - no transaction is active"
+        and hide the disk-full error that matters. Called from ``except`` blocks that re-raise.
+        """
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("%s: rollback after a failed write failed too: %s", self.path, exc)
+
     def _begin(self) -> None:
         """BEGIN IMMEDIATE, retrying briefly while another writer holds the lock (up to 60 s)."""
         delay = 0.0001
@@ -227,7 +243,7 @@ class Catalog:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() > deadline:
-                    raise CatalogError(f"{self.path}: catalog locked by another writer for 60 s") from None
+                    raise CatalogBusyError(f"{self.path}: catalog locked by another writer for 60 s") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.005)
 
@@ -275,7 +291,7 @@ class Catalog:
                     self._conn.execute(f"PRAGMA user_version = {version}")
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._rollback()
                     raise
                 log.info("catalog %s migrated to schema version %d", self.path, version)
 
@@ -371,7 +387,7 @@ class Catalog:
                 cur.close()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             return int(row[0])
 
@@ -385,6 +401,26 @@ class Catalog:
         row = self._conn.execute("SELECT state FROM received WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    def importing(self) -> list[dict[str, Any]]:
+        """Objects an ``import`` run took in and is processing itself (or was, until it died)."""
+        cur = self._conn.execute("SELECT * FROM received WHERE state = 'importing' ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def adopt(self, received_id: int) -> bool:
+        """An ``importing`` object whose import is gone becomes ``spooled``; False if it changed meanwhile."""
+        with self._lock:
+            self._begin()
+            try:
+                cur = self._conn.execute(
+                    "UPDATE received SET state = 'spooled' WHERE id = ? AND state = 'importing'", (received_id,)
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return cur.rowcount == 1
+
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock:
             self._begin()
@@ -392,7 +428,7 @@ class Catalog:
                 self._conn.execute(sql, args)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def mark_processed(self, received_id: int, outcome: str) -> None:
@@ -409,7 +445,7 @@ class Catalog:
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             return cur.rowcount == 1
 
@@ -438,7 +474,7 @@ class Catalog:
                     )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return outcome
 
@@ -498,7 +534,7 @@ class Catalog:
                         "WHERE sop_instance_uid = ?", (sop_uid,),
                     ).fetchone()
                     if again != row or self._study_snapshot(study) != snapshot:
-                        self._conn.execute("ROLLBACK")
+                        self._rollback()
                         continue  # another writer changed this study: merge again
                     seq = self._next_seq()
                     self._conn.execute(
@@ -520,7 +556,7 @@ class Catalog:
                         )
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._rollback()
                     raise
                 if outcome == "replaced":
                     log.warning("object %s received again with different content: the newer replaces the older",
@@ -614,7 +650,7 @@ class Catalog:
                 self._put_rows(study_rows, event_rows)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def checkpoint(self) -> None:
@@ -637,6 +673,25 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _private_catalog_files(path: Path) -> None:
+    """The catalog and its -wal/-shm owner-only: created 0600 before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the database file's mode. A catalog left wider by
+    an earlier version (0644) is tightened, with a line in the log.
+    """
+    private_dir(path.parent)
+    if create_private(path):
+        return
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = p.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(p, PRIVATE_FILE_MODE)
+                log.warning("%s was readable by others; now owner-only (it holds patient data)", p)
+        except FileNotFoundError:
+            pass
 
 
 def catalog_path(data_dir: Path) -> Path:

@@ -5,12 +5,18 @@ taken into the spool exactly like a received object (:meth:`Pipeline.receive`), 
 in a process pool (all cores) and stored by this process alone (:meth:`Pipeline.process`,
 the single SQLite writer). Results are applied in file order, so a re-run or a second
 import of the same folder is deterministic and changes nothing.
+
+The objects it takes in are claimed (ledger state ``importing``, :mod:`dosereg.ingest.locking`)
+until processed: when an import is killed, the next run (or a running listener, within
+seconds) takes them over at once. Transient failures (disk full, catalog busy) are retried
+for a few seconds; an object whose processing raises otherwise is quarantined.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -23,11 +29,12 @@ from dosereg.extract import StudyRecord, extract_bytes
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES, meta_sop_class
 from .locking import DataDirLock
-from .pipeline import Pipeline, Received, content_sha256
+from .pipeline import Pipeline, Received, TransientError, content_sha256
 
 log = logging.getLogger("dosereg.ingest.import")
 
 _POOL_MIN_FILES = 16  # below this, parsing in-process is quicker than starting workers
+IMPORT_RETRY_S = (0.1, 0.2, 0.4, 0.8, 1.6)  # back-off of an object's transient failures (3.1 s in all)
 
 
 @dataclass
@@ -214,17 +221,56 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
             bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        pipeline.close()
         catalog.close()
     return summary
 
 
 def _finish(pipeline: Pipeline, item: Received, result: tuple[StudyRecord, str | None] | None,
             summary: ImportSummary) -> None:
+    """Process one object taken in (``result``: its worker's extraction, if there was one)."""
+    if result is None:
+        result = _extract_here(item)
+    record, header_uid = result if result is not None else (None, None)
     try:
-        if result is None:
-            result = extract_spooled(str(item.path), item.source, item.received_at)
-        record, header_uid = result
-        summary.count(pipeline.process(item, record, header_sop_uid=header_uid))
+        outcome = _process_retrying(pipeline, item, record, header_uid)
+    except TransientError as exc:
+        summary.fail(f"{item.source}: cannot store it: {exc} (kept in {pipeline.spool_dir / item.name}; "
+                     "the next `dosereg listen` or `dosereg import` processes it)")
+        return
+    finally:
+        pipeline.release(item)  # processed, or left for the next run (which may take it at once)
+    if outcome == "done elsewhere":
+        summary.known += 1
+    elif outcome == "lost":
+        summary.fail(f"{item.source}: its spool file {pipeline.spool_dir / item.name} disappeared")
+    else:
+        summary.count(outcome)
+
+
+def _extract_here(item: Received) -> tuple[StudyRecord, str | None] | None:
+    """Extraction in this process; None when it raised (the pipeline then quarantines the object)."""
+    try:
+        return extract_spooled(str(item.path), item.source, item.received_at)
     except Exception as exc:
-        summary.fail(f"{item.source}: cannot store it: {type(exc).__name__}: {exc} "
-                     f"(kept in {pipeline.spool_dir / item.name})")
+        log.debug("extraction of %s raised: %s", item.source, exc)
+        return None
+
+
+def _process_retrying(pipeline: Pipeline, item: Received, record: StudyRecord | None,
+                      header_uid: str | None) -> str:
+    """:meth:`Pipeline.process_safely`, retried briefly on transient failures (disk full, catalog busy).
+
+    An import is a command that ends: after these few retries the object stays in the spool
+    and the run reports it failed.
+    """
+    for delay in (*IMPORT_RETRY_S, None):
+        try:
+            return pipeline.process_safely(item, record, header_sop_uid=header_uid)
+        except TransientError as exc:
+            if delay is None:
+                raise
+            log.warning("%s: %s; retrying in %.1f s", item.source, exc, delay)
+            time.sleep(delay)
+            record = None  # extract again from the spooled file: it is the truth
+    raise AssertionError("unreachable")  # pragma: no cover

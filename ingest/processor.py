@@ -3,7 +3,16 @@
 The listener (parent) makes each object durable and notes it in the catalog's ledger,
 then pokes this process through a pipe. This process processes every ledger row still
 ``spooled``, in received order (extraction, catalog, file placement or quarantine:
-:meth:`Pipeline.process`). A row that fails is retried at the next start, not in a loop.
+:meth:`Pipeline.process_safely`). Nothing stays in the spool for good:
+
+* an object whose processing raises is quarantined with the exception named
+  (``processing_error``), whatever raised it;
+* a failure of the environment (disk full, catalog busy, I/O error) is retried while this
+  process runs, with a back-off from 0.1 s doubling to 5 s. While it lasts, one object is
+  tried at a time, in turn (an object whose own retries keep failing never holds up the
+  others); as soon as one succeeds again, the rest follow at once;
+* objects of an ``import`` that was killed are taken over within seconds (its claims).
+
 Messages on the pipe: ``"work"`` (something new) and ``("stop", drain_seconds)``. When
 the parent dies the pipe closes and this process finishes the current object and exits.
 """
@@ -17,18 +26,173 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, catalog_path
-from .pipeline import Pipeline
+from .catalog import Catalog, CatalogError, catalog_path
+from .pipeline import Pipeline, Received, TransientError, describe, is_transient
 
 log = logging.getLogger("dosereg.ingest.processor")
 
 PROCESSOR_NICENESS = 10
 CHECKPOINT_EVERY = 1000  # objects, during a long burst
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+ADOPT_EVERY_S = 5.0  # how often claims of killed imports are looked at
+LOG_RETRY_EVERY = 60  # attempts: a lasting failure is logged again every so often, not at each retry
+
+
+class _ParentGone(Exception):
+    """The listener closed the pipe (it stopped or died)."""
+
+
+@dataclass
+class _Retry:
+    """Back-off of one object whose processing failed for a transient reason."""
+
+    delay: float = 0.0
+    due: float = 0.0
+    attempts: int = 0
+
+    def failed(self, now: float, lag: float = 0.0) -> float:
+        """Note a failure at ``now``: the next attempt is due after the doubled delay (+ ``lag``)."""
+        self.delay = min(RETRY_MAX_S, max(RETRY_FIRST_S, self.delay * 2))
+        self.due = now + self.delay + lag
+        self.attempts += 1
+        return self.delay
+
+
+class Drainer:
+    """Processes the spool until it is empty, retrying transient failures with back-off.
+
+    ``gate`` (one back-off for the whole spool) keeps a full disk from costing an
+    extraction per object every few seconds; ``waiting`` (one per object) keeps one
+    object whose failure is its own from being retried at every turn.
+    """
+
+    def __init__(self, pipeline: Pipeline, catalog: Catalog) -> None:
+        self.pipeline = pipeline
+        self.catalog = catalog
+        self.waiting: dict[int, _Retry] = {}
+        self.gate = _Retry()
+        self.last_failed = 0  # received id: the next sweep starts after it (turns)
+        self.since_checkpoint = 0
+        self.next_adopt = 0.0
+
+    def sweep(self, should_stop: Callable[[], bool]) -> None:
+        """One pass over the spooled objects that are due; never raises for a spool problem."""
+        try:
+            self._adopt()
+            items = self.pipeline.pending_items()
+        except Exception as exc:  # the catalog cannot even be read: back off
+            self._transient_failure(None, exc)
+            return
+        if not items:
+            self.waiting.clear()
+            return
+        if self.last_failed:
+            i = next((k for k, it in enumerate(items) if it.id > self.last_failed), 0)
+            items = items[i:] + items[:i]
+        complete = True
+        for item in items:
+            now = time.monotonic()
+            if now < self.gate.due or should_stop():
+                complete = False
+                break
+            r = self.waiting.get(item.id)
+            if r is None or r.due <= now:
+                self._attempt(item)
+        if complete:  # forget objects that left the spool some other way
+            ids = {it.id for it in items}
+            self.waiting = {k: v for k, v in self.waiting.items() if k in ids}
+
+    def _adopt(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_adopt:
+            self.next_adopt = now + ADOPT_EVERY_S
+            self.pipeline.adopt_orphans()
+
+    def _attempt(self, item: Received) -> None:
+        try:
+            self.pipeline.process_safely(item)
+        except TransientError as exc:
+            self._transient_failure(item, exc.cause)
+            return
+        except Exception as exc:  # pragma: no cover - process_safely raises only TransientError
+            self._transient_failure(item, exc)
+            return
+        was = self.waiting.pop(item.id, None)
+        if was is not None or self.gate.attempts:
+            log.info("processing works again (%s after %d attempt(s))", item.name,
+                     was.attempts if was else self.gate.attempts)
+        if was is not None:  # an object that failed now works: the cause is gone, retry all now
+            for r in self.waiting.values():
+                r.due = 0.0
+        self.gate = _Retry()
+        self.since_checkpoint += 1
+        if self.since_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    def _transient_failure(self, item: Received | None, exc: BaseException) -> None:
+        now = time.monotonic()
+        delay = self.gate.failed(now)
+        attempts = self.gate.attempts
+        if item is not None:
+            self.last_failed = item.id
+            retry = self.waiting.setdefault(item.id, _Retry())
+            # A hair later than the gate: when the gate opens, the next object is tried first.
+            retry.failed(now, lag=0.001)
+            attempts = retry.attempts
+        if attempts != 1 and attempts % LOG_RETRY_EVERY:
+            log.debug("processing %s failed again: %s", item.name if item else "the spool", describe(exc))
+            return
+        what = item.name if item is not None else "the spool"
+        log.error("processing %s failed (attempt %d): %s; it stays in the spool and is retried in %.1f s",
+                  what, attempts, describe(exc), delay, exc_info=None if is_transient(exc) else exc)
+
+    def seconds_to_next(self) -> float | None:
+        """Until the next retry is due (None: nothing waits)."""
+        dues = [r.due for r in self.waiting.values()]
+        if self.gate.attempts:
+            dues.append(self.gate.due)
+        if not dues:
+            return None
+        return max(0.0, min(dues) - time.monotonic())
+
+    def checkpoint(self) -> None:
+        try:
+            self.catalog.checkpoint()
+        except Exception as exc:  # a checkpoint is an optimisation: the next one will do
+            log.debug("checkpoint failed: %s", exc)
+        self.since_checkpoint = 0
+
+
+def _open_catalog(data_dir: Path, conn: Connection) -> Catalog:
+    """The catalog, retried with back-off while it cannot be opened (a full disk at start)."""
+    retry = _Retry()
+    while True:
+        try:
+            return Catalog(catalog_path(data_dir), autocheckpoint=False)
+        except (CatalogError, OSError) as exc:
+            delay = retry.failed(time.monotonic())
+            log.error("cannot open the catalog (attempt %d): %s; retrying in %.1f s", retry.attempts, exc, delay)
+            if _poll(conn, delay) and _stop_requested(conn):
+                raise _ParentGone from None
+
+
+def _poll(conn: Connection, timeout: float) -> bool:
+    try:
+        return conn.poll(timeout)
+    except (EOFError, OSError):
+        raise _ParentGone from None
+
+
+def _stop_requested(conn: Connection) -> bool:
+    return _read(conn, None) is not None
 
 
 def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
@@ -43,54 +207,59 @@ def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
         os.nice(PROCESSOR_NICENESS)
     except OSError:  # pragma: no cover
         pass
-    # WAL checkpoints (which fsync) run here when the spool is drained, not inside a commit
-    # while an association thread may be waiting for the write lock.
-    catalog = Catalog(catalog_path(Path(data_dir)), autocheckpoint=False)
-    pipeline = Pipeline(Path(data_dir), catalog)
-    failed: set[int] = set()
-    stop_at: float | None = None
-    since_checkpoint = 0
     try:
-        while True:
-            for item in pipeline.pending_items():
-                if item.id in failed:
-                    continue
-                try:
-                    pipeline.process(item)
-                    since_checkpoint += 1
-                except Exception:
-                    failed.add(item.id)
-                    log.exception("processing %s failed; it stays in the spool and is retried at the next start",
-                                  item.name)
-                if since_checkpoint >= CHECKPOINT_EVERY:
-                    catalog.checkpoint()
-                    since_checkpoint = 0
-                if stop_at is not None and time.monotonic() > stop_at:
-                    return
-                if stop_at is None and conn.poll():
-                    stop_at = _read(conn, stop_at)
-            if since_checkpoint and not conn.poll(0.05):
-                catalog.checkpoint()  # nothing new for a moment: the spool is drained
-                since_checkpoint = 0
-            if stop_at is not None:
-                return
-            if conn.poll(1.0):
-                stop_at = _read(conn, stop_at)
-    except (EOFError, OSError):  # the listener is gone
+        # WAL checkpoints (which fsync) run here when the spool is drained, not inside a commit
+        # while an association thread may be waiting for the write lock.
+        catalog = _open_catalog(Path(data_dir), conn)
+    except _ParentGone:
+        return
+    try:
+        _run(Drainer(Pipeline(Path(data_dir), catalog), catalog), conn)
+    except _ParentGone:  # the listener is gone
         return
     finally:
-        left = len(catalog.pending())
-        if left:
-            log.warning("%d received object(s) left in the spool; they are processed at the next start", left)
+        _report_left(catalog)
         catalog.close()
+
+
+def _run(drainer: Drainer, conn: Connection) -> None:
+    stop_at: float | None = None
+
+    def should_stop() -> bool:
+        nonlocal stop_at
+        if stop_at is None and _poll(conn, 0):
+            stop_at = _read(conn, stop_at)
+        return stop_at is not None and time.monotonic() > stop_at
+
+    while True:
+        drainer.sweep(should_stop)
+        if stop_at is not None and (time.monotonic() > stop_at or drainer.seconds_to_next() is None):
+            return
+        if drainer.since_checkpoint and not _poll(conn, 0.05):
+            drainer.checkpoint()  # nothing new for a moment: the spool is drained
+        wait = drainer.seconds_to_next()
+        if _poll(conn, 1.0 if wait is None else min(1.0, wait)):
+            stop_at = _read(conn, stop_at)
+
+
+def _report_left(catalog: Catalog) -> None:
+    try:
+        left = len(catalog.pending())
+    except Exception:  # pragma: no cover - the catalog is unreadable; the next start will see
+        return
+    if left:
+        log.warning("%d received object(s) left in the spool; they are processed at the next start", left)
 
 
 def _read(conn: Connection, stop_at: float | None) -> float | None:
     """Drain the pipe; returns the stop deadline once asked to stop."""
-    while conn.poll():
-        msg: Any = conn.recv()
-        if isinstance(msg, tuple) and msg and msg[0] == "stop":
-            stop_at = time.monotonic() + float(msg[1])
+    try:
+        while conn.poll():
+            msg: Any = conn.recv()
+            if isinstance(msg, tuple) and msg and msg[0] == "stop":
+                stop_at = time.monotonic() + float(msg[1])
+    except (EOFError, OSError):
+        raise _ParentGone from None
     return stop_at
 
 
