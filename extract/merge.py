@@ -18,6 +18,7 @@ A pure function: records in the order they were received in, one merged record o
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,6 +26,7 @@ from dataclasses import replace
 from .model import Event, Problem, StudyRecord
 
 SCREEN = "philips_dose_info"
+_COMPUTED = frozenset({"total_dlp_mGycm", "reported_total_dlp_mGycm"})  # paths of sums merging recomputes
 
 
 def _event_key(obj_index: int, ev_index: int, ev: Event, screen: bool) -> tuple[str, object]:
@@ -103,16 +105,22 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
                 event_problems[keys[int(m.group(1))]].append(p)
             elif oi == len(counted) - 1:
                 study_problems.append(p)
-    reported = _reported_total(counted, key_sets)
+    reported, reported_overflows = _reported_total(counted, key_sets)
 
     keys = list(events)
     ordered_keys = [keys[i] for i in start_order([events[k].start_datetime for k in keys])]
     merged_events = tuple(events[k] for k in ordered_keys)
-    problems = list(study_problems)
+    # the totals are computed again below, with their own problems
+    problems = [p for p in study_problems if p.path not in _COMPUTED]
     for index, k in enumerate(ordered_keys):
         for p in event_problems.get(k, ()):
             problems.append(replace(p, path=_EVENT_PATH.sub(f"events[{index}]", p.path, count=1)))
     dlps = [e.dlp_mGycm for e in merged_events if e.dlp_mGycm is not None]
+    total = finite_sum(dlps)
+    if total is None and dlps:
+        problems.append(Problem("total_dlp_mGycm", None, "sum of event DLPs is not finite"))
+    if reported_overflows:
+        problems.append(Problem("reported_total_dlp_mGycm", None, "sum of the objects' stated total DLPs is not finite"))
     # Header fields: the newest counted object describes the study
     base = counted[-1]
     # every object received for the study is listed; screens an SR supersedes are also
@@ -125,7 +133,7 @@ def merge_study(records: Sequence[StudyRecord]) -> StudyRecord:
         dose_screens=screen_refs,
         events=merged_events,
         total_events=len(merged_events),
-        total_dlp_mGycm=sum(dlps) if dlps else None,
+        total_dlp_mGycm=total,
         reported_total_dlp_mGycm=reported,
         problems=tuple(problems),
         source_file=None,
@@ -141,13 +149,15 @@ def _same_content(a: StudyRecord, b: StudyRecord) -> bool:
     return a == replace(b, dose_objects=a.dose_objects, source_file=a.source_file)
 
 
-def _reported_total(objects: list[StudyRecord], key_sets: list[frozenset[tuple[str, object]]]) -> float | None:
+def _reported_total(objects: list[StudyRecord],
+                    key_sets: list[frozenset[tuple[str, object]]]) -> tuple[float | None, bool]:
     """The study's stated total DLP after merging (spec section 3).
 
     An object whose events are all contained in another object's events was superseded by
     that cumulative report; the stated totals of the objects that remain are added up. For
     cumulative reports that leaves the newest complete report, in whatever order they
-    arrived; for continuation reports every object, so their totals add up.
+    arrived; for continuation reports every object, so their totals add up. Returns the
+    total and whether the stated totals add up to more than a finite number (then None).
     """
     keep: list[int] = []
     for i, ks in enumerate(key_sets):
@@ -157,6 +167,17 @@ def _reported_total(objects: list[StudyRecord], key_sets: list[frozenset[tuple[s
         )
         if not covered:
             keep.append(i)
-    stated = [objects[i].reported_total_dlp_mGycm for i in keep]
-    values = [t for t in stated if t is not None]
-    return sum(values) if values else None
+    stated = [t for t in (objects[i].reported_total_dlp_mGycm for i in keep) if t is not None]
+    total = finite_sum(stated)
+    return total, bool(stated) and total is None
+
+
+def finite_sum(values: Sequence[float]) -> float | None:
+    """The exact sum (math.fsum) of ``values``; None for no values or a sum that is not finite."""
+    if not values:
+        return None
+    try:
+        total = math.fsum(values)
+    except (OverflowError, ValueError):  # the exact sum overflows, or inf - inf
+        return None
+    return total if math.isfinite(total) else None

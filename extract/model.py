@@ -17,6 +17,7 @@ stated by the object; absent values are ``None``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -304,6 +305,11 @@ class StudyRecord(_Record):
 
     def with_changes(self, **changes: Any) -> StudyRecord:
         return replace(self, **changes)
+
+    def to_json(self, **kw: Any) -> str:
+        """The JSON text of :meth:`to_dict`. NaN and Infinity are refused (``allow_nan=False``):
+        they are not JSON, and a record never holds them, so one that does fails loudly."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, **kw)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyRecord:

@@ -15,11 +15,10 @@ The header (patient, study, equipment) is read here for every kind.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .dicom_bytes import DEFAULT_LIMITS, Dataset, DicomReadError, ExtractLimits, ParsedFile, parse, tag_str
-from .merge import renumber_events, start_order
+from .merge import finite_sum, renumber_events, start_order
 from .model import Code, DoseObjectRef, Equipment, Event, Patient, Problem, StudyRecord, error_record
 from .sr import CONCEPT_NAME_CODE_SEQUENCE, ContentItem, first_code, read_code
 from .values import (
@@ -212,21 +211,6 @@ def read_header(h: Header) -> dict[str, Any]:
     )
 
 
-def finite_sum(values: list[float], path: str, what: str, problems: list[Problem]) -> float | None:
-    """The exact sum (math.fsum) of ``values``; None for none. A sum that is not finite (two
-    DLPs of 1e308) is checked like a stated value: None, and a Problem on ``path``."""
-    if not values:
-        return None
-    try:
-        total = math.fsum(values)
-    except OverflowError:  # fsum raises where the exact sum overflows
-        total = math.inf
-    if math.isfinite(total):
-        return total
-    problems.append(Problem(path, None, f"sum of {what} is not finite"))
-    return None
-
-
 def _header_only(h: Header | None, source: str) -> dict[str, Any]:
     if h is None:
         return {"source_file": source}
@@ -351,9 +335,9 @@ def _record(h: Header, hdr: dict[str, Any], sop_class: str, sop_instance: str | 
         return error_record("malformed", f"{source}: no SOP Instance UID (0008,0018)", **_header_only(h, source))
     order = start_order([e.start_datetime for e in events])
     ordered = tuple(events[i] for i in order)
-    computed: list[Problem] = []
-    total = finite_sum([e.dlp_mGycm for e in ordered if e.dlp_mGycm is not None], "total_dlp_mGycm",
-                       "event DLPs", computed)
+    dlps = [e.dlp_mGycm for e in ordered if e.dlp_mGycm is not None]
+    total = finite_sum(dlps)  # exact (math.fsum), checked like a stated value
+    computed = [Problem("total_dlp_mGycm", None, "sum of event DLPs is not finite")] if dlps and total is None else []
     return StudyRecord(
         **hdr,
         dose_objects=(DoseObjectRef(sop_instance, sop_class, kind, received_at),),

@@ -38,14 +38,25 @@ _TUCKED = ("HAS PROPERTIES", "HAS CONCEPT MOD")
 
 
 def read_code(item: Dataset, text: TextDecoder) -> Code:
-    """A Code Sequence item -> :class:`Code` (Code Value, Long Code Value or URN Code Value)."""
+    """A Code Sequence item -> :class:`Code` (Code Value, Long Code Value or URN Code Value).
+
+    Reports repeat the same few hundred codes in every event: each distinct encoded triple is
+    decoded once per object (codes are immutable, so one instance serves them all).
+    """
     raw = item.get(CODE_VALUE) or item.get(LONG_CODE_VALUE) or item.get(URN_CODE_VALUE)
-    value = clean_text(text(raw[1])) if raw else None
     scheme_raw = item.get(CODING_SCHEME_DESIGNATOR)
-    scheme = clean_text(text(scheme_raw[1])) if scheme_raw else None
     meaning_raw = item.get(CODE_MEANING)
-    meaning = clean_text(text(meaning_raw[1])) if meaning_raw else None
-    return Code(value, scheme, meaning)
+    key = (raw[1] if raw else None, scheme_raw[1] if scheme_raw else None, meaning_raw[1] if meaning_raw else None)
+    cache = text.codes
+    try:
+        code = cache.get(key)
+    except TypeError:  # a sequence where a value belongs (unhashable): decode it without the cache
+        return Code(*(clean_text(text(v)) if v is not None else None for v in key))
+    if code is None:
+        code = Code(*(clean_text(text(v)) if v is not None else None for v in key))
+        if len(cache) < 65536:
+            cache[key] = code
+    return code
 
 
 def first_code(ds: Dataset, tag: int, text: TextDecoder) -> Code | None:

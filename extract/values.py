@@ -10,6 +10,7 @@ import math
 import re
 import struct
 from datetime import date
+from typing import Any
 
 # Specific Character Set (0008,0005): every defined term of PS3.3 C.12.1.1.2 -> a Python codec.
 # Tables C.12-2 (single-byte, no code extensions) and C.12-5 (multi-byte, no code extensions):
@@ -88,13 +89,14 @@ class TextDecoder:
     recovers the intended text (``testæøå`` rather than ``testÃ¦Ã¸Ã¥``).
     """
 
-    __slots__ = ("codec", "terms", "declared", "encodings", "problems", "_bad")
+    __slots__ = ("codec", "terms", "declared", "encodings", "problems", "_bad", "codes")
 
     def __init__(self, specific_character_set: bytes | None, problems: list[tuple[str, str]] | None = None) -> None:
         raw = (bytes(specific_character_set or b"")).decode("ascii", "replace").strip(" \x00")
         self.declared = raw
         self.problems: list[tuple[str, str]] = [] if problems is None else problems
         self._bad = False
+        self.codes: dict[tuple[Any, Any, Any], Any] = {}  # encoded code triple -> Code (see sr.read_code)
         terms = [_term(t.strip(" \x00"), self.problems) for t in raw.split("\\")] if raw else [""]
         if len(terms) > 1 and terms[0] in _STAND_ALONE:
             self.problems.append((raw, f"Specific Character Set {terms[0]!r} allows no code extensions; "
