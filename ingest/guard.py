@@ -53,7 +53,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger("dosereg.ingest.listener")
@@ -598,9 +598,21 @@ def wake_acceptor(event: Any) -> None:
         assoc.dul.to_user_queue.put(None)
 
 
+def _any_uid(value: str) -> tuple[bool, str]:
+    return True, ""
+
+
 def start_server(ae: Any, address: tuple[str, int], gate: Gate, *, evt_handlers: list[Any],
                  ssl_context: ssl.SSLContext | None) -> GuardedServer:
-    """``ae.start_server(address, block=False, ...)`` with the guard in place."""
+    """``ae.start_server(address, block=False, ...)`` with the guard in place.
+
+    pynetdicom's own UID validator (``_config.VALIDATORS["UI"]``, a documented setting) is
+    replaced in this process by one that accepts anything: otherwise a C-STORE-RQ whose
+    Affected SOP Instance UID has 65 characters is dropped while decoding and answered
+    A-ABORT, where the listener's own check (:mod:`dosereg.ingest.storecheck`) answers it
+    0xC000 with the reason.
+    """
+    _config.VALIDATORS["UI"] = _any_uid
     logging.getLogger("pynetdicom.dul").addFilter(_QUIET_FILTER)
     handlers = [*evt_handlers, (evt.EVT_CONN_CLOSE, wake_acceptor)]
     server: GuardedServer = ae.make_server(
@@ -656,6 +668,7 @@ def pynetdicom_contract() -> list[str]:
     need("self.dul.receive_pdu(wait=True, timeout=self.acse_timeout)"
          in inspect.getsource(association.Association.run_reactor),
          "Association.run_reactor waits on dul.to_user_queue for the A-ASSOCIATE-RQ")
+    need(callable(_config.VALIDATORS.get("UI")), "pynetdicom._config.VALIDATORS['UI']")
     need("to_user_queue" in inspect.getsource(dul.DULServiceProvider.receive_pdu),
          "DULServiceProvider.receive_pdu reads to_user_queue")
     return broken

@@ -54,7 +54,8 @@ def uid_problem(value: Any) -> str | None:
         return f"{len(text)} chars, over {MAX_UID_LENGTH}"
     for char in text:
         if char not in "0123456789.":
-            return f"char {ascii(char)} not in [0-9.]"
+            shown = f"'{char}'" if " " < char < "\x7f" and char != "\\" else f"0x{ord(char):02X}"
+            return f"char {shown} not in [0-9.]"  # no backslash: it would split the Error Comment
     if "" in text.split("."):
         return "empty component"
     return None
