@@ -353,10 +353,11 @@ def _skip_fragments(buf: bytes, pos: int, head_impl: Any) -> int:
         pos += length
 
 
-def inflate(data: bytes, cap: int) -> bytes:
+def inflate(data: bytes, cap: int, why: str = "") -> bytes:
     """Inflate a raw deflate stream (PS3.5 A.5) to at most ``cap`` bytes, a piece at a time.
 
-    Never holds more than ``cap`` bytes of output: a deflate bomb stops at the cap.
+    Never holds more than ``cap`` bytes of output: a deflate bomb stops at the cap. ``why``
+    says where the cap comes from, for the message.
     """
     d = zlib.decompressobj(-15)
     pieces: list[bytes] = []
@@ -368,9 +369,7 @@ def inflate(data: bytes, cap: int) -> bytes:
             total += len(piece)
             if total > cap:
                 raise DicomReadError(
-                    "malformed", f"deflated dataset inflates to more than {cap} bytes, the limit for a "
-                    f"{len(data)}-byte deflated dataset (the smaller of max_inflated_bytes and "
-                    "200 times its size); not read further")
+                    "malformed", f"deflated dataset inflates to more than {cap} bytes{why}; not read further")
             pieces.append(piece)
             pending = d.unconsumed_tail
             if d.eof or (not pending and not piece):
@@ -479,7 +478,9 @@ def parse(data: bytes, limits: ExtractLimits = DEFAULT_LIMITS, *, stream: bool =
     body = buf
     start = end
     if ts == DEFLATED_LE:
-        body = inflate(buf[end:], limits.inflation_cap(n))
+        body = inflate(buf[end:], limits.inflation_cap(n),
+                       f", the limit for a {n}-byte object (the smaller of max_inflated_bytes = "
+                       f"{limits.max_inflated_bytes} and {limits.max_inflation_ratio} times its size)")
         start = 0
     explicit = ts != IMPLICIT_LE
     little = ts != EXPLICIT_BE

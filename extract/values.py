@@ -125,6 +125,16 @@ class TextDecoder:
             return b.decode(codec if codec != "ascii" else "latin_1", "replace")
         return self._decode(b, codec)
 
+    def _initial(self, b: bytes, codec: str) -> str:
+        """Bytes before any escape sequence: in the set of value 1; under the default
+        repertoire, high bytes are read as UTF-8, else Latin-1 (as for single-byte sets)."""
+        if codec != "ascii" or b.isascii():
+            return self._decode(b, codec)
+        try:
+            return b.decode("utf_8")
+        except UnicodeDecodeError:
+            return b.decode("latin_1")
+
     def _decode(self, b: bytes, codec: str) -> str:
         try:
             return b.decode(codec)
@@ -142,12 +152,10 @@ class TextDecoder:
         """ISO 2022 code extensions (PS3.5 6.1.2.5): each part that starts with an escape
         sequence is read in the set it designates, the rest in the set of value 1."""
         first = self.encodings[0]
-        if first == "ascii":
-            first = "latin_1" if self.terms[0] == "" else first
         out = []
         for frag in _FRAGMENTS.findall(b):
             if not frag.startswith(b"\x1b"):
-                out.append(self._decode(frag, first))
+                out.append(self._initial(frag, first))
                 continue
             n = 4 if frag.startswith((b"\x1b$(", b"\x1b$)")) else 3
             codec = _ESCAPES.get(frag[:n])
@@ -159,7 +167,7 @@ class TextDecoder:
             else:
                 body = frag[n:]
                 cut = next((i for i, ch in enumerate(body) if ch in delimiters), len(body))
-                out.append(self._decode(body[:cut], codec) + self._decode(body[cut:], first))
+                out.append(self._decode(body[:cut], codec) + self._initial(body[cut:], first))
         return "".join(out)
 
 
