@@ -13,11 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 
@@ -115,9 +117,6 @@ def store_response(sock: socket.socket) -> Dataset:
     """The C-STORE-RSP command set of the next P-DATA (one PDV, as dosereg sends it)."""
     kind, body = read_pdu(sock)
     assert kind == 0x04, (kind, body[:20])
-    from pydicom.filereader import read_dataset
-    from io import BytesIO
-
     return read_dataset(BytesIO(body[6:]), True, True)
 
 
