@@ -12,15 +12,20 @@ input can be made again:
   Character Set terms (ISO 2022 code extensions, GB18030, unknown, misspelled,
   multi-valued) with person names in those encodings (the examples of PS3.5 Annex H/I/J);
   sequences and items of undefined length; content nested 2 to 1000 levels deep; deflate
-  bombs (~1 MiB compressed, up to 1 GiB inflated); a deflated transfer syntax;
+  bombs (~1 MiB compressed, up to 1 GiB inflated); 1,000 to 10,000 copies of an event; a
+  deflated transfer syntax;
 * byte-level, on the encoded file: declared lengths of 0xFFFFFFF0 or undefined on
-  non-sequences, lengths off by a little, truncation at a random offset, random byte flips,
-  inserted / deleted / duplicated runs, a transfer syntax that lies.
+  non-sequences, lengths off by a little, VRs swapped (SQ as UN, DS as FD...), tags changed
+  (out of order, item tags, group lengths), truncation at a random offset, random byte
+  flips, inserted / deleted / duplicated runs, a transfer syntax that lies, no preamble or
+  no File Meta.
 
 Every input runs, in a worker subprocess with its own limits (address space 1 GiB while
 the input runs, 10 s of wall-clock time), through ``dosereg.extract.extract_bytes``, then
 ``dosereg.registry_export.evaluated_dict`` with the packaged rules, then
-``json.dumps(allow_nan=False)`` and the project's schema (conf/study.schema.json). A worker
+``json.dumps(allow_nan=False)`` and the project's schema (conf/study.schema.json); a valid
+record of a sample's study is also merged (``merge_study``) with the study's clean samples
+and judged the same way, as the catalog would. A worker
 runs many inputs; one that dies or overruns is killed and replaced, and the input counts as
 that outcome.
 
@@ -210,6 +215,11 @@ CHARSET_NAMES: list[tuple[list[str], bytes, str]] = [
     (["ISO_IR 144"], "Люкceмбypг".encode("iso8859_5"), "Люкceмбypг"),
     (["ISO_IR 126"], "Διονυσιος".encode("iso8859_7"), "Διονυσιος"),
     (["ISO_IR 13"], "ﾔﾏﾀﾞ^ﾀﾛｳ".encode("shift_jis"), "ﾔﾏﾀﾞ^ﾀﾛｳ"),
+]
+BAD_TEXT: list[bytes] = [
+    b"Yamada^\x1b$B;3", b"\x1b$)Z\xfb\xf3^x", b"\x1b", b"\x1b$", b"\x1b(B\x1b$B\x1b(B", b"\xff\xfe\xfd",
+    b"\x1b$(D\x30\x21\x1b(B", b"\x1b%G\xe2\x82", b"\x1b-A\xe9^\x1b-F\xe1", b"A\x00B", b"\xc3\x28\xa0\xa1",
+    b"\x1b$)C" * 200, b"\x1b$B" + b"\x30\x21" * 20000,
 ]
 BROKEN_CHARSETS: list[list[str]] = [
     ["ISO_IR 999"], ["ISO IR 100"], ["ISO_IR100"], ["iso_ir 100"], ["ISO 2022 IR 999"], ["UTF-8"],
@@ -406,11 +416,14 @@ def mut_header(m: Mutant) -> str:
 def mut_charset(m: Mutant) -> str:
     from pydicom.dataelem import DataElement
 
-    if m.rng.random() < 0.6:
+    roll = m.rng.random()
+    if roll < 0.55:
         terms, raw, text = m.rng.choice(CHARSET_NAMES)
         m.expect_name = text
-    else:
+    elif roll < 0.8:
         terms, raw, text = m.rng.choice(BROKEN_CHARSETS), m.rng.choice(CHARSET_NAMES)[1], ""
+    else:  # a valid declaration, bytes that break it (stray/unknown escapes, cut multi-byte codes)
+        terms, raw, text = m.rng.choice(CHARSET_NAMES)[0], m.rng.choice(BAD_TEXT), ""
     m.ds[SPECIFIC_CHARACTER_SET] = DataElement(SPECIFIC_CHARACTER_SET, "CS", terms if len(terms) > 1 else terms[0])
     set_raw(m, m.ds, PATIENT_NAME, "PN", raw)
     if m.rng.random() < 0.5:  # the same bytes in texts the record carries
@@ -486,6 +499,29 @@ def mut_deflate_bomb(m: Mutant) -> str:
     return f"deflate_bomb_{kind}"
 
 
+def mut_many_events(m: Mutant) -> str:
+    """Thousands of copies of one content item (a 10,000-event report must stay fast)."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    items = [it for _, i, it in _content_items(m.ds) if CONTENT_SEQUENCE in it]
+    if not items:
+        return mut_duplicate(m)
+    holder = _placeholder_in_content(m)
+    if holder is None:
+        return mut_duplicate(m)
+    one = Dataset()
+    one.ContentSequence = [copy.deepcopy(m.rng.choice(items))]
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, one)
+    item = fp.getvalue()[12:]  # the item, without the sequence's own header
+    count = m.rng.choice([1000, 5000, 10000])
+    m.splices.append((holder, item * count))
+    return f"many_events_{count}"
+
+
 def mut_deflate(m: Mutant) -> str:
     m.ts = DEFLATED
     return "deflated"
@@ -494,7 +530,7 @@ def mut_deflate(m: Mutant) -> str:
 STRUCTURE: list[tuple[Callable[[Mutant], str], int]] = [
     (mut_delete, 8), (mut_duplicate, 8), (mut_reorder, 6), (mut_retype, 10), (mut_concept_swap, 5),
     (mut_bad_number, 10), (mut_huge_sum, 6), (mut_header, 8), (mut_charset, 10), (mut_undefined_lengths, 5),
-    (mut_nesting, 6), (mut_deflate_bomb, 3), (mut_deflate, 3),
+    (mut_nesting, 6), (mut_deflate_bomb, 3), (mut_deflate, 3), (mut_many_events, 2),
 ]
 
 
@@ -572,9 +608,51 @@ def byte_transfer_syntax(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return byte_flip(data, rng)
 
 
+def _dataset_fields(data: bytes) -> list[tuple[int, int]]:
+    start = dataset_offset(data)
+    if start is None or (EXPLICIT_LE.encode() + b"\0") not in data[:start]:
+        return []
+    return [f for f in length_fields(data, start) if struct.unpack_from("<H", data, f[0] - (8 if f[1] == 4 else 6))[0] != 0xFFFE]
+
+
+SAME_HEADER_VRS = {2: [b"DS", b"IS", b"FD", b"FL", b"US", b"UL", b"SS", b"CS", b"PN", b"DA", b"UI", b"AT", b"XX"],
+                   4: [b"SQ", b"UN", b"OB", b"UT", b"OW", b"UC"]}
+
+
+def byte_vr_swap(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """An element written with another VR of the same header layout (SQ as UN, DS as FD...)."""
+    fields = _dataset_fields(data)
+    if not fields:
+        return byte_flip(data, rng)
+    off, size = rng.choice(fields)
+    vr_at = off - (4 if size == 4 else 2)
+    return data[:vr_at] + rng.choice(SAME_HEADER_VRS[size]) + data[vr_at + 2:], "vr_swap"
+
+
+def byte_tag_swap(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """A tag changed: out of order, repeated, an item tag, a group-length or pixel tag."""
+    fields = _dataset_fields(data)
+    if not fields:
+        return byte_flip(data, rng)
+    off, size = rng.choice(fields)
+    tag_at = off - (8 if size == 4 else 6)
+    tags = [(0x0008, 0x0016), (0x0040, 0xA730), (0x0040, 0xA040), (0x0008, 0x0005), (0xFFFE, 0xE000),
+            (0xFFFE, 0xE0DD), (0x0002, 0x0010), (0x7FE0, 0x0010), (0x0000, 0x0000), (0x0040, 0x0000)]
+    new = struct.pack("<HH", *rng.choice(tags))
+    return data[:tag_at] + new + data[tag_at + 4:], "tag_swap"
+
+
+def byte_no_preamble(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """The same object without its preamble, or without its whole File Meta group."""
+    start = dataset_offset(data)
+    if start is None:
+        return byte_flip(data, rng)
+    return (data[128:] if rng.random() < 0.5 else data[start:]), "no_preamble"
+
+
 BYTES: list[tuple[Callable[[bytes, random.Random], tuple[bytes, str]], int]] = [
     (byte_huge_length, 8), (byte_length_off, 5), (byte_truncate, 8), (byte_flip, 10), (byte_splice, 5),
-    (byte_transfer_syntax, 2),
+    (byte_transfer_syntax, 2), (byte_vr_swap, 5), (byte_tag_swap, 4), (byte_no_preamble, 1),
 ]
 
 
@@ -796,12 +874,18 @@ class Runner:
         import jsonschema
 
         from dosereg.config import default_config
-        from dosereg.extract import extract_bytes
+        from dosereg.extract import extract_bytes, merge_study
         from dosereg.registry_export import evaluated_dict, rules_from_config
 
         self.extract_bytes = extract_bytes
+        self.merge_study = merge_study
         self.evaluated_dict = evaluated_dict
         self.rules = rules_from_config(default_config())
+        self.siblings: dict[str, list[Any]] = {}  # study UID -> clean records of the samples
+        for path in sorted(SAMPLES.glob("*.dcm")):
+            clean = extract_bytes(path.read_bytes(), source=path.name)
+            if clean.error is None and clean.study_instance_uid:
+                self.siblings.setdefault(clean.study_instance_uid, []).append(clean)
         schema = json.loads(SCHEMA_PATH.read_text())
         self.validator = jsonschema.validators.validator_for(schema)(schema)
         signal.signal(signal.SIGALRM, _alarm)
@@ -821,6 +905,13 @@ class Runner:
             d = self.evaluated_dict(record, self.rules, None)
             stage = "json"
             result = self.judge(d, expect_name)
+            siblings = self.siblings.get(record.study_instance_uid or "") if record.error is None else None
+            if siblings and result["outcome"] not in BAD:
+                stage = "merge"  # the catalog merges it with the study's other objects
+                merged = self.merge_study([*siblings, record])
+                verdict = self.judge(self.evaluated_dict(merged, self.rules, None), None)
+                if verdict["outcome"] in BAD:
+                    result = dict(verdict, detail=f"merged with its study's samples: {verdict['detail']}")
         except FuzzTimeout:
             result = {"outcome": "timeout", "detail": f"over {TIME_LIMIT_S:g} s in {stage}"}
         except MemoryError:
@@ -1055,7 +1146,7 @@ def summarise(results: list[dict[str, Any]], seed: int, elapsed: float, jobs: in
             key += f" {r.get('type')} in {r.get('stage')} at {_where(r.get('traceback', ''))}"
         g = groups.setdefault(key, {"count": 0, "mutations": Counter(), "examples": [], "detail": r.get("detail")})
         g["count"] += 1
-        g["mutations"].update(m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb")) else m
+        g["mutations"].update(m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb", "many_events")) else m
                               for m in r.get("mutations") or [])
         if len(g["examples"]) < 5:
             g["examples"].append(f"repro/{r['outcome']}-s{seed}-i{r['index']}.dcm" if "index" in r else r.get("file"))
