@@ -18,8 +18,9 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,11 +171,14 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
         def drain(n: int) -> None:
             while len(inflight) > n:
                 item, fut = inflight.popleft()
+                result: tuple[StudyRecord, str | None] | BaseException | None
                 try:
                     result = fut.result() if fut is not None else None
-                except Exception as exc:  # a worker died: parse here instead
+                except BrokenProcessPool as exc:  # a worker died: parse here instead
                     log.debug("worker failed on %s: %s", item.source, exc)
                     result = None
+                except Exception as exc:  # extraction raised in the worker: the object's doing
+                    result = exc
                 _finish(pipeline, item, result, summary)
                 if bar is not None:
                     bar.update(1)
@@ -226,14 +230,17 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
     return summary
 
 
-def _finish(pipeline: Pipeline, item: Received, result: tuple[StudyRecord, str | None] | None,
-            summary: ImportSummary) -> None:
-    """Process one object taken in (``result``: its worker's extraction, if there was one)."""
+def _finish(pipeline: Pipeline, item: Received,
+            result: tuple[StudyRecord, str | None] | BaseException | None, summary: ImportSummary) -> None:
+    """Process one object taken in (``result``: its worker's extraction or exception, if any)."""
     if result is None:
         result = _extract_here(item)
-    record, header_uid = result if result is not None else (None, None)
     try:
-        outcome = _process_retrying(pipeline, item, record, header_uid)
+        if isinstance(result, BaseException):
+            outcome = _retrying(lambda: pipeline.quarantine_failure(item, result, "extraction"), item)
+        else:
+            record, header_uid = result if result is not None else (None, None)
+            outcome = _process_retrying(pipeline, item, record, header_uid)
     except TransientError as exc:
         summary.fail(f"{item.source}: cannot store it: {exc} (kept in {pipeline.spool_dir / item.name}; "
                      "the next `dosereg listen` or `dosereg import` processes it)")
@@ -248,29 +255,46 @@ def _finish(pipeline: Pipeline, item: Received, result: tuple[StudyRecord, str |
         summary.count(outcome)
 
 
-def _extract_here(item: Received) -> tuple[StudyRecord, str | None] | None:
-    """Extraction in this process; None when it raised (the pipeline then quarantines the object)."""
+def _extract_here(item: Received) -> tuple[StudyRecord, str | None] | BaseException | None:
+    """Extraction in this process: the exception it raised (quarantined), None if the file is unreadable."""
     try:
-        return extract_spooled(str(item.path), item.source, item.received_at)
+        data = item.path.read_bytes()
+    except OSError:
+        return None  # the pipeline reads it again, and retries or reports
+    try:
+        record = extract_bytes(data, source=item.source, received_at=item.received_at)
     except Exception as exc:
-        log.debug("extraction of %s raised: %s", item.source, exc)
-        return None
+        return exc
+    return record, (_header_sop_uid(data) if record.error is not None else None)
 
 
 def _process_retrying(pipeline: Pipeline, item: Received, record: StudyRecord | None,
                       header_uid: str | None) -> str:
     """:meth:`Pipeline.process_safely`, retried briefly on transient failures (disk full, catalog busy).
 
+    A retry extracts again from the spooled file (it is the truth).
+    """
+    first = [record]
+
+    def attempt() -> str:
+        given = first.pop() if first else None
+        return pipeline.process_safely(item, given, header_sop_uid=header_uid)
+
+    return _retrying(attempt, item)
+
+
+def _retrying(attempt: Callable[[], str], item: Received) -> str:
+    """``attempt()`` until it does not raise :class:`TransientError`, a few seconds at most.
+
     An import is a command that ends: after these few retries the object stays in the spool
     and the run reports it failed.
     """
     for delay in (*IMPORT_RETRY_S, None):
         try:
-            return pipeline.process_safely(item, record, header_sop_uid=header_uid)
+            return attempt()
         except TransientError as exc:
             if delay is None:
                 raise
             log.warning("%s: %s; retrying in %.1f s", item.source, exc, delay)
             time.sleep(delay)
-            record = None  # extract again from the spooled file: it is the truth
     raise AssertionError("unreachable")  # pragma: no cover

@@ -126,14 +126,25 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_REMOTE_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
 def _where(exc: BaseException) -> str:
-    """The innermost frame of the traceback (``extract/sr.py:120 in read_item``): no data, just code."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    f = frames[-1]
-    path = Path(f.filename)
-    return f" (at {path.parent.name}/{path.name}:{f.lineno} in {f.name})"
+    """The innermost frame of the traceback (``extract/sr.py:120 in read_item``): no data, just code.
+
+    For an exception raised in a worker process, the frame is read from the worker's
+    traceback (which ``concurrent.futures`` attaches as the cause).
+    """
+    remote = _REMOTE_FRAME.findall(str(exc.__cause__)) if exc.__cause__ is not None else []
+    if remote and type(exc.__cause__).__name__ == "_RemoteTraceback":
+        filename, lineno, name = remote[-1]
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames:
+            return ""
+        filename, lineno, name = frames[-1].filename, str(frames[-1].lineno), frames[-1].name
+    path = Path(filename)
+    return f" (at {path.parent.name}/{path.name}:{lineno} in {name})"
 
 
 # -- reason files --------------------------------------------------------------------------
@@ -374,6 +385,16 @@ class Pipeline:
         if sop_uid is None and record is not None and record.dose_objects:
             sop_uid = record.dose_objects[0].sop_instance_uid
         return sop_uid
+
+    def quarantine_failure(self, item: Received, exc: BaseException, stage: str) -> str:
+        """Quarantine ``item`` because ``stage`` raised ``exc`` (e.g. in a worker process).
+
+        Raises :class:`TransientError` when the quarantine itself cannot be written.
+        """
+        try:
+            return self._quarantine_failure(item, exc, stage, None)
+        except Exception as failure:
+            raise TransientError(failure) from failure
 
     def _quarantine_failure(self, item: Received, exc: BaseException, stage: str,
                             header_sop_uid: str | None) -> str:
