@@ -1,8 +1,13 @@
 """Conformance on real vendor dose reports (../shared/corpus), compared by its README's rules.
 
+The vendor files are not part of the project: this module is a layer on top of the tests
+that run on ``sample_dicom/`` (every behaviour here is also tested there), and the whole
+module is skipped, as one, when ../shared/corpus is absent.
+
 Every CT file is extracted by the real CLI in one call; each output line must validate
 against the project's schema and match ``expected/<stem>.json``. The not-CT files must be
-refused with an error record saying why. Skipped when ../shared/corpus is absent.
+refused with an error record saying why. The listener, import and pipeline scenarios of
+``test_listener``, ``test_import`` and ``test_ingest_pipeline`` run on the corpus too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,19 @@ import pytest
 
 from dosereg.extract import extract_bytes, extract_file, merge_study
 from tests.compare import assert_matches
-from tests.conftest import jsonl, run_cli, validate_record
+from tests.conftest import CORPUS_MISSING, corpus_present, corpus_set, jsonl, run_cli, validate_record
+from tests.test_import import check_import_folder_twice
+from tests.test_ingest_pipeline import check_enhanced_sr_processed
+from tests.test_listener import (
+    Listener,
+    check_import_while_listening_then_resend,
+    check_no_patient_identifiers_in_logs,
+    check_storescu_twice,
+    check_studies_json_while_listening,
+)
+
+if not corpus_present():
+    pytest.skip(CORPUS_MISSING, allow_module_level=True)
 
 
 def _ct_files(corpus: Path) -> list[Path]:
@@ -130,3 +147,36 @@ def test_code_item_without_concept_code_is_one_invalid_element(corpus: Path) -> 
     assert paths == ["events[0].target_region", "events[1].target_region", "events[2].target_region"]
     assert all("Concept Code Sequence" in p.reason for p in rec.problems)
     assert rec.events[2].ctdivol_mGy == 3.2  # the rest of the event is kept
+
+
+# --------------------------------------------------------------------------------------------
+# The ingest scenarios (listener over dcmtk, import, pipeline) on the vendor files
+# --------------------------------------------------------------------------------------------
+
+
+def test_storescu_corpus_twice(corpus: Path, tmp_path: Path) -> None:
+    with Listener(tmp_path / "data") as lst:
+        check_storescu_twice(corpus_set(corpus), lst, tmp_path / "data")
+
+
+def test_studies_json_while_listening_to_the_corpus(corpus: Path, tmp_path: Path) -> None:
+    with Listener(tmp_path / "data") as lst:
+        check_studies_json_while_listening(corpus_set(corpus), lst, tmp_path / "data")
+
+
+def test_import_corpus_while_listening_then_resend(corpus: Path, tmp_path: Path) -> None:
+    with Listener(tmp_path / "data") as lst:
+        check_import_while_listening_then_resend(corpus_set(corpus), lst, tmp_path / "data")
+
+
+def test_no_corpus_patient_identifiers_in_logs_above_debug(corpus: Path, tmp_path: Path) -> None:
+    with Listener(tmp_path / "data") as lst:
+        check_no_patient_identifiers_in_logs(corpus_set(corpus), lst, tmp_path / "data")
+
+
+def test_import_corpus_folder_twice(corpus: Path, tmp_path: Path) -> None:
+    check_import_folder_twice(corpus_set(corpus), tmp_path)
+
+
+def test_vendor_enhanced_sr_processed_into_catalog(corpus: Path, tmp_path: Path) -> None:
+    check_enhanced_sr_processed((corpus / "CT-ESR-GE_VCT.dcm").read_bytes(), tmp_path / "data")

@@ -1,9 +1,14 @@
-"""``dosereg import``: recursive, same path as a received object, summary, safe to re-run."""
+"""``dosereg import``: recursive, same path as a received object, summary, safe to re-run.
+
+Runs on the project's ``sample_dicom/`` files; ``tests/test_conformance.py`` runs
+``check_import_folder_twice`` on the vendor corpus too.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -12,8 +17,8 @@ import pytest
 from dosereg.config import Config, StorageSettings
 from dosereg.ingest import ImportSummary, import_paths, open_catalog
 
-from .conftest import jsonl, run_cli, validate_record
-from .test_listener import SIEMENS_STUDY, synthetic
+from .conftest import SAMPLE_RDSR, SAMPLES, DoseSet, jsonl, run_cli, sample_set, validate_record
+from .test_listener import synthetic
 
 SUMMARY = re.compile(
     r"^imported (\d+), already known (\d+), quarantined (\d+)(?: \(([^)]*)\))?, failed (\d+)"
@@ -40,51 +45,61 @@ def test_summary_line() -> None:
     assert ImportSummary().line() == "imported 0, already known 0, quarantined 0, failed 0"
 
 
-def test_import_corpus_folder_twice(corpus: Path, tmp_path: Path) -> None:
+def check_import_folder_twice(dose: DoseSet, tmp_path: Path) -> None:
+    """The CT files named one by one and the refused ones as a folder; a second run changes nothing."""
     data = tmp_path / "data"
-    args = [*map(str, sorted(corpus.glob("*.dcm"))), str(corpus / "not-ct")]  # files and a folder
+    refused_folder = tmp_path / "not-ct"
+    refused_folder.mkdir()
+    for f in dose.refused:
+        shutil.copyfile(f, refused_folder / f.name)
+    args = [*map(str, dose.ct_files), str(refused_folder)]  # files and a folder
+    n_ct, n_refused = len(dose.ct_files), len(dose.refused)
     r = run_cli("import", *args, "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
     imported, known, quarantined, reasons, failed = parse(r.stdout.strip().splitlines()[-1])
-    assert (imported, known, quarantined, failed) == (9, 0, 3, 0)
-    assert sum(reasons.values()) == 3
+    assert (imported, known, quarantined, failed) == (n_ct, 0, n_refused, 0)
+    assert sum(reasons.values()) == n_refused
 
     out = run_cli("studies", "--json", "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
     records = jsonl(out.stdout)
-    assert len(records) == 7
+    assert len(records) == dose.n_studies
     for rec in records:
         validate_record(rec)
-    siemens = next(x for x in records if x["study_instance_uid"] == SIEMENS_STUDY)
-    assert siemens["total_events"] == 3 and len(siemens["dose_objects"]) == 3
-    assert siemens["total_dlp_mGycm"] == pytest.approx(236.09, rel=1e-6)
+    multi = next(x for x in records if x["study_instance_uid"] == dose.multi_study)
+    assert multi["total_events"] == dose.multi_events and len(multi["dose_objects"]) == dose.multi_objects
+    assert multi["total_dlp_mGycm"] == pytest.approx(dose.multi_dlp_mGycm, rel=1e-6)
 
     # same path as a received object: ledger rows, raw bytes kept, quarantine with reasons
     conn = sqlite3.connect(data / "catalog.sqlite")
     sources = {s for (s,) in conn.execute("SELECT source FROM received")}
-    assert str(corpus / "CT-ESR-GE_VCT.dcm") in sources
+    assert str(dose.enhanced_sr) in sources
     raw_paths = [p for (p,) in conn.execute("SELECT raw_path FROM objects")]
     conn.close()
-    assert len(raw_paths) == 9 and all((data / p).is_file() for p in raw_paths)
-    assert len(list((data / "quarantine").glob("*.reason.txt"))) == 3
+    assert len(raw_paths) == n_ct and all((data / p).is_file() for p in raw_paths)
+    assert len(list((data / "quarantine").glob("*.reason.txt"))) == n_refused
 
     # safe to re-run: nothing changes
     before = sorted((data / "objects").rglob("*"))
     r = run_cli("import", *args, "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
-    assert parse(r.stdout.strip().splitlines()[-1]) == (0, 12, 0, {}, 0)
+    assert parse(r.stdout.strip().splitlines()[-1]) == (0, n_ct + n_refused, 0, {}, 0)
     assert sorted((data / "objects").rglob("*")) == before
     assert jsonl(run_cli("studies", "--json", "--data-dir", str(data)).stdout) == records
 
 
-def test_import_junk_truncated_and_missing(corpus: Path, tmp_path: Path) -> None:
+def test_import_samples_folder_twice(tmp_path: Path) -> None:
+    check_import_folder_twice(sample_set(), tmp_path)
+
+
+def test_import_junk_truncated_and_missing(tmp_path: Path) -> None:
     src = tmp_path / "src" / "deep" / "er"
     src.mkdir(parents=True)
     (src / "junk.txt").write_text("not dicom at all")
-    raw = (corpus / "CT-RDSR-Siemens_Flash-TAP-SS.dcm").read_bytes()
+    raw = SAMPLE_RDSR.read_bytes()
     (src / "truncated.dcm").write_bytes(raw[: len(raw) // 2])
     data = tmp_path / "data"
-    r = run_cli("import", str(tmp_path / "src"), str(corpus / "CT-SC-Philips_Brilliance16P.dcm"),
+    r = run_cli("import", str(tmp_path / "src"), str(SAMPLES / "ct_philips_dose_info.dcm"),
                 "--data-dir", str(data))
     assert r.returncode == 0, r.stderr  # quarantined is not a failure
     line = r.stdout.strip().splitlines()[-1]
@@ -121,8 +136,8 @@ def test_unreadable_file_fails(tmp_path: Path) -> None:
     assert "secret.dcm: cannot read" in r.stderr
 
 
-def test_import_in_parallel_api(corpus: Path, tmp_path: Path) -> None:
-    made = synthetic(corpus, tmp_path / "src", 40)
+def test_import_in_parallel_api(tmp_path: Path) -> None:
+    made = synthetic(tmp_path / "src", 40)
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "data")))
     summary = import_paths(cfg, [tmp_path / "src"], jobs=2, progress=True)
     assert summary.ok
@@ -139,7 +154,7 @@ def test_import_in_parallel_api(corpus: Path, tmp_path: Path) -> None:
     assert (again.imported, again.known) == (0, 40)
 
 
-def test_other_sop_classes_are_skipped_like_at_the_listener(corpus: Path, tmp_path: Path) -> None:
+def test_other_sop_classes_are_skipped_like_at_the_listener(tmp_path: Path) -> None:
     """An archive export holds images too: they are not taken in (the listener refuses them)."""
     import pydicom
     from pydicom.uid import CTImageStorage, generate_uid
@@ -148,13 +163,13 @@ def test_other_sop_classes_are_skipped_like_at_the_listener(corpus: Path, tmp_pa
 
     src = tmp_path / "archive"
     src.mkdir()
-    ds = pydicom.dcmread(corpus / "CT-RDSR-Siemens-Multi-1.dcm")
-    assert meta_sop_class((corpus / "CT-RDSR-Siemens-Multi-1.dcm").read_bytes()) in ACCEPTED_SOP_CLASSES
+    ds = pydicom.dcmread(SAMPLE_RDSR)
+    assert meta_sop_class(SAMPLE_RDSR.read_bytes()) in ACCEPTED_SOP_CLASSES
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(src / "image.dcm", enforce_file_format=True)
     assert meta_sop_class((src / "image.dcm").read_bytes()[:4096]) == CTImageStorage
-    (src / "report.dcm").write_bytes((corpus / "CT-RDSR-Siemens-Multi-1.dcm").read_bytes())
+    (src / "report.dcm").write_bytes(SAMPLE_RDSR.read_bytes())
     data = tmp_path / "data"
     r = run_cli("import", str(src), "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
@@ -164,14 +179,14 @@ def test_other_sop_classes_are_skipped_like_at_the_listener(corpus: Path, tmp_pa
     assert list((data / "quarantine").iterdir()) == []
 
 
-def test_import_processes_what_a_crashed_listener_left(corpus: Path, tmp_path: Path) -> None:
+def test_import_processes_what_a_crashed_listener_left(tmp_path: Path) -> None:
     """No listener running: import takes over objects a crash left in the spool."""
     from dosereg.ingest import Catalog, Pipeline
     from dosereg.ingest.catalog import catalog_path
 
     data = tmp_path / "data"
     catalog = Catalog(catalog_path(data))
-    Pipeline(data, catalog).receive((corpus / "CT-ESR-GE_VCT.dcm").read_bytes(), calling_ae_title="PACS")
+    Pipeline(data, catalog).receive((SAMPLES / "ct_ge_enhanced_sr.dcm").read_bytes(), calling_ae_title="PACS")
     catalog.close()  # "crash" before processing
     (tmp_path / "empty").mkdir()
     r = run_cli("import", str(tmp_path / "empty"), "--data-dir", str(data))

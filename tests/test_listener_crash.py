@@ -1,4 +1,7 @@
-"""kill -9 of the listener in the middle of a stream: nothing acknowledged is lost."""
+"""kill -9 of the listener in the middle of a stream: nothing acknowledged is lost.
+
+The stream is 300 distinct copies of a sample RDSR (new Study and SOP Instance UIDs each).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ import pydicom
 from .test_listener import Listener, db_rows, scu_ae, storescu, synthetic, wait_processed
 
 
-def test_kill_9_mid_stream_then_restart_and_resend(corpus: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_stream_then_restart_and_resend(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    made = synthetic(corpus, tmp_path / "syn", 300)
+    made = synthetic(tmp_path / "syn", 300)
     datasets = [pydicom.dcmread(p) for p, _, _ in made]
     acked: list[str] = []
 
