@@ -11,7 +11,11 @@ then pokes this process through a pipe. This process processes every ledger row 
   process runs, with a back-off from 0.1 s doubling to 5 s. While it lasts, one object is
   tried at a time, in turn (an object whose own retries keep failing never holds up the
   others); as soon as one succeeds again, the rest follow at once;
-* objects of an ``import`` that was killed are taken over within seconds (its claims).
+* objects of an ``import`` that was killed are taken over within seconds (its claims);
+* an object on which the process itself dies (a crash in a library, the kernel's OOM
+  killer) or hangs (the parent's watchdog restarts a process busy on one object for over
+  STUCK_AFTER_S) is quarantined after DEATHS_BEFORE_QUARANTINE such ends
+  (``processing.current`` in the data directory says which object was being processed).
 
 Messages on the pipe: ``"work"`` (something new) and ``("stop", drain_seconds)``. When
 the parent dies the pipe closes and this process finishes the current object and exits.
@@ -32,6 +36,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from dosereg.conf.fsutil import private_file
+
 from .catalog import Catalog, CatalogError, catalog_path
 from .pipeline import Pipeline, Received, TransientError, describe, is_transient
 
@@ -44,6 +50,50 @@ RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 ADOPT_EVERY_S = 5.0  # how often claims of killed imports are looked at
 LOG_RETRY_EVERY = 60  # attempts: a lasting failure is logged again every so often, not at each retry
+#: An object on which this many processing processes died (a crash, or stopped by the
+#: watchdog) is quarantined instead of tried again: it would stop the spool for good.
+DEATHS_BEFORE_QUARANTINE = 2
+STUCK_AFTER_S = 300.0  # one object this long (extraction takes seconds at most): the process is restarted
+WATCH_EVERY_S = 2.0
+MARKER_NAME = "processing.current"
+
+
+class ProcessingDied(Exception):
+    """The processing process died (or hung and was restarted) while processing an object."""
+
+
+class _Marker:
+    """``<data_dir>/processing.current``: the object being processed and how often a process died on it.
+
+    Written before and cleared after each attempt (no fsync: it has to survive the
+    process, not the machine). A new process reading an object id there knows the previous
+    one ended while processing it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / MARKER_NAME
+        self.deaths: dict[int, int] = {}
+        try:
+            rid, n = (int(v) for v in path.read_text(encoding="ascii").split())
+        except (OSError, ValueError):
+            pass
+        else:
+            if rid:
+                self.deaths[rid] = n + 1
+        self._fd = private_file(path, os.O_WRONLY | os.O_CREAT)
+        self.end()
+
+    def begin(self, received_id: int) -> None:
+        self._write(f"{received_id} {self.deaths.get(received_id, 0)}")
+
+    def end(self) -> None:
+        self._write("0 0")
+
+    def _write(self, text: str) -> None:
+        try:
+            os.pwrite(self._fd, text.ljust(40).encode("ascii"), 0)
+        except OSError as exc:  # a full disk: the file keeps its size, so this rarely fails
+            log.debug("cannot write %s: %s", MARKER_NAME, exc)
 
 
 class _ParentGone(Exception):
@@ -74,9 +124,12 @@ class Drainer:
     object whose failure is its own from being retried at every turn.
     """
 
-    def __init__(self, pipeline: Pipeline, catalog: Catalog) -> None:
+    def __init__(self, pipeline: Pipeline, catalog: Catalog, marker: _Marker | None = None,
+                 busy: Any = None) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
+        self.marker = marker
+        self.busy = busy  # shared with the parent's watchdog: when the current object began (0: idle)
         self.waiting: dict[int, _Retry] = {}
         self.gate = _Retry()
         self.last_failed = 0  # received id: the next sweep starts after it (turns)
@@ -110,6 +163,16 @@ class Drainer:
             ids = {it.id for it in items}
             self.waiting = {k: v for k, v in self.waiting.items() if k in ids}
 
+    def _process(self, item: Received) -> str:
+        deaths = self.marker.deaths.get(item.id, 0) if self.marker is not None else 0
+        if deaths >= DEATHS_BEFORE_QUARANTINE:
+            log.error("%s: the processing process ended %d times while processing it; quarantining it",
+                      item.name, deaths)
+            died = ProcessingDied(f"the processing process died or hung (over {STUCK_AFTER_S:.0f} s) "
+                                  f"{deaths} times while processing it")
+            return self.pipeline.quarantine_failure(item, died, "processing")
+        return self.pipeline.process_safely(item)
+
     def _adopt(self) -> None:
         now = time.monotonic()
         if now >= self.next_adopt:
@@ -117,14 +180,23 @@ class Drainer:
             self.pipeline.adopt_orphans()
 
     def _attempt(self, item: Received) -> None:
+        if self.marker is not None:
+            self.marker.begin(item.id)
+        if self.busy is not None:
+            self.busy.value = time.time()
         try:
-            self.pipeline.process_safely(item)
+            self._process(item)
         except TransientError as exc:
             self._transient_failure(item, exc.cause)
             return
         except Exception as exc:  # pragma: no cover - process_safely raises only TransientError
             self._transient_failure(item, exc)
             return
+        finally:
+            if self.busy is not None:
+                self.busy.value = 0.0
+            if self.marker is not None:
+                self.marker.end()
         was = self.waiting.pop(item.id, None)
         if was is not None or self.gate.attempts:
             log.info("processing works again (%s after %d attempt(s))", item.name,
@@ -195,7 +267,7 @@ def _stop_requested(conn: Connection) -> bool:
     return _read(conn, None) is not None
 
 
-def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
+def processor_main(data_dir: str, conn: Connection, log_level: int, busy: Any = None) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # The parent decides when to stop (after its in-flight stores); a signal to the whole
@@ -214,7 +286,8 @@ def processor_main(data_dir: str, conn: Connection, log_level: int) -> None:
     except _ParentGone:
         return
     try:
-        _run(Drainer(Pipeline(Path(data_dir), catalog), catalog), conn)
+        pipeline = Pipeline(Path(data_dir), catalog)
+        _run(Drainer(pipeline, catalog, _Marker(Path(data_dir)), busy), conn)
     except _ParentGone:  # the listener is gone
         return
     finally:
@@ -264,7 +337,7 @@ def _read(conn: Connection, stop_at: float | None) -> float | None:
 
 
 class Processor:
-    """Parent side: start, poke, restart if it died, stop."""
+    """Parent side: start, poke, stop; a watchdog restarts the process if it died or hangs."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -272,17 +345,50 @@ class Processor:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
+        # When the child began its current object (time.time(); 0.0 while idle).
+        self._busy: Any = self._ctx.Value("d", 0.0, lock=False)
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def start(self) -> None:
         parent, child = self._ctx.Pipe()
         level = logging.getLogger("dosereg").getEffectiveLevel()
+        self._busy.value = 0.0
         self._proc = self._ctx.Process(
-            target=processor_main, args=(str(self.data_dir), child, level), name="dosereg-processor",
-            daemon=False,
+            target=processor_main, args=(str(self.data_dir), child, level, self._busy),
+            name="dosereg-processor", daemon=False,
         )
         self._proc.start()
         child.close()
         self._conn = parent
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._stopping.clear()
+            self._watchdog = threading.Thread(target=self._watch, name="dosereg-processor-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Restart a processing process that died (nothing else would until the next store) or hangs."""
+        while not self._stopping.wait(WATCH_EVERY_S):
+            with self._lock:
+                if self._proc is None or self._stopping.is_set():
+                    continue
+                if not self._proc.is_alive():
+                    log.error("the processing process exited (%s); restarting it", self._proc.exitcode)
+                    self._restart()
+                    continue
+                began = self._busy.value
+                if began and time.time() - began > STUCK_AFTER_S:
+                    log.error("the processing process has been on one object for over %.0f s; restarting it "
+                              "(an object this happens to %d times is quarantined)", STUCK_AFTER_S,
+                              DEATHS_BEFORE_QUARANTINE)
+                    self._proc.kill()
+                    self._proc.join(10)
+                    self._restart()
+
+    def _restart(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self.start()
 
     @property
     def pid(self) -> int | None:
@@ -295,14 +401,15 @@ class Processor:
                 return
             if not self._proc.is_alive():
                 log.error("the processing process exited (%s); restarting it", self._proc.exitcode)
-                self.start()
+                self._restart()
             try:
                 self._conn.send("work")
             except (OSError, ValueError):
                 log.error("cannot reach the processing process; restarting it")
-                self.start()
+                self._restart()
 
     def stop(self, drain_s: float) -> None:
+        self._stopping.set()
         with self._lock:
             self._stop(drain_s)
 

@@ -442,3 +442,45 @@ def test_import_quarantines_an_object_whose_extraction_raises(tmp_path: Path, mo
     finally:
         catalog.close()
     assert list((data / "spool").iterdir()) == []
+
+
+# -- objects the processing process dies or hangs on ----------------------------------------------
+@pytest.mark.parametrize("how", ["crash", "hang"])
+def test_object_that_kills_the_processing_process_is_quarantined(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 how: str) -> None:
+    """A crash in a library (here os._exit) or a hang on one object: restarted, then quarantined; others pass."""
+    from dosereg.ingest import processor as processor_module
+
+    real = extract_bytes
+    poison = (SAMPLES / GOOD).read_bytes()
+
+    def deadly(data: bytes, **kwargs: Any) -> Any:
+        if data == poison:
+            if how == "crash":
+                os._exit(70)
+            time.sleep(3600)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "extract_bytes", deadly)
+    monkeypatch.setattr(processor_module, "STUCK_AFTER_S", 1.0)
+    monkeypatch.setattr(processor_module, "WATCH_EVERY_S", 0.2)
+    catalog, pipe = make(data_dir)
+    bad = pipe.receive(poison)
+    good = pipe.receive((SAMPLES / OTHER).read_bytes())
+    proc = Processor(data_dir)
+    proc._ctx = processor_module.multiprocessing.get_context("fork")  # the child keeps the patches
+    proc.start()
+    try:
+        proc.poke()
+        wait_until(lambda: catalog.received_state(bad.id) == "done", "the deadly object is quarantined")
+        wait_until(lambda: catalog.received_state(good.id) == "done", "the next object is processed")
+    finally:
+        proc.stop(drain_s=1)
+    (row,) = catalog.quarantine_rows()
+    assert row["error_code"] == PROCESSING_ERROR and row["name"] == bad.name
+    assert row["message"] == ("processing raised ProcessingDied: the processing process died or hung (over 1 s) "
+                              "2 times while processing it")
+    assert [r["outcome"] for r in catalog.received_rows()] == [f"quarantined:{PROCESSING_ERROR}", "new"]
+    assert list((data_dir / "spool").iterdir()) == []
+    assert (data_dir / "processing.current").read_text().split() == ["0", "0"]
+    catalog.close()
