@@ -251,7 +251,8 @@ def _open_catalog(data_dir: Path, conn: Connection) -> Catalog:
             return Catalog(catalog_path(data_dir), autocheckpoint=False)
         except (CatalogError, OSError) as exc:
             delay = retry.failed(time.monotonic())
-            log.error("cannot open the catalog (attempt %d): %s; retrying in %.1f s", retry.attempts, exc, delay)
+            if retry.attempts == 1 or retry.attempts % LOG_RETRY_EVERY == 0:
+                log.error("cannot open the catalog (attempt %d): %s; retrying in %.1f s", retry.attempts, exc, delay)
             if _poll(conn, delay) and _stop_requested(conn):
                 raise _ParentGone from None
 
