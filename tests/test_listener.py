@@ -517,21 +517,29 @@ def test_threads_of_sender(tmp_path: Path, listener: Listener, data_dir: Path) -
     assert db_rows(data_dir, "SELECT COUNT(*) FROM studies")[0][0] == 20
 
 
+def _associate_once_free(port: int, title: str, timeout: float = 20) -> Any:
+    """An association as soon as the listener's one slot is free.
+
+    A slot frees once the server thread of the connection holding it has ended: the previous
+    association's, or the readiness probe's (``Listener`` connects once to see it listening).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        assoc = scu_ae(title).associate("127.0.0.1", port, ae_title="DOSEREG")
+        if assoc.is_established or time.monotonic() > deadline:
+            return assoc
+        time.sleep(0.2)
+
+
 def test_max_associations(tmp_path: Path, data_dir: Path) -> None:
     config = _write_config(tmp_path / "c.toml", "max_associations = 1\n")
     with Listener(data_dir, config=config) as lst:
-        first = scu_ae("FIRST").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
+        first = _associate_once_free(lst.port, "FIRST")
         assert first.is_established
         second = scu_ae("SECOND").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
         assert second.is_rejected
         first.release()
-        # the released association's slot frees once its server thread has ended
-        deadline = time.monotonic() + 20
-        while True:
-            third = scu_ae("THIRD").associate("127.0.0.1", lst.port, ae_title="DOSEREG")
-            if third.is_established or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        third = _associate_once_free(lst.port, "THIRD")
         assert third.is_established
         third.release()
         assert lst.terminate() == 0
