@@ -26,9 +26,18 @@ Profile format (``conf/registry_profiles/acr-dir.toml`` documents it in full)::
     max = 10000                       #   min_items (list)
 
 Missing or invalid **required** elements make the study ``incomplete``; recommended ones
-only add warnings. Every reason names the element path and, for events, the event's
-protocol and Irradiation Event UID. Event indexes are 0-based, as in the JSON ``events``
-array and in the extractor's ``problems``.
+only add warnings; ``[[optional]]`` elements are checked only when present (an invalid
+value warns, an absent one says nothing). Every reason names the element path and, for
+events, the event's protocol and Irradiation Event UID. Event indexes are 0-based, as in the
+JSON ``events`` array and in the extractor's ``problems``.
+
+Plausibility (spec sections 4 and 6): the profile's ranges are physical limits. A number
+outside its range or not finite, and a date outside its bounds (``min``/``max`` of a date
+are ISO dates, ``today [+|- N days]`` or another study-level date element such as
+``study_date``), is *implausible*: invalid like any invalid element, and listed in
+``completeness.implausible`` (:attr:`Completeness.implausible`) at every level, so that
+:func:`without_implausible` can give the registry files null in its place while the record
+keeps the stated value.
 """
 
 from __future__ import annotations
@@ -38,11 +47,12 @@ import datetime as _dt
 import fnmatch
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings, read_toml
 from dosereg.extract import (
@@ -62,8 +72,8 @@ from .dosimetry import is_timing_run
 
 __all__ = [
     "Classification", "Completeness", "Condition", "ElementRule", "Evaluation", "Flags",
-    "InvalidElement", "Nomenclature", "NomenclatureEntry", "Profile", "RtPlanningRules", "Rules",
-    "evaluate", "evaluated_dict", "load_nomenclature", "load_profile", "rules_from_config",
+    "DateBound", "InvalidElement", "Nomenclature", "NomenclatureEntry", "Profile", "RtPlanningRules", "Rules",
+    "evaluate", "evaluated_dict", "load_nomenclature", "load_profile", "rules_from_config", "without_implausible",
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -270,6 +280,79 @@ def _get(ctx: Mapping[str, Any] | None, dotted: str) -> Any:
 # ----------------------------------------------------------------------------------------
 
 _ELEMENT_KEYS = {"path", "when", "type", "unit", "min", "max", "values", "min_items", "note"}
+LEVELS = ("required", "recommended", "optional")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TODAY = re.compile(r"^today(?:\s*([+-])\s*(\d{1,5})\s*days?)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DateBound:
+    """A bound of a date element: a fixed date, today (local) with an offset in days, or the
+    value of another study-level date element of the same record (``study_date``)."""
+
+    text: str  # as written in the profile
+    fixed: str | None = None  # YYYY-MM-DD
+    today_offset: int | None = None  # days after today
+    ref: tuple[str, ...] = ()  # the other element's path, split at the dots
+
+    def resolve(self, d: Mapping[str, Any]) -> str | None:
+        """The bound as YYYY-MM-DD for record ``d``, or None when it does not apply (the
+        referenced element is absent or not a date)."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.today_offset is not None:
+            return _today_iso(self.today_offset)
+        value: Any = d
+        for name in self.ref:
+            value = value.get(name) if isinstance(value, dict) else None
+        return value if isinstance(value, str) and _ISO_DATE.match(value) else None
+
+    def label(self, resolved: str) -> str:
+        """The bound in a reason: the date itself, or what it stands for and its date."""
+        return resolved if self.fixed is not None else f"{self.text} ({resolved})"
+
+    @classmethod
+    def parse(cls, raw: Any, where: str, key: str) -> DateBound:
+        if not isinstance(raw, (str, _dt.date)) or isinstance(raw, _dt.datetime):
+            raise ConfigError(f"{where}: {key} of a date must be a date (YYYY-MM-DD), 'today', "
+                              f"'today + N days' or a study-level date element, not {raw!r}")
+        text = raw.isoformat() if isinstance(raw, _dt.date) else " ".join(raw.split())
+        if _ISO_DATE.match(text):
+            try:
+                _dt.date.fromisoformat(text)
+            except ValueError:
+                raise ConfigError(f"{where}: {key} {text!r} is not a calendar date") from None
+            return cls(text, fixed=text)
+        m = _TODAY.match(text)
+        if m:
+            days = int(m.group(2) or 0) * (-1 if m.group(1) == "-" else 1)
+            return cls(text, today_offset=days)
+        _, in_list = _check_path(text, f"{where}: {key}")
+        if in_list or "|" in text:
+            raise ConfigError(f"{where}: {key} {text!r}: a date bound refers to one study-level element")
+        return cls(text, ref=tuple(text.split(".")))
+
+
+def _today() -> _dt.date:
+    """Today's local date: study dates are local (tests replace this function)."""
+    return _dt.date.today()
+
+
+# [monotonic time after which to re-read the clock, {offset in days: YYYY-MM-DD}]
+_today_cache: list[Any] = [-math.inf, {}]
+
+
+def _today_iso(offset: int) -> str:
+    """``_today() + offset`` days as YYYY-MM-DD, re-read at most every 10 s: evaluation runs
+    per record, and reading the clock costs more than the comparison it serves."""
+    now = time.monotonic()
+    if now >= _today_cache[0]:
+        _today_cache[:] = [now + 10.0, {}]
+    dates: dict[int, str] = _today_cache[1]
+    found = dates.get(offset)
+    if found is None:
+        found = dates[offset] = (_today() + _dt.timedelta(days=offset)).isoformat()
+    return found
 
 
 @dataclass(frozen=True)
@@ -288,10 +371,13 @@ class ElementRule:
     when: Condition | None = None
     note: str | None = None
     in_events: bool = False  # the path addresses every event ("events[]...")
+    optional: bool = False  # [[optional]]: checked when present, never missing
+    date_min: DateBound | None = None  # bounds of a date element (type "date")
+    date_max: DateBound | None = None
 
     @property
     def level(self) -> str:
-        return "required" if self.required else "recommended"
+        return "required" if self.required else "optional" if self.optional else "recommended"
 
     def describe(self) -> str:
         """The validity rule in words (for reports): "number, 0..10000 mGy"."""
@@ -299,9 +385,11 @@ class ElementRule:
         if self.values:
             parts.append("one of " + ", ".join(self.values))
         if self.min is not None or self.max is not None:
-            lo = "" if self.min is None else f"{self.min:g}"
-            hi = "" if self.max is None else f"{self.max:g}"
-            parts.append(f"{lo}..{hi}" + (f" {self.unit}" if self.unit else ""))
+            parts.append(_range_text(self))
+        elif self.date_min is not None or self.date_max is not None:
+            lo = "" if self.date_min is None else self.date_min.text
+            hi = "" if self.date_max is None else self.date_max.text
+            parts.append(f"{lo}..{hi}")
         elif self.unit:
             parts.append(self.unit)
         if self.when:
@@ -319,15 +407,36 @@ class Profile:
     path: Path
     required: tuple[ElementRule, ...]
     recommended: tuple[ElementRule, ...]
+    optional: tuple[ElementRule, ...] = ()
 
     @property
     def elements(self) -> tuple[ElementRule, ...]:
-        return self.required + self.recommended
+        return self.required + self.recommended + self.optional
 
     @cached_property
     def checks(self) -> tuple[Callable[..., None], ...]:
-        """The elements compiled into checks (evaluation order), once per loaded profile."""
-        return tuple(_compile_rule(rule) for rule in self.elements)
+        """The elements compiled into checks (evaluation order), once per loaded profile.
+
+        Consecutive event elements share one check (one pass over the events, see
+        :func:`_compile_event_run`), and so do consecutive optional study numbers; the output
+        is the same as one check per element.
+        """
+        checks: list[_Check] = []
+        run: list[ElementRule] = []
+        run_kind: str | None = None
+        for rule in self.elements:
+            kind = _fusion(rule)
+            if run and kind != run_kind:
+                checks.append(_compile_run(run_kind, run))
+                run = []
+            if kind is None:
+                checks.append(_compile_rule(rule))
+            else:
+                run.append(rule)
+                run_kind = kind
+        if run:
+            checks.append(_compile_run(run_kind, run))
+        return tuple(checks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
@@ -339,7 +448,7 @@ def _number(value: Any, where: str, key: str) -> float:
     return float(value)
 
 
-def _element(raw: Any, required: bool, where: str) -> ElementRule:
+def _element(raw: Any, level: str, where: str) -> ElementRule:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table with at least a path, not {raw!r}")
     path = raw.get("path")
@@ -363,12 +472,22 @@ def _element(raw: Any, required: bool, where: str) -> ElementRule:
     unit = raw.get("unit")
     if unit is not None and not isinstance(unit, str):
         raise ConfigError(f"{where}: unit must be a string, not {unit!r}")
-    lo = _number(raw["min"], where, "min") if "min" in raw else None
-    hi = _number(raw["max"], where, "max") if "max" in raw else None
-    if (lo is not None or hi is not None) and typ not in ("number", "integer"):
-        raise ConfigError(f"{where}: min/max apply to type number or integer, not {typ!r}")
-    if lo is not None and hi is not None and lo > hi:
-        raise ConfigError(f"{where}: min {lo:g} is above max {hi:g}")
+    lo = hi = None
+    date_lo = date_hi = None
+    if typ == "date":
+        date_lo = DateBound.parse(raw["min"], where, "min") if "min" in raw else None
+        date_hi = DateBound.parse(raw["max"], where, "max") if "max" in raw else None
+        if (date_lo or date_hi) and in_events:
+            raise ConfigError(f"{where}: min/max of a date apply to study-level elements only")
+        if date_lo and date_hi and date_lo.fixed and date_hi.fixed and date_lo.fixed > date_hi.fixed:
+            raise ConfigError(f"{where}: min {date_lo.fixed} is after max {date_hi.fixed}")
+    else:
+        lo = _number(raw["min"], where, "min") if "min" in raw else None
+        hi = _number(raw["max"], where, "max") if "max" in raw else None
+        if (lo is not None or hi is not None) and typ not in ("number", "integer"):
+            raise ConfigError(f"{where}: min/max apply to type number, integer or date, not {typ!r}")
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"{where}: min {lo:g} is above max {hi:g}")
     values = raw.get("values", [])
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ConfigError(f"{where}: values must be a list of strings, not {values!r}")
@@ -388,14 +507,16 @@ def _element(raw: Any, required: bool, where: str) -> ElementRule:
     note = raw.get("note")
     if note is not None and not isinstance(note, str):
         raise ConfigError(f"{where}: note must be a string")
-    return ElementRule(path, alternatives, required, typ, unit, lo, hi, tuple(values), min_items, when, note,
-                       in_events)
+    if (date_lo or date_hi) and len(alternatives) > 1:
+        raise ConfigError(f"{where}: min/max of a date apply to a single path, not any-of ('|')")
+    return ElementRule(path, alternatives, level == "required", typ, unit, lo, hi, tuple(values), min_items, when,
+                       note, in_events, level == "optional", date_lo, date_hi)
 
 
 def load_profile(path: Path) -> Profile:
     """Read and check a registry profile (TOML). Errors name the file and the key."""
     data = read_toml(path, "registry profile", key="registry.profile")
-    known = {"name", "version", "description", "required", "recommended"}
+    known = {"name", "version", "description", *LEVELS}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -406,14 +527,13 @@ def load_profile(path: Path) -> Profile:
     if not isinstance(description, str):
         raise ConfigError(f"{path}: description must be a string")
     groups: dict[str, tuple[ElementRule, ...]] = {}
-    for level in ("required", "recommended"):
+    for level in LEVELS:
         items = data.get(level, [])
         if not isinstance(items, list):
             raise ConfigError(f"{path}: {level} must be an array of tables ([[{level}]])")
-        groups[level] = tuple(_element(item, level == "required", f"{path}: {level}[{i}]")
-                              for i, item in enumerate(items))
+        groups[level] = tuple(_element(item, level, f"{path}: {level}[{i}]") for i, item in enumerate(items))
     return Profile(data["name"].strip(), data["version"].strip(), description.strip(), path,
-                   groups["required"], groups["recommended"])
+                   groups["required"], groups["recommended"], groups["optional"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -532,6 +652,21 @@ class RtPlanningRules:
         except re.error:
             return None
 
+    @cached_property
+    def may_match(self) -> Callable[[str], bool] | None:
+        """``any_text(text) is not None``, remembered for the last 4096 texts: descriptions and
+        protocol names repeat across a site's studies, and the joined case-insensitive search
+        with look-arounds costs more than the rest of a study's classification."""
+        search = self.any_text
+        if search is None:
+            return None
+
+        @lru_cache(maxsize=4096)
+        def may_match(text: str) -> bool:
+            return search(text) is not None
+
+        return may_match
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -585,21 +720,41 @@ def rules_from_config(cfg: Config) -> Rules:
 # ----------------------------------------------------------------------------------------
 
 
+_V = TypeVar("_V", bound="_View")
+
+
 class _View:
     """Read access by key as well as attribute (``ev.flags["registry_code"]``)."""
 
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]  # type: ignore[attr-defined]
 
+    @classmethod
+    def _of(cls: type[_V], **values: Any) -> _V:
+        """``cls(**values)`` with every field given, without the frozen dataclass ``__init__``
+        (one ``object.__setattr__`` per field): built for every record read (as
+        ``extract.model`` builds records)."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(values)
+        return obj
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON can carry it: a non-finite number as its JSON-style name (NaN,
+    Infinity, -Infinity), since JSON has no such numbers and the writers refuse them."""
+    if value.__class__ is float and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    return value
+
 
 @dataclass(frozen=True)
 class InvalidElement(_View):
     path: str
-    value: Any
+    value: Any  # as stated in the record (a non-finite float stays one; to_dict names it)
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "value": self.value, "reason": self.reason}
+        return {"path": self.path, "value": _json_value(self.value), "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -610,14 +765,25 @@ class Completeness(_View):
     warnings: tuple[str, ...] = ()
     #: the reasons in words, one per missing or invalid required element (in order)
     reasons: tuple[str, ...] = ()
+    #: every value outside its plausible range or not finite, at every level (required,
+    #: recommended, optional), in evaluation order: what the registry files carry as null
+    implausible: tuple[InvalidElement, ...] = ()
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
 
+    @property
+    def implausible_paths(self) -> tuple[str, ...]:
+        """The concrete record paths of :attr:`implausible` (``events[2].exposure_time_s``)."""
+        return tuple(i.path for i in self.implausible)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "missing": list(self.missing),
-                "invalid": [i.to_dict() for i in self.invalid], "warnings": list(self.warnings)}
+        d = {"status": self.status, "missing": list(self.missing),
+             "invalid": [i.to_dict() for i in self.invalid], "warnings": list(self.warnings)}
+        if self.implausible:  # an addition to the contract's four keys, present only when needed
+            d["implausible"] = [i.to_dict() for i in self.implausible]
+        return d
 
 
 @dataclass(frozen=True)
@@ -650,6 +816,11 @@ class Evaluation(_View):
     flags: Flags
     timing_runs: tuple[bool, ...] = field(default=())  # one per event, in record order
 
+    @property
+    def implausible_paths(self) -> tuple[str, ...]:
+        """Record paths whose stated values are implausible (see :func:`without_implausible`)."""
+        return self.completeness.implausible_paths
+
     def to_dict(self) -> dict[str, Any]:
         return {"completeness": self.completeness.to_dict(), "classification": self.classification.to_dict(),
                 "flags": self.flags.to_dict(), "timing_runs": list(self.timing_runs)}
@@ -679,10 +850,27 @@ _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?$")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
+class _Implausible(str):
+    """A reason saying a number is not finite or outside its plausible range (or a date
+    outside its bounds): the collector lists the element in ``implausible`` as well, at every
+    level, so that the registry files carry null in its place."""
+
+    __slots__ = ()
+
+
+_NOT_FINITE = _Implausible("is not a finite number")
+_NOT_WHOLE = _Implausible("is not a whole number")
+
+
+def _bound_text(value: float | None) -> str:
+    """A range bound as a reader writes it: 1000000, not 1e+06."""
+    if value is None:
+        return ""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def _range_text(rule: ElementRule) -> str:
-    lo = "" if rule.min is None else f"{rule.min:g}"
-    hi = "" if rule.max is None else f"{rule.max:g}"
-    return f"{lo}..{hi}" + (f" {rule.unit}" if rule.unit else "")
+    return f"{_bound_text(rule.min)}..{_bound_text(rule.max)}" + (f" {rule.unit}" if rule.unit else "")
 
 
 def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
@@ -694,11 +882,11 @@ def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
         return None if isinstance(value, str) else "is not text"
     if t in ("number", "integer"):
         if not _is_number(value):
-            return "is not a finite number"
+            return _NOT_FINITE
         if t == "integer" and float(value) != int(value):
-            return "is not a whole number"
+            return _NOT_WHOLE
         if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
-            return f"is outside {_range_text(rule)}"
+            return _Implausible(f"is outside {_range_text(rule)}")
         return None
     if t == "date":
         if not isinstance(value, str) or not _DATE.match(value):
@@ -754,6 +942,13 @@ _EVENT_INDEX = re.compile(r"^events\[(\d+)\]")
 _ANY_INDEX = re.compile(r"\[\d+\]")
 
 
+def _shown(value: Any) -> Any:
+    """A value as a reason quotes it: text in quotes, a non-finite number by its JSON-style name."""
+    if isinstance(value, str):
+        return repr(value)
+    return _json_value(value)
+
+
 class _Collector:
     def __init__(self) -> None:
         self.missing: list[str] = []
@@ -762,25 +957,36 @@ class _Collector:
         self.reasons: list[str] = []
         self.missing_reason: dict[str, int] = {}  # concrete path -> index in reasons
         self.warning_for: dict[str, int] = {}  # concrete path -> index in warnings
+        self.implausible: list[InvalidElement] = []
+        self.flagged: set[str] | None = None  # concrete paths reported invalid (at any level), once needed
 
-    def add_missing(self, path: str, label: str, required: bool) -> None:
-        if required:
+    def add_missing(self, path: str, label: str, level: str) -> None:
+        if level == "required":
             self.missing_reason[path] = len(self.reasons)
             self.missing.append(path)
             self.reasons.append(f"{path} missing" + (f" ({label})" if label else ""))
-        else:
+        elif level == "recommended":
             self.warning_for[path] = len(self.warnings)
             self.warnings.append(f"{path} missing (recommended" + (f"; {label})" if label else ")"))
+        # optional: an absent value says nothing
 
-    def add_invalid(self, path: str, value: Any, why: str, label: str, required: bool) -> None:
-        shown = value if not isinstance(value, str) else repr(value)
-        if required:
-            suffix = f" ({label})" if label else ""
-            self.invalid.append(InvalidElement(path, value, f"{why}{suffix}"))
+    def add_invalid(self, path: str, value: Any, why: str, label: str, level: str) -> None:
+        if self.flagged is None:
+            self.flagged = set()
+        elif path in self.flagged:
+            return  # already reported by an earlier element of the profile on the same path
+        self.flagged.add(path)
+        shown = _shown(value)
+        suffix = f" ({label})" if label else ""
+        item = InvalidElement(path, value, f"{why}{suffix}")
+        if level == "required":
+            self.invalid.append(item)
             self.reasons.append(f"{path} {shown} {why}{suffix}")
         else:
             self.warning_for[path] = len(self.warnings)
-            self.warnings.append(f"{path} {shown} {why} (recommended" + (f"; {label})" if label else ")"))
+            self.warnings.append(f"{path} {shown} {why} ({level}" + (f"; {label})" if label else ")"))
+        if why.__class__ is _Implausible:
+            self.implausible.append(item)
 
 
 # The profile compiled: one check per element, built once per loaded profile (no path
@@ -809,12 +1015,14 @@ def _validator(rule: ElementRule) -> Callable[[Any], str | None]:
         lo, hi, whole = rule.min, rule.max, t == "integer"
         outside = f"is outside {_range_text(rule)}"
 
+        outside = _Implausible(outside)
+
         def number(value: Any) -> str | None:
             cls = value.__class__
             if not ((cls is float and math.isfinite(value)) or cls is int or _is_number(value)):
-                return "is not a finite number"
+                return _NOT_FINITE
             if whole and float(value) != int(value):
-                return "is not a whole number"
+                return _NOT_WHOLE
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 return outside
             return None
@@ -839,8 +1047,10 @@ def _valid_uid(value: Any) -> str | None:
 
 
 def _compile_rule(rule: ElementRule) -> _Check:
+    if rule.date_min is not None or rule.date_max is not None:
+        return _compile_bounded_date(rule)
     valid = _validator(rule)
-    required = rule.required
+    level = rule.level
     when = rule.when
     if not rule.in_events:
         alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
@@ -853,11 +1063,11 @@ def _compile_rule(rule: ElementRule) -> _Check:
                 for name in names:
                     value = value.get(name) if isinstance(value, dict) else None
                 if _absent(value):
-                    out.add_missing(path, "", required)
+                    out.add_missing(path, "", level)
                     return
                 why = valid(value)
                 if why is not None:
-                    out.add_invalid(path, value, why, "", required)
+                    out.add_invalid(path, value, why, "", level)
 
             return plain_study_element
 
@@ -872,13 +1082,13 @@ def _compile_rule(rule: ElementRule) -> _Check:
                 if not _absent(value):
                     present.append((alt, value))
             if not present:
-                out.add_missing(rule.path, "", required)
+                out.add_missing(rule.path, "", level)
                 return
             problems = [(alt, v, valid(v)) for alt, v in present]
             if any(why is None for _, _, why in problems):
                 return  # at least one alternative is present and valid
             for alt, v, why in problems:
-                out.add_invalid(alt, v, why or "", "", required)
+                out.add_invalid(alt, v, why or "", "", level)
 
         return study_element
 
@@ -894,17 +1104,17 @@ def _compile_rule(rule: ElementRule) -> _Check:
             for i, ev in _events_where(d, when, when_text, cache):
                 items = ev.get(list_name)
                 if not isinstance(items, (list, tuple)) or not items:
-                    out.add_missing(f"events[{i}].{empty_path}", _event_label(ev), required)
+                    out.add_missing(f"events[{i}].{empty_path}", _event_label(ev), level)
                     continue
                 for j, item in enumerate(items):
                     value = item.get(item_name) if isinstance(item, dict) else None
                     if _absent(value):
-                        out.add_missing(f"events[{i}].{list_name}[{j}].{item_name}", _event_label(ev), required)
+                        out.add_missing(f"events[{i}].{list_name}[{j}].{item_name}", _event_label(ev), level)
                         continue
                     why = valid(value)
                     if why is not None:
                         out.add_invalid(f"events[{i}].{list_name}[{j}].{item_name}", value, why,
-                                        _event_label(ev), required)
+                                        _event_label(ev), level)
 
         return item_element
 
@@ -914,11 +1124,11 @@ def _compile_rule(rule: ElementRule) -> _Check:
             for i, ev in _events_where(d, when, when_text, cache):
                 for path, value, found in _instances(ev, rest, f"events[{i}]"):
                     if not found or _absent(value):
-                        out.add_missing(path, _event_label(ev), required)
+                        out.add_missing(path, _event_label(ev), level)
                         continue
                     why = valid(value)
                     if why is not None:
-                        out.add_invalid(path, value, why, _event_label(ev), required)
+                        out.add_invalid(path, value, why, _event_label(ev), level)
 
         return nested_element
 
@@ -934,13 +1144,262 @@ def _compile_rule(rule: ElementRule) -> _Check:
                 for name in names:
                     value = value.get(name) if isinstance(value, dict) else None
             if _absent(value):
-                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), required)
+                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), level)
             else:
                 why = valid(value)
                 if why is not None:
-                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), required)
+                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), level)
 
     return event_element
+
+
+def _compile_bounded_date(rule: ElementRule) -> _Check:
+    """A study-level date with bounds (``patient.birth_date`` within 1880-01-01..study_date):
+    the bounds are read on each record, since they may be another element or today."""
+    path, names, level = rule.path, tuple(rule.path.split(".")), rule.level
+    lo, hi = rule.date_min, rule.date_max
+    lo_fixed = lo.fixed if lo is not None else None  # fixed bounds need no resolving
+    hi_fixed = hi.fixed if hi is not None else None
+
+    def bounded_date(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        value: Any = d
+        for name in names:
+            value = value.get(name) if isinstance(value, dict) else None
+        if _absent(value):
+            out.add_missing(path, "", level)
+            return
+        why = _date_reason(value)
+        if why is None:
+            low = lo_fixed if lo_fixed is not None or lo is None else lo.resolve(d)
+            high = hi_fixed if hi_fixed is not None or hi is None else hi.resolve(d)
+            if (low is None or value >= low) and (high is None or value <= high):
+                return  # ISO dates with four-digit years order as text
+            why = _outside_dates(lo, low, hi, high)
+        out.add_invalid(path, value, why, "", level)
+
+    return bounded_date
+
+
+def _date_reason(value: Any) -> str | None:
+    """None for a calendar date written YYYY-MM-DD, else what is wrong (as type "date" says it)."""
+    if value.__class__ is not str or not _DATE.match(value):
+        return "is not a date (YYYY-MM-DD)"
+    try:
+        _dt.date.fromisoformat(value)
+    except ValueError:
+        return "is not a valid date"
+    return None
+
+
+def _outside_dates(lo: DateBound | None, low: str | None, hi: DateBound | None, high: str | None) -> str:
+    """The range a date breaks: "is outside 1880-01-01..study_date (2024-03-01)"."""
+    lo_text = "" if lo is None else lo.text if low is None else lo.label(low)
+    hi_text = "" if hi is None else hi.text if high is None else hi.label(high)
+    return _Implausible(f"is outside {lo_text}..{hi_text}")
+
+
+# Fused checks. A profile has a dozen event elements and as many optional numbers; one check
+# each would walk the events a dozen times, re-evaluating the same conditions. Consecutive
+# event elements are checked in one pass over the events instead; what they find is held
+# back and replayed in profile order (element by element, each in event order), so the
+# collector sees exactly what one check per element would have told it.
+
+_MEMO_MAX = 256  # distinct condition inputs remembered per run (acquisition types: seven)
+
+
+def _fusion(rule: ElementRule) -> str | None:
+    """Which fused check takes the element: "event" (``events[].x``, ``events[].dose_check.x``,
+    ``events[].sources[].x``), "study" (an optional study-level number without a condition),
+    or None (a check of its own)."""
+    if len(rule.alternatives) != 1:
+        return None
+    rest = rule.path.split(".")
+    if not rule.in_events:
+        plain = rule.when is None and not any(r.endswith("[]") for r in rest)
+        return "study" if plain and rule.optional and rule.type in ("number", "integer") else None
+    rest = rest[1:]
+    if len(rest) == 1 or (len(rest) == 2 and not rest[1].endswith("[]")):
+        return "event"
+    return None
+
+
+def _compile_run(kind: str | None, rules: list[ElementRule]) -> _Check:
+    return _compile_study_numbers(rules) if kind == "study" else _compile_event_run(rules)
+
+
+def _fast_range(rule: ElementRule) -> tuple[float, float, bool, bool]:
+    """(lo, hi, fast, whole): numbers are accepted by one chained comparison when ``fast``."""
+    lo = -math.inf if rule.min is None else rule.min
+    hi = math.inf if rule.max is None else rule.max
+    return lo, hi, rule.type in ("number", "integer"), rule.type == "integer"
+
+
+def _compile_study_numbers(rules: list[ElementRule]) -> _Check:
+    """Optional study-level numbers (``patient.weight_kg``), in profile order."""
+    specs = tuple((tuple(r.path.split(".")), r.path, *_fast_range(r), _validator(r)) for r in rules)
+
+    def study_numbers(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        for names, path, lo, hi, _fast, whole, valid in specs:
+            value: Any = d
+            for name in names:
+                value = value.get(name) if isinstance(value, dict) else None
+            if value is None or _in_range(value, lo, hi, whole):
+                continue
+            why = valid(value)
+            if why is not None:
+                out.add_invalid(path, value, why, "", "optional")
+
+    return study_numbers
+
+
+def _in_range(value: Any, lo: float, hi: float, whole: bool) -> bool:
+    """A finite number within lo..hi (a NaN fails every comparison; an infinite one, ``% 1``)."""
+    c = value.__class__
+    return (c is float or c is int) and lo <= value <= hi and (not whole or value % 1 == 0)
+
+
+# One element of an event run: (position in the run, name, container (the record below the
+# event or the list), level, lo, hi, fast, whole, validator)
+_RunSpec = tuple[int, str, str, str, float, float, bool, bool, Callable[[Any], "str | None"]]
+# The elements that apply to one event: on the event; on a record below it and on the items of
+# a list, each grouped by that record's or list's name (read once for all its elements).
+_Grouped = tuple[tuple[str, tuple[_RunSpec, ...]], ...]
+_EventSpecs = tuple[tuple[_RunSpec, ...], _Grouped, _Grouped]
+
+
+def _grouped(specs: Iterable[_RunSpec]) -> _Grouped:
+    by_name: dict[str, list[_RunSpec]] = {}
+    for spec in specs:
+        by_name.setdefault(spec[2], []).append(spec)
+    return tuple((name, tuple(group)) for name, group in by_name.items())
+
+
+def _compile_event_run(rules: list[ElementRule]) -> _Check:
+    """Consecutive event elements in one pass over the events (see the comment above)."""
+    direct: list[tuple[Condition | None, _RunSpec]] = []
+    sub: list[tuple[Condition | None, _RunSpec]] = []
+    items: list[tuple[Condition | None, _RunSpec]] = []
+    for k, r in enumerate(rules):
+        rest = r.path.split(".")[1:]
+        if len(rest) == 1:
+            direct.append((r.when, (k, rest[0], "", r.level, *_fast_range(r), _validator(r))))
+        elif rest[0].endswith("[]"):
+            items.append((r.when, (k, rest[1], rest[0][:-2], r.level, *_fast_range(r), _validator(r))))
+        else:
+            sub.append((r.when, (k, rest[1], rest[0], r.level, *_fast_range(r), _validator(r))))
+    field, memo, specs_for = _applicable(direct, sub, items)
+
+    def event_run(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        found: list[tuple[int, int, str, Any, str | None, Mapping[str, Any], str]] = []
+        for i, ev in enumerate(d.get("events") or ()):
+            if isinstance(ev, dict):
+                key = ev.get(field) if field is not None else None
+                specs = memo.get(key) if key.__class__ is str else None
+                _check_event(ev, i, specs or specs_for(ev), found)
+        if found:
+            found.sort(key=_by_position)  # stable: event order (and item order) within an element
+            for _, _, path, value, why, ev, level in found:
+                if why is None:
+                    out.add_missing(path, _event_label(ev), level)
+                else:
+                    out.add_invalid(path, value, why, _event_label(ev), level)
+
+    return event_run
+
+
+def _by_position(entry: tuple[Any, ...]) -> int:
+    return entry[0]  # type: ignore[no-any-return]
+
+
+def _applicable(*kinds: list[tuple[Condition | None, _RunSpec]]) -> tuple[
+        str | None, dict[str, _EventSpecs], Callable[[Mapping[str, Any]], _EventSpecs]]:
+    """(field, memo, specs_for): ``specs_for(event)`` gives the run's elements whose conditions
+    hold on the event. When the conditions read one top-level field (the acquisition type),
+    ``memo`` keeps the answer for each text value of it seen so far: look it up first, and the
+    conditions are evaluated once per value instead of once per event and element."""
+    def holding(ctx: Mapping[str, Any]) -> _EventSpecs:
+        d, s, i = (tuple(spec for when, spec in kind if when is None or when.test(ctx)) for kind in kinds)
+        return d, _grouped(s), _grouped(i)
+
+    fields = {c.field for kind in kinds for when, _ in kind if when is not None for c in when.clauses}
+    if not fields:
+        everything = holding({})
+        return None, {}, lambda ev: everything
+    if len(fields) > 1 or "." in next(iter(fields)):
+        return None, {}, holding
+    field = next(iter(fields))
+    memo: dict[str, _EventSpecs] = {}
+
+    def specs_for(ev: Mapping[str, Any]) -> _EventSpecs:
+        key = ev.get(field)
+        answer = holding({field: key})
+        if key.__class__ is str and len(memo) < _MEMO_MAX:
+            memo[key] = answer
+        return answer
+
+    return field, memo, specs_for
+
+
+def _check_event(ev: dict[str, Any], i: int, specs: _EventSpecs, found: list[Any]) -> None:
+    """Append to ``found`` (position, event, path, value, reason or None for missing, event,
+    level) for each element of ``specs`` that is missing or invalid on event ``i``."""
+    # Each loop accepts an in-range number, and skips an absent optional value, inline (this
+    # runs for every element of every event); anything else goes to _check_value.
+    direct, subs, items = specs
+    for k, name, _, level, lo, hi, fast, whole, valid in direct:
+        value = ev.get(name)
+        if value is None:
+            if level != "optional":
+                found.append((k, i, f"events[{i}].{name}", None, None, ev, level))
+            continue
+        c = value.__class__
+        if fast and (c is float or c is int) and lo <= value <= hi and (not whole or value % 1 == 0):
+            continue
+        _check_value(value, k, i, name, level, valid, ev, found)
+    for sub_name, sub_specs in subs:
+        sub = ev.get(sub_name)
+        if not isinstance(sub, dict):
+            sub = {}  # every element below it is absent
+        for k, name, _, level, lo, hi, fast, whole, valid in sub_specs:
+            value = sub.get(name)
+            if value is None and level == "optional" or (value is not None and fast and _in_range(value, lo, hi, whole)):
+                continue
+            _check_value(value, k, i, f"{sub_name}.{name}", level, valid, ev, found)
+    for list_name, item_specs in items:
+        entries = ev.get(list_name)
+        if not isinstance(entries, (list, tuple)) or not entries:
+            for k, name, _, level, *_rest in item_specs:
+                if level != "optional":  # as _instances: an empty nested list is the element absent
+                    found.append((k, i, f"events[{i}].{list_name}[].{name}", None, None, ev, level))
+            continue
+        for j, item in enumerate(entries):
+            _check_item(item if isinstance(item, dict) else {}, i, j, list_name, item_specs, ev, found)
+
+
+def _check_item(item: dict[str, Any], i: int, j: int, list_name: str, specs: tuple[_RunSpec, ...],
+                ev: Mapping[str, Any], found: list[Any]) -> None:
+    for k, name, _, level, lo, hi, fast, whole, valid in specs:
+        value = item.get(name)
+        if value is None:
+            if level != "optional":
+                found.append((k, i, f"events[{i}].{list_name}[{j}].{name}", None, None, ev, level))
+            continue
+        c = value.__class__
+        if fast and (c is float or c is int) and lo <= value <= hi and (not whole or value % 1 == 0):
+            continue
+        _check_value(value, k, i, f"{list_name}[{j}].{name}", level, valid, ev, found)
+
+
+def _check_value(value: Any, k: int, i: int, rel: str, level: str, valid: Callable[[Any], str | None],
+                 ev: Mapping[str, Any], found: list[Any]) -> None:
+    """A value the inline tests did not accept: absent, invalid or (after all) valid."""
+    if value is None or _absent(value):
+        if level != "optional":
+            found.append((k, i, f"events[{i}].{rel}", None, None, ev, level))
+        return
+    why = valid(value)
+    if why is not None:
+        found.append((k, i, f"events[{i}].{rel}", value, why, ev, level))
 
 
 def _events_where(d: Mapping[str, Any], when: Condition | None, text: str,
@@ -1009,10 +1468,58 @@ def _completeness(d: Mapping[str, Any], rules: Rules) -> Completeness:
         check(d, out, cache)
     _apply_problems(d, rules, out)
     incomplete = bool(out.missing or out.invalid)
-    return Completeness(
-        "incomplete" if incomplete else "complete",
-        tuple(out.missing), tuple(out.invalid), tuple(out.warnings), tuple(r for r in out.reasons if r),
-    )
+    return Completeness._of(
+        status="incomplete" if incomplete else "complete", missing=tuple(out.missing), invalid=tuple(out.invalid),
+        warnings=tuple(out.warnings), reasons=tuple(r for r in out.reasons if r) if out.reasons else (),
+        implausible=tuple(out.implausible))
+
+
+_PATH_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?")
+
+
+def without_implausible(d: dict[str, Any], paths: Iterable[str] | None = None) -> dict[str, Any]:
+    """A copy of the evaluated dict ``d`` with null at each implausible path, for the registry
+    files (spec section 6: implausible values are never exported; the record keeps them).
+
+    ``paths`` defaults to ``d["completeness"]["implausible"][].path`` (as :func:`with_verdicts`
+    writes it); concrete record paths such as ``events[2].sources[0].kvp_kV``. Only the dicts
+    and lists on those paths are copied; ``d`` itself is not changed. A path that does not lead
+    to a value in ``d`` is ignored.
+    """
+    if paths is None:
+        paths = [i["path"] for i in ((d.get("completeness") or {}).get("implausible") or ())]
+    out = dict(d)
+    for path in paths:
+        _blank(out, path)
+    return out
+
+
+def _blank(root: dict[str, Any], path: str) -> None:
+    steps = [(m.group(1), m.group(2)) for m in _PATH_STEP.finditer(path)]
+    node: Any = root
+    for k, (name, index) in enumerate(steps):
+        last = k == len(steps) - 1
+        if not isinstance(node, dict) or name not in node:
+            return
+        if index is None:
+            if last:
+                node[name] = None
+                return
+            child = node[name]
+            if not isinstance(child, dict):
+                return
+            node[name] = node = dict(child)
+            continue
+        items = node[name]
+        if not isinstance(items, (list, tuple)) or int(index) >= len(items):
+            return
+        items = node[name] = list(items)
+        if last:
+            items[int(index)] = None
+            return
+        if not isinstance(items[int(index)], dict):
+            return
+        items[int(index)] = node = dict(items[int(index)])
 
 
 def _glob(value: str | None, patterns: Iterable[str]) -> str | None:
@@ -1069,8 +1576,8 @@ def _rt_reasons(d: Mapping[str, Any], rules: Rules) -> list[str]:
     for i, ev in enumerate(events):
         if isinstance(ev, dict) and ev.get("acquisition_protocol"):
             texts.append((f"events[{i}].acquisition_protocol", ev["acquisition_protocol"]))
-    any_text = rt.any_text
-    patterns = rt.text if any_text is None or any(any_text(text) for _, text in texts) else ()
+    may_match = rt.may_match
+    patterns = rt.text if may_match is None or any(may_match(text) for _, text in texts) else ()
     for pattern in patterns:
         hits = [(where, text) for where, text in texts if pattern.search(text)]
         if hits:
@@ -1158,7 +1665,8 @@ def _evaluate_dict(d: Mapping[str, Any], rules: Rules, events: Iterable[Event]) 
     completeness = _completeness(d, rules)
     np_reasons = _non_patient_reasons(d, rules)
     rt_reasons = [] if np_reasons else _rt_reasons(d, rules)
-    classification = Classification(not np_reasons, bool(rt_reasons), tuple(np_reasons or rt_reasons))
+    classification = Classification._of(
+        patient_study=not np_reasons, rt_planning=bool(rt_reasons), reasons=tuple(np_reasons or rt_reasons))
     if np_reasons:
         flags = Flags("excluded", tuple(f"not a patient study: {r}" for r in np_reasons), None,
                       ("not a patient study",))
@@ -1177,8 +1685,9 @@ def _evaluate_dict(d: Mapping[str, Any], rules: Rules, events: Iterable[Event]) 
         nom_code, nom_reasons = "G9320", list(rt_reasons)
     else:
         nom_code, nom_reasons = _nomenclature(d, rules)
-    flags = Flags(registry_code, tuple(registry_reasons), nom_code, tuple(nom_reasons))
-    return Evaluation(completeness, classification, flags, timing)
+    flags = Flags._of(registry_code=registry_code, registry_reasons=tuple(registry_reasons),
+                      nomenclature_code=nom_code, nomenclature_reasons=tuple(nom_reasons))
+    return Evaluation._of(completeness=completeness, classification=classification, flags=flags, timing_runs=timing)
 
 
 def evaluate(record: StudyRecord, rules: Rules) -> Evaluation:
