@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dosereg.config import Config
-from dosereg.extract import StudyRecord, extract_bytes
+from dosereg.extract import ExtractLimits, StudyRecord, extract_bytes
 
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES, meta_sop_class
 from .locking import DataDirLock
-from .pipeline import Pipeline, Received, TransientError, content_sha256
+from .pipeline import Pipeline, Received, TransientError, content_sha256, extract_limits
 
 log = logging.getLogger("dosereg.ingest.import")
 
@@ -134,10 +134,11 @@ def _header_sop_uid(data: bytes) -> str | None:
         return None
 
 
-def extract_spooled(path: str, source: str, received_at: str) -> tuple[StudyRecord, str | None]:
+def extract_spooled(path: str, source: str, received_at: str,
+                    limits: ExtractLimits) -> tuple[StudyRecord, str | None]:
     """Parse one spooled file (runs in a worker process)."""
     data = Path(path).read_bytes()
-    record = extract_bytes(data, source=source, received_at=received_at)
+    record = extract_bytes(data, source=source, received_at=received_at, limits=limits)
     return record, (_header_sop_uid(data) if record.error is not None else None)
 
 
@@ -149,7 +150,7 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
     data_dir = cfg.data_dir.resolve()
     pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 and len(files) >= _POOL_MIN_FILES else None
     catalog = Catalog(catalog_path(data_dir))
-    pipeline = Pipeline(data_dir, catalog)
+    pipeline = Pipeline(data_dir, catalog, limits=extract_limits(cfg))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -216,7 +217,8 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                 if bar is not None:
                     bar.update(1)
                 continue
-            fut = pool.submit(extract_spooled, str(item.path), item.source, item.received_at) if pool else None
+            fut = pool.submit(extract_spooled, str(item.path), item.source, item.received_at,
+                                      pipeline.limits) if pool else None
             inflight.append((item, fut))
             drain(limit)
         drain(0)
@@ -234,7 +236,7 @@ def _finish(pipeline: Pipeline, item: Received,
             result: tuple[StudyRecord, str | None] | BaseException | None, summary: ImportSummary) -> None:
     """Process one object taken in (``result``: its worker's extraction or exception, if any)."""
     if result is None:
-        result = _extract_here(item)
+        result = _extract_here(item, pipeline.limits)
     try:
         if isinstance(result, BaseException):
             outcome = _retrying(lambda: pipeline.quarantine_failure(item, result, "extraction"), item)
@@ -255,14 +257,14 @@ def _finish(pipeline: Pipeline, item: Received,
         summary.count(outcome)
 
 
-def _extract_here(item: Received) -> tuple[StudyRecord, str | None] | BaseException | None:
+def _extract_here(item: Received, limits: ExtractLimits) -> tuple[StudyRecord, str | None] | BaseException | None:
     """Extraction in this process: the exception it raised (quarantined), None if the file is unreadable."""
     try:
         data = item.path.read_bytes()
     except OSError:
         return None  # the pipeline reads it again, and retries or reports
     try:
-        record = extract_bytes(data, source=item.source, received_at=item.received_at)
+        record = extract_bytes(data, source=item.source, received_at=item.received_at, limits=limits)
     except Exception as exc:
         return exc
     return record, (_header_sop_uid(data) if record.error is not None else None)

@@ -44,7 +44,7 @@ from . import guard
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES
 from .locking import DataDirLock
-from .pipeline import Pipeline
+from .pipeline import Pipeline, extract_limits
 from .processor import Processor
 from .storecheck import store_problem
 
@@ -140,8 +140,9 @@ class Listener:
         # No WAL checkpoints on the association threads: the processing process (which
         # commits after every object) runs them, off the C-STORE round-trip.
         self.catalog = Catalog(catalog_path(self.data_dir), autocheckpoint=False)
-        self.pipeline = Pipeline(self.data_dir, self.catalog)
-        self.processor = Processor(self.data_dir)
+        limits = extract_limits(cfg)
+        self.pipeline = Pipeline(self.data_dir, self.catalog, limits=limits)
+        self.processor = Processor(self.data_dir, limits)
         self._inflight = 0
         self._closing = False
         self._cond = threading.Condition()

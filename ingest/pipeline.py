@@ -39,7 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dosereg.conf.fsutil import fsync_dir, private_dir, private_file, utc_now
-from dosereg.extract import StudyRecord, extract_bytes
+from dosereg.config import Config
+from dosereg.extract import ExtractLimits, StudyRecord, extract_bytes
 
 from .catalog import Catalog, CatalogBusyError
 from .locking import drop_claim, hold_claim, is_claimed
@@ -185,11 +186,18 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def extract_limits(cfg: Config) -> ExtractLimits:
+    """The configured bounds on reading one object (``[extract]``)."""
+    return ExtractLimits(max_inflated_bytes=cfg.extract.max_inflated_bytes, max_nesting=cfg.extract.max_nesting)
+
+
 class Pipeline:
     """Spool, process, quarantine: shared by the listener and the folder import."""
 
-    def __init__(self, data_dir: Path, catalog: Catalog, fsync: bool = True) -> None:
+    def __init__(self, data_dir: Path, catalog: Catalog, fsync: bool = True,
+                 limits: ExtractLimits | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.limits = limits or ExtractLimits()
         self.catalog = catalog
         self.fsync = fsync
         self.spool_dir = self.data_dir / "spool"
@@ -299,7 +307,7 @@ class Pipeline:
     # -- 2. process ---------------------------------------------------------------------
     def extract(self, item: Received) -> StudyRecord:
         data = item.path.read_bytes()
-        return extract_bytes(data, source=item.source, received_at=item.received_at)
+        return extract_bytes(data, source=item.source, received_at=item.received_at, limits=self.limits)
 
     def object_path(self, sha256: str) -> Path:
         return self.objects_dir / sha256[:2] / f"{sha256}.dcm"
@@ -353,7 +361,7 @@ class Pipeline:
             except FileNotFoundError:
                 return self._gone(item)
             try:
-                record = extract_bytes(data, source=item.source, received_at=item.received_at)
+                record = extract_bytes(data, source=item.source, received_at=item.received_at, limits=self.limits)
             except Exception as exc:  # extraction must not raise; when it does, this object made it
                 return self._quarantine_failure(item, exc, "extraction", header_sop_uid)
         if record.error is not None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dosereg.conf.fsutil import private_file
+from dosereg.extract import ExtractLimits
 
 from .catalog import Catalog, CatalogError, catalog_path
 from .pipeline import Pipeline, Received, TransientError, describe, is_transient
@@ -268,7 +269,8 @@ def _stop_requested(conn: Connection) -> bool:
     return _read(conn, None) is not None
 
 
-def processor_main(data_dir: str, conn: Connection, log_level: int, busy: Any = None) -> None:
+def processor_main(data_dir: str, conn: Connection, log_level: int, busy: Any = None,
+                   limits: ExtractLimits | None = None) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # The parent decides when to stop (after its in-flight stores); a signal to the whole
@@ -287,7 +289,7 @@ def processor_main(data_dir: str, conn: Connection, log_level: int, busy: Any = 
     except _ParentGone:
         return
     try:
-        pipeline = Pipeline(Path(data_dir), catalog)
+        pipeline = Pipeline(Path(data_dir), catalog, limits=limits)
         _run(Drainer(pipeline, catalog, _Marker(Path(data_dir)), busy), conn)
     except _ParentGone:  # the listener is gone
         return
@@ -340,8 +342,9 @@ def _read(conn: Connection, stop_at: float | None) -> float | None:
 class Processor:
     """Parent side: start, poke, stop; a watchdog restarts the process if it died or hangs."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, limits: ExtractLimits | None = None) -> None:
         self.data_dir = data_dir
+        self.limits = limits
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -356,7 +359,7 @@ class Processor:
         level = logging.getLogger("dosereg").getEffectiveLevel()
         self._busy.value = 0.0
         self._proc = self._ctx.Process(
-            target=processor_main, args=(str(self.data_dir), child, level, self._busy),
+            target=processor_main, args=(str(self.data_dir), child, level, self._busy, self.limits),
             name="dosereg-processor", daemon=False,
         )
         self._proc.start()
