@@ -26,14 +26,15 @@ Every input runs, in a worker subprocess, through ``dosereg.extract.extract_byte
 record of a sample's study is also merged (``merge_study``) with the study's clean samples
 and judged the same way, as the catalog would. While the code under test runs, the worker's
 whole address space is capped at 1 GiB and its CPU time at 10 s (CPU rather than wall clock,
-so that a loaded machine does not fake a timeout; a worker silent for 30 s of wall clock is
+so that a loaded machine does not fake a timeout; a worker silent for 60 s of wall clock is
 killed). A worker runs many inputs; one that dies or overruns is replaced, and the input
 counts as that outcome.
 
 Outcomes: ``ok``; ``error:<code>`` (an error record: the expected answer to a broken
 object); and the bad ones -- ``exception`` (uncaught, by type), ``nonfinite`` (NaN/Infinity
 in the JSON), ``schema_invalid``, ``misdecoded`` (a person name in a valid character set
-that does not decode to the standard's text), ``timeout`` (> 10 s), ``memory`` (> 1 GiB),
+that does not decode to the standard's text), ``unreported`` (an undefined character set term
+that no problem of the record mentions), ``timeout`` (> 10 s), ``memory`` (> 1 GiB),
 ``worker_died``. Each bad input is saved with its traceback in ``--out``
 (``repro/<outcome>-s<seed>-i<index>.dcm`` and ``.txt``); ``results.jsonl`` and
 ``summary.json`` hold every outcome. Exit status 1 if any outcome is bad.
@@ -77,9 +78,9 @@ CACHE_DIR = ROOT / "bench" / "out" / "fuzz-cache"  # deflate-bomb bodies, made o
 
 TIME_LIMIT_S = 10.0
 MEMORY_LIMIT = 1 << 30
-KILL_AFTER_S = 30.0     # wall clock: a worker that did not answer by then is killed (as a timeout)
+KILL_AFTER_S = 60.0     # wall clock: a worker that did not answer by then is killed (as a timeout)
 MAKE_LIMIT_S = 60.0     # making one input (in the worker) never takes this long
-BAD = ("exception", "nonfinite", "schema_invalid", "misdecoded", "timeout", "memory", "worker_died")
+BAD = ("exception", "nonfinite", "schema_invalid", "misdecoded", "unreported", "timeout", "memory", "worker_died")
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -217,6 +218,8 @@ CHARSET_NAMES: list[tuple[list[str], bytes, str]] = [
     (["ISO_IR 126"], "Διονυσιος".encode("iso8859_7"), "Διονυσιος"),
     (["ISO_IR 13"], "ﾔﾏﾀﾞ^ﾀﾛｳ".encode("shift_jis"), "ﾔﾏﾀﾞ^ﾀﾛｳ"),
 ]
+# Terms that are not in PS3.3 C.12.1.1.2 at all (misspelled, unknown): the record must say so
+UNDEFINED_TERMS = {"ISO_IR 999", "ISO IR 100", "ISO_IR100", "iso_ir 100", "ISO 2022 IR 999", "UTF-8", "\x1b$B"}
 BAD_TEXT: list[bytes] = [
     b"Yamada^\x1b$B;3", b"\x1b$)Z\xfb\xf3^x", b"\x1b", b"\x1b$", b"\x1b(B\x1b$B\x1b(B", b"\xff\xfe\xfd",
     b"\x1b$(D\x30\x21\x1b(B", b"\x1b%G\xe2\x82", b"\x1b-A\xe9^\x1b-F\xe1", b"A\x00B", b"\xc3\x28\xa0\xa1",
@@ -248,6 +251,7 @@ class Mutant:
     splices: list[tuple[bytes, bytes]] = field(default_factory=list)       # (placeholder, bytes)
     bomb: tuple[bytes, str] | None = None     # (placeholder, cached body name) for a deflate bomb
     expect_name: str | None = None
+    expect_problem: str | None = None  # a problem whose reason holds this text must be reported
 
 
 def _content_items(ds: Any) -> list[tuple[Any, int, Any]]:
@@ -423,6 +427,8 @@ def mut_charset(m: Mutant) -> str:
         m.expect_name = text
     elif roll < 0.8:
         terms, raw, text = m.rng.choice(BROKEN_CHARSETS), m.rng.choice(CHARSET_NAMES)[1], ""
+        if UNDEFINED_TERMS & set(terms):
+            m.expect_problem = "Specific Character Set"
     else:  # a valid declaration, bytes that break it (stray/unknown escapes, cut multi-byte codes)
         terms, raw, text = m.rng.choice(CHARSET_NAMES)[0], m.rng.choice(BAD_TEXT), ""
     m.ds[SPECIFIC_CHARACTER_SET] = DataElement(SPECIFIC_CHARACTER_SET, "CS", terms if len(terms) > 1 else terms[0])
@@ -486,12 +492,18 @@ def mut_nesting(m: Mutant) -> str:
     return f"nesting_private_{depth}"
 
 
-BOMBS = ("zeros_1g", "items_1m", "zeros_4m")
+BOMBS = ("zeros_1g", "items_1m", "zeros_4m", "items_100m")
+PAD_TAG = 0x7FE11012  # incompressible padding of the under-cap bomb, after the content
 
 
 def mut_deflate_bomb(m: Mutant) -> str:
+    from pydicom.dataelem import DataElement
+
     kind = m.rng.choice(BOMBS)
     holder = _placeholder_in_content(m) if kind.startswith("items") else None
+    if kind == "items_100m" and holder is not None:
+        m.ds[0x7FE10010] = DataElement(0x7FE10010, "LO", "FUZZ")
+        m.ds[PAD_TAG] = DataElement(PAD_TAG, "OB", m.rng.randbytes(900_000))
     if holder is None:
         kind = kind if kind.startswith("zeros") else "zeros_1g"
         holder = _placeholder_top(m, 0x7FE11010)
@@ -523,6 +535,17 @@ def mut_many_events(m: Mutant) -> str:
     return f"many_events_{count}"
 
 
+def mut_many_items(m: Mutant) -> str:
+    """16 to 96 MiB of small NUM items, uncompressed: memory must stay proportionate."""
+    holder = _placeholder_in_content(m)
+    if holder is None:
+        return mut_duplicate(m)
+    mib = m.rng.choice([16, 32, 64, 96])
+    item = num_item(b"12.5")
+    m.splices.append((holder, item * (mib * 2**20 // len(item))))
+    return f"many_items_{mib}m"
+
+
 def mut_deflate(m: Mutant) -> str:
     m.ts = DEFLATED
     return "deflated"
@@ -531,7 +554,7 @@ def mut_deflate(m: Mutant) -> str:
 STRUCTURE: list[tuple[Callable[[Mutant], str], int]] = [
     (mut_delete, 8), (mut_duplicate, 8), (mut_reorder, 6), (mut_retype, 10), (mut_concept_swap, 5),
     (mut_bad_number, 10), (mut_huge_sum, 6), (mut_header, 8), (mut_charset, 10), (mut_undefined_lengths, 5),
-    (mut_nesting, 6), (mut_deflate_bomb, 3), (mut_deflate, 3), (mut_many_events, 2),
+    (mut_nesting, 6), (mut_deflate_bomb, 3), (mut_deflate, 3), (mut_many_events, 2), (mut_many_items, 1),
 ]
 
 
@@ -680,6 +703,7 @@ class FuzzInput:
     mutations: list[str]
     data: bytes
     expect_name: str | None = None
+    expect_problem: str | None = None
 
 
 def load_samples() -> list[Sample]:
@@ -723,7 +747,7 @@ class Maker:
         sample = rng.choice(self.samples)
         mutations: list[str] = []
         data = sample.data
-        expect: str | None = None
+        expect: tuple[str | None, str | None] = (None, None)
         if sample.structured and rng.random() < 0.75:
             try:
                 data, mutations, expect = self.structure(sample, rng)
@@ -733,16 +757,17 @@ class Maker:
             for _ in range(rng.choice([1, 1, 2, 3])):
                 data, name = weighted(rng, BYTES)(data, rng)
                 mutations.append(name)
-            expect = None
-        return FuzzInput(index, sample.name, mutations, data, expect)
+            expect = (None, None)
+        return FuzzInput(index, sample.name, mutations, data, *expect)
 
-    def structure(self, sample: Sample, rng: random.Random) -> tuple[bytes, list[str], str | None]:
+    def structure(self, sample: Sample, rng: random.Random) -> tuple[bytes, list[str], tuple[str | None, str | None]]:
         import pydicom
 
         ds = pydicom.dcmread(io.BytesIO(sample.data))
         m = Mutant(ds, rng, str(ds.file_meta.TransferSyntaxUID))
         names = [weighted(rng, STRUCTURE)(m) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
-        expect = m.expect_name if len(names) == 1 and names[0] == "charset" else None
+        alone = len(names) == 1 and names[0].startswith("charset")  # nothing else changed the name or set
+        expect = (m.expect_name, m.expect_problem) if alone else (None, None)
         return self.encode(m), names, expect
 
     def encode(self, m: Mutant) -> bytes:
@@ -804,7 +829,7 @@ def bomb_body(kind: str, cache_dir: Path) -> tuple[bytes, int]:
         unit, total = bytes(1 << 24), (1 << 30) - 4096 if kind == "zeros_1g" else 4 << 20
     else:
         item = num_item(b"12.5")
-        unit, total = item * ((1 << 24) // len(item)), 1 << 30
+        unit, total = item * ((1 << 24) // len(item)), 100 << 20 if kind == "items_100m" else 1 << 30
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
     parts: list[bytes] = []
     inflated = compressed = 0
@@ -892,7 +917,8 @@ class Runner:
         signal.signal(signal.SIGPROF, _alarm)
         self.stage = "extract"
 
-    def run(self, data: bytes, source: str, expect_name: str | None = None) -> dict[str, Any]:
+    def run(self, data: bytes, source: str, expect_name: str | None = None,
+            expect_problem: str | None = None) -> dict[str, Any]:
         """One input through extract, rules (and merge), then JSON and schema; the code under
         test limited to 10 s of CPU time and 1 GiB of address space (the harness's own JSON
         and schema checks are outside the time limit: they cost seconds on 10,000 events)."""
@@ -909,7 +935,7 @@ class Runner:
             signal.setitimer(signal.ITIMER_PROF, 0)
             cpu = time.process_time() - c0
             self.stage = "json"
-            result = self.judge(dicts[0], expect_name)
+            result = self.judge(dicts[0], expect_name, expect_problem)
             if len(dicts) > 1 and result["outcome"] not in BAD:
                 verdict = self.judge(dicts[1], None)
                 if verdict["outcome"] in BAD:
@@ -944,7 +970,7 @@ class Runner:
             out.append(self.evaluated_dict(self.merge_study([*siblings, record]), self.rules, None))
         return out
 
-    def judge(self, d: dict[str, Any], expect_name: str | None) -> dict[str, Any]:
+    def judge(self, d: dict[str, Any], expect_name: str | None, expect_problem: str | None = None) -> dict[str, Any]:
         try:
             json.dumps(d, allow_nan=False, ensure_ascii=False)
         except ValueError:
@@ -955,17 +981,28 @@ class Runner:
                     "detail": "; ".join(f"{'/'.join(map(str, e.path))}: {e.message[:150]}" for e in errors[:3])}
         err = d.get("error")
         if err:
-            return {"outcome": f"error:{err.get('code')}", "detail": str(err.get("message"))[:200]}
+            message = str(err.get("message"))
+            if "MemoryError" in message:  # the limit was hit, even if the reader turned it into a record
+                return {"outcome": "memory", "detail": f"error record naming a MemoryError: {message[:200]}"}
+            if "RecursionError" in message or "recursion depth" in message:
+                return {"outcome": "exception", "type": "RecursionError", "stage": "extract (caught)",
+                        "detail": f"error record naming a RecursionError: {message[:200]}"}
+            return {"outcome": f"error:{err.get('code')}", "detail": message[:200]}
         if expect_name is not None:
             got = (d.get("patient") or {}).get("name")
             want = expect_name.strip(" \x00").rstrip("^= ").strip()
             if got != want:
                 return {"outcome": "misdecoded", "detail": f"patient name {got!r}, expected {want!r}"}
+        if expect_problem is not None and not any(expect_problem in str(p.get("reason")) for p in d.get("problems") or ()):
+            return {"outcome": "unreported", "detail": f"no problem mentions {expect_problem!r}"}
         return {"outcome": "ok"}
 
 
 def worker_main(seed: int, out: Path, cache_dir: Path) -> int:
     """Read input indexes on stdin, answer one JSON line each on the original stdout."""
+    import faulthandler
+
+    faulthandler.enable()  # a worker killed for silence first gets SIGABRT: its stack goes to the log
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the code under test go to the log, not the protocol
     maker = Maker(seed, cache_dir)
@@ -978,7 +1015,8 @@ def worker_main(seed: int, out: Path, cache_dir: Path) -> int:
             inp = maker.make(int(msg["index"]))
         proto.write(json.dumps({"phase": "run", "sample": inp.sample, "mutations": inp.mutations,
                                 "size": len(inp.data)}) + "\n")
-        result = runner.run(inp.data, source=f"fuzz-{seed}-{inp.index}.dcm", expect_name=inp.expect_name)
+        result = runner.run(inp.data, source=f"fuzz-{seed}-{inp.index}.dcm", expect_name=inp.expect_name,
+                            expect_problem=inp.expect_problem)
         if result["outcome"] in BAD and inp.index >= 0:
             save_reproducer(out, seed, inp, result)
         proto.write(json.dumps(result) + "\n")
@@ -1037,9 +1075,17 @@ class Worker:
         line, self.buf = self.buf.split(b"\n", 1)
         return dict(json.loads(line))
 
-    def stop(self) -> int | None:
+    def stop(self, dump: bool = False) -> int | None:
+        """Kill this worker (its own pid); with ``dump``, SIGABRT first so that faulthandler
+        writes where it was stuck into the log."""
+        if dump and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
-            self.proc.kill()  # this worker's own pid
+            self.proc.kill()
         try:
             rc = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -1054,6 +1100,7 @@ class Campaign:
     out: Path
     cache_dir: Path
     jobs: int
+    kill_after: float = KILL_AFTER_S
     results: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -1081,7 +1128,7 @@ class Campaign:
         if started is None:
             result = self.died(worker, task, "while making the input")
             return dict(result, **task), None
-        answer = worker.read(KILL_AFTER_S)
+        answer = worker.read(self.kill_after)
         alive: Worker | None = worker
         if answer is not None:
             result = answer
@@ -1095,10 +1142,22 @@ class Campaign:
                       size=started.get("size"))
         return result, alive
 
+    def silent(self, worker: Worker) -> dict[str, Any]:
+        """A worker killed for silence: a timeout, or memory if it was stuck after a MemoryError
+        (its last traceback and faulthandler's dump are in its log)."""
+        text = Path(worker.log.name).read_text(errors="replace")
+        last = text[text.rfind("Traceback (most recent call last)"):] if "Traceback" in text else ""
+        stack = "\n".join(line for line in last.splitlines() if line.strip() and not line.startswith("During"))
+        if "MemoryError" in last:
+            return {"outcome": "memory", "traceback": stack[:3000],
+                    "detail": f"stuck after a MemoryError, killed after {self.kill_after:g} s (wall clock)"}
+        return {"outcome": "timeout", "traceback": stack[:3000],
+                "detail": f"no answer in {self.kill_after:g} s (wall clock): killed"}
+
     def died(self, worker: Worker, task: dict[str, Any], when: str, killed: bool = False) -> dict[str, Any]:
-        rc = worker.stop()
+        rc = worker.stop(dump=killed)
         if killed:
-            result: dict[str, Any] = {"outcome": "timeout", "detail": f"no answer in {KILL_AFTER_S:g} s (wall clock): killed"}
+            result = self.silent(worker)
         else:
             how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit {rc}"
             result = {"outcome": "worker_died", "detail": f"worker died {when} ({how})"}
@@ -1109,7 +1168,8 @@ class Campaign:
 
 
 def run_campaign(count: int, seed: int, jobs: int = 2, out: Path = DEFAULT_OUT, cache_dir: Path = CACHE_DIR,
-                 files: list[Path] | None = None, verbose: bool = True) -> dict[str, Any]:
+                 files: list[Path] | None = None, verbose: bool = True,
+                 kill_after: float = KILL_AFTER_S) -> dict[str, Any]:
     """Run ``count`` inputs of ``seed`` (or the given files) and return the summary."""
     out.mkdir(parents=True, exist_ok=True)
     for kind in BOMBS:
@@ -1117,7 +1177,7 @@ def run_campaign(count: int, seed: int, jobs: int = 2, out: Path = DEFAULT_OUT, 
     tasks: Iterator[dict[str, Any]] = (iter([{"file": str(f)} for f in files]) if files
                                        else iter([{"index": i} for i in range(count)]))
     total = len(files) if files else count
-    campaign = Campaign(seed, out, cache_dir, jobs)
+    campaign = Campaign(seed, out, cache_dir, jobs, kill_after)
     done = [0]
     t0 = time.monotonic()
 
@@ -1161,7 +1221,7 @@ def summarise(results: list[dict[str, Any]], seed: int, elapsed: float, jobs: in
             key += f" {r.get('type')} in {r.get('stage')} at {_where(r.get('traceback', ''))}"
         g = groups.setdefault(key, {"count": 0, "mutations": Counter(), "examples": [], "detail": r.get("detail")})
         g["count"] += 1
-        g["mutations"].update(m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb", "many_events")) else m
+        g["mutations"].update(m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb", "many_")) else m
                               for m in r.get("mutations") or [])
         if len(g["examples"]) < 5:
             g["examples"].append(f"repro/{r['outcome']}-s{seed}-i{r['index']}.dcm" if "index" in r else r.get("file"))

@@ -3,7 +3,8 @@
 Issue 8: every mutated sample through ``extract_bytes``, the rules, ``json.dumps(allow_nan=
 False)`` and the schema, in worker subprocesses limited to 10 s and 1 GiB per input, gives a
 record (valid or an error record) -- never an uncaught exception, a non-finite number, a
-schema violation, a misdecoded name, an overrun or a dead worker. The harness itself is
+schema violation, a misdecoded name, an unreported undefined character set, an overrun or
+a dead worker. The harness itself is
 checked first: it must see each kind of failure it claims to count.
 """
 
@@ -39,7 +40,7 @@ fuzz = _load_fuzz()
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("fuzz")
-    summary = fuzz.run_campaign(COUNT, SEED, jobs=2, out=out, verbose=False)
+    summary = fuzz.run_campaign(COUNT, SEED, jobs=2, out=out, verbose=False, kill_after=30)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     return summary, results
 
@@ -71,7 +72,7 @@ def test_campaign_reaches_the_code_with_every_kind_of_mutation(
     errors = {o: n for o, n in outcomes.items() if o.startswith("error:")}
     assert {"error:malformed", "error:truncated"} <= set(errors)
     assert sum(errors.values()) >= COUNT // 5
-    tried = {m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb", "many_events")) else m
+    tried = {m.rsplit("_", 1)[0] if m.startswith(("nesting", "deflate_bomb", "many_")) else m
              for r in results for m in r["mutations"]}
     expected = {"sr_delete", "sr_duplicate", "sr_reorder", "sr_retype", "sr_concept_swap", "bad_number",
                 "huge_sum", "charset", "charset_broken", "undefined_lengths", "nesting_sr", "nesting_private",
@@ -146,3 +147,8 @@ def test_runner_counts_each_bad_outcome() -> None:
     assert fresh.run(good, "ct.dcm")["outcome"] == "ok"
     name = fresh.run(good, "ct.dcm", expect_name="Nobody^Else")
     assert name["outcome"] == "misdecoded"
+    assert fresh.run(good, "ct.dcm", expect_problem="Specific Character Set")["outcome"] == "unreported"
+    from dosereg.extract import error_record
+
+    caught = error_record("malformed", "x.dcm: the header cannot be read: MemoryError: ", source_file="x.dcm")
+    assert fresh.judge(fresh.evaluated_dict(caught, fresh.rules, None), None)["outcome"] == "memory"
