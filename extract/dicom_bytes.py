@@ -506,10 +506,10 @@ def _next_elem_end(buf: bytes, pos: int, n: int) -> int:
     if vr in _LONG_VRS:
         if pos + 12 > n:
             raise DicomReadError("truncated", "file meta information is cut short")
-        length = struct.unpack_from("<L", buf, pos + 8)[0]
+        length: int = struct.unpack_from("<L", buf, pos + 8)[0]
         return pos + 12 + length
-    length = struct.unpack_from("<H", buf, pos + 6)[0]
-    return pos + 8 + length
+    short: int = struct.unpack_from("<H", buf, pos + 6)[0]
+    return pos + 8 + short
 
 
 def _text(raw: Any) -> str:

@@ -177,7 +177,7 @@ def object_uid(record: StudyRecord) -> str:
     """The SOP Instance UID of a single-object record."""
     if not record.dose_objects:
         raise ValueError("record has no dose object (no SOP Instance UID)")
-    return record.dose_objects[0].sop_instance_uid
+    return str(record.dose_objects[0].sop_instance_uid)
 
 
 class Catalog:

@@ -560,7 +560,7 @@ class _GuardedHandler(RequestHandler):
             gate.close(conn)
 
     def _handshake(self, conn: Connection, gate: Gate) -> bool:
-        sock: ssl.SSLSocket = self.request  # type: ignore[assignment]
+        sock: ssl.SSLSocket = self.request
         timeout = sock.gettimeout()
         try:
             sock.settimeout(max(0.01, conn.accepted_at + gate.limits.association_deadline_s - time.monotonic()))

@@ -94,7 +94,8 @@ def _snomed_ct_id(code: Code) -> str | None:
         return None
     if scheme == "SCT":
         return value
-    return srt_to_sct().get(value)
+    sct: str | None = srt_to_sct().get(value)
+    return sct
 
 
 def _region_is_head(code: Code | None) -> bool | None:
@@ -135,8 +136,8 @@ def is_head_exam(event: Event) -> bool:
     """
     verdict = _region_is_head(event.target_region)
     if verdict is not None:
-        return verdict
-    return event.phantom == "head16"
+        return bool(verdict)
+    return bool(event.phantom == "head16")
 
 
 def standard_phantom(event: Event) -> str:
@@ -210,7 +211,7 @@ def ssde_mGy(event: Event, head: bool | None = None) -> float | None:
     exams (AAPM 204/220 cover the body only) and events without size give ``None``.
     """
     if event.ssde_mGy is not None:
-        return event.ssde_mGy
+        return float(event.ssde_mGy)
     if is_head_exam(event) if head is None else head:
         return None
     dw = event.water_equivalent_diameter_mm
