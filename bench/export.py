@@ -53,7 +53,7 @@ def run_export(data_dir: Path) -> tuple[float, float, str, float]:
     """(seconds, peak RSS MB of the export process, its stdout, CPU seconds of the export and its
     second process)."""
     env = dict(os.environ)
-    env.setdefault("DOSEREG_SECRET", "bench-secret")
+    env.setdefault("DOSEREG_SECRET", "bench-secret-0123456789abcdef0123456789")
     env.pop("DOSEREG_CONFIG", None)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a registry submission batch, billing flags and report")
     _common(p)
-    p.add_argument("--out", metavar="DIR", help="write under DIR instead of the data directory")
+    p.add_argument("--out", metavar="DIR",
+                   help="preview: write the batch's registry files and report under DIR; records nothing")
 
     p = sub.add_parser("report", help="write the completeness report alone")
     _common(p)
     p.add_argument("--out", metavar="DIR", help="write under DIR instead of the data directory")
+
+    p = sub.add_parser("secret", help="the pseudonym secret")
+    secret = p.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    p = secret.add_parser("change", help="start using the secret now in the environment (new pseudonyms)")
+    _common(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--by", metavar="NAME", help="who changes it (for the audit log)")
     return parser
 
 
@@ -95,7 +105,8 @@ def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
         record = extract_file(name)
         if record.error is not None:
             failed += 1
-        out.write(json.dumps(evaluated_dict(record, rules, export=None), ensure_ascii=False) + "\n")
+        out.write(json.dumps(evaluated_dict(record, rules, export=None), ensure_ascii=False, allow_nan=False)
+                  + "\n")
         out.flush()
     return 1 if failed else 0
 
@@ -143,7 +154,7 @@ def _evaluated_studies(cfg: Config) -> Any:
 def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         for d in _evaluated_studies(cfg):
-            sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
         return 0
     from dosereg.registry_export import studies_table
 
@@ -168,17 +179,65 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     from dosereg.registry_export import export_batch
+    from dosereg.registry_export.state import ExportBusyError
 
-    result = _with_catalog(cfg, lambda studies: export_batch(cfg, studies, out_dir=_out_dir(args)))
+    try:
+        result = _with_catalog(cfg, lambda studies: export_batch(cfg, studies, out_dir=_out_dir(args)))
+    except ExportBusyError as exc:
+        raise CommandError(str(exc)) from None
     print(result.summary())
     return 0
+
+
+@contextmanager
+def _owner_only() -> Iterator[None]:
+    """Files and folders created meanwhile are owner-only whatever the umask (the report holds
+    patient data); this process does nothing else meanwhile, so the process-wide umask is safe."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from dosereg.registry_export import write_report
 
-    for p in _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args))):
+    with _owner_only():
+        paths = _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args)))
+    for p in paths:
         print(p)
+    return 0
+
+
+SECRET_CHANGE_WARNING = (
+    "Changing the pseudonym secret gives every study exported from now on new pseudonyms (study, "
+    "object, event and device identifiers): a study the registry already has and that is submitted "
+    "again will look like a new study there, so the registry would count it twice unless it is told. "
+    "Every later batch's manifest says when the pseudonyms changed (pseudonyms_changed_at)."
+)
+
+
+def cmd_secret(cfg: Config, args: argparse.Namespace) -> int:
+    from dosereg.registry_export.export import change_secret, recorded_secret
+
+    name = cfg.site.pseudonym_secret_env
+    _, same = recorded_secret(cfg)  # refuses a missing or short secret first
+    if same:
+        print(f"the secret in {name} is already the recorded one: nothing changed")
+        return 0
+    if same is False and not args.yes:
+        print(SECRET_CHANGE_WARNING, file=sys.stderr)
+        print(f"Type 'change' to start using the secret now in {name}: ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer != "change":
+            raise CommandError("not confirmed: nothing changed (or run with --yes)", status=1)
+    changed_at = change_secret(cfg, actor=args.by)
+    if changed_at is None:
+        print(f"recorded the secret in {name} (no pseudonyms to change)")
+    else:
+        print(f"recorded the new secret in {name}: batches from now on carry new pseudonyms "
+              f"(pseudonyms_changed_at {changed_at})")
     return 0
 
 
@@ -189,6 +248,7 @@ COMMANDS = {
     "studies": cmd_studies,
     "export": cmd_export,
     "report": cmd_report,
+    "secret": cmd_secret,
 }
 
 

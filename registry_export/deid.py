@@ -11,8 +11,17 @@ keyed pseudonym::
     2.25.<decimal of the first 16 bytes of HMAC-SHA256(secret, uid)>
 
 which is a valid DICOM UID (at most 44 characters), the same for the same UID and secret.
+Device identifiers (HIPAA lists them for Safe Harbor and for a limited data set) are keyed
+the same way, in forms that fit their DICOM VRs, so the registry can still tell scanners
+apart: Station Name (SH, 16 characters) becomes ``S`` + 15 upper-case hex digits, a
+Device Serial Number or Device Observer Serial Number (LO, 64 characters) ``SN`` + 30 hex
+digits; each HMAC is domain-separated (``station_name:`` / ``serial_number:`` before the
+value) so a station called like a UID never shares its pseudonym.
+
 The secret is read from the environment variable named by ``site.pseudonym_secret_env``;
-without it nothing is exported (:class:`MissingSecretError`).
+without it nothing is exported (:class:`MissingSecretError`), and one shorter than
+:data:`MIN_SECRET_LENGTH` characters is refused (:class:`WeakSecretError`): a short secret
+can be guessed, and whoever guesses it can recompute every pseudonym from a known UID.
 
 Ages become whole years (floor), 90 for 90 and over. Dates and date-times keep the
 configured precision: ``day`` (HIPAA limited data set: exam dates and times kept),
@@ -21,7 +30,8 @@ configured precision: ``day`` (HIPAA limited data set: exam dates and times kept
 
 Text that stays (descriptions, protocol names, rule reasons) is scrubbed as a second line
 of defence: any UID in it is replaced by its pseudonym and the study's own patient name
-parts, patient ID, accession number and birth date by ``[removed]``.
+parts, patient ID, accession number and birth date by ``[removed]``, its station name and
+serial number by their pseudonyms (a rule's reason may quote the station name).
 """
 
 from __future__ import annotations
@@ -37,6 +47,12 @@ from typing import Any
 from dosereg.config import Config
 
 REMOVED = "[removed]"
+MIN_SECRET_LENGTH = 32
+#: the fingerprint export state keeps of the secret (never the secret): HMAC(secret, this)
+SECRET_FINGERPRINT_MESSAGE = b"dosereg-secret-fingerprint"
+STATION_NAME_LENGTH = 16  # SH
+_STATION_DIGITS = STATION_NAME_LENGTH - 1
+_SERIAL_DIGITS = 30  # "SN" + 30 hex digits = 32 characters, within LO's 64
 REGISTRY_STUDY_SCHEMA_ID = "dosereg.registry-study/1"  # the de-identified form of "dosereg.study/1"
 DATE_PRECISIONS = ("day", "month", "year")
 
@@ -46,7 +62,11 @@ _UID_IN_TEXT = re.compile(r"(?<![\d.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){3,}(?![
 
 
 class MissingSecretError(ValueError):
-    """The pseudonym secret's environment variable is unset or empty: refuse to export."""
+    """No usable pseudonym secret (its environment variable is unset or empty): refuse to export."""
+
+
+class WeakSecretError(MissingSecretError):
+    """The pseudonym secret is shorter than :data:`MIN_SECRET_LENGTH` characters: refuse to export."""
 
 
 def secret_from_config(cfg: Config) -> bytes:
@@ -58,7 +78,22 @@ def secret_from_config(cfg: Config) -> bytes:
             f"environment variable {name} (site.pseudonym_secret_env in {cfg.path}) is not set; "
             f"refusing to export without the pseudonym secret"
         )
+    if len(value) < MIN_SECRET_LENGTH:
+        raise WeakSecretError(
+            f"environment variable {name} (site.pseudonym_secret_env in {cfg.path}) is only {len(value)} "
+            f"character{'' if len(value) == 1 else 's'} long; the pseudonym secret must be at least "
+            f"{MIN_SECRET_LENGTH} characters "
+            f"(e.g. the output of `openssl rand -hex 32`)"
+        )
     return value.encode("utf-8")
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """What export state keeps to recognise the secret: HMAC-SHA256(secret, a fixed message), hex.
+
+    It cannot be turned back into the secret, nor used to compute a pseudonym.
+    """
+    return hmac.new(secret, SECRET_FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()
 
 
 def pseudonym_uid(secret: bytes, uid: str) -> str:
@@ -67,18 +102,62 @@ def pseudonym_uid(secret: bytes, uid: str) -> str:
     return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
+def pseudonym_station_name(secret: bytes, name: str) -> str:
+    """``S`` + the first 15 hex digits (upper case) of HMAC-SHA256(secret, "station_name:" + name):
+    16 characters, a valid Station Name (SH)."""
+    digest = hmac.new(secret, b"station_name:" + name.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    return "S" + digest[:_STATION_DIGITS].upper()
+
+
+def pseudonym_serial_number(secret: bytes, serial: str) -> str:
+    """``SN`` + the first 30 hex digits (upper case) of HMAC-SHA256(secret, "serial_number:" + serial):
+    a valid Device Serial Number (LO)."""
+    digest = hmac.new(secret, b"serial_number:" + serial.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    return "SN" + digest[:_SERIAL_DIGITS].upper()
+
+
 class Pseudonymizer:
-    """Maps original UIDs to their keyed pseudonyms (``None`` stays ``None``)."""
+    """Maps original UIDs and device identifiers to their keyed pseudonyms (``None`` stays ``None``)."""
 
     CACHE_SIZE = 4096  # UIDs that recur across studies (device observers) are hashed once
 
     def __init__(self, secret: bytes) -> None:
         if not secret:
             raise MissingSecretError("the pseudonym secret is empty; refusing to export")
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise WeakSecretError(f"the pseudonym secret must be at least {MIN_SECRET_LENGTH} characters")
         self._secret = secret
         self._keyed = hmac.new(secret, digestmod="sha256")  # OpenSSL HMAC, copied per UID: keyed once
         self._cache: dict[str, str] = {}
         self._text_cache: dict[str, str] = {}
+        self._devices: dict[tuple[str, str], str | None] = {}  # few scanners: never cleared
+        self.fingerprint = secret_fingerprint(secret)
+
+    def station_name(self, name: str | None) -> str | None:
+        """The keyed pseudonym of a Station Name (:func:`pseudonym_station_name`)."""
+        return self._device("station_name", name)
+
+    def serial_number(self, serial: str | None) -> str | None:
+        """The keyed pseudonym of a Device (Observer) Serial Number (:func:`pseudonym_serial_number`)."""
+        return self._device("serial_number", serial)
+
+    def _device(self, kind: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value if value.__class__ is str else str(value)
+        key = (kind, text)
+        if key in self._devices:
+            return self._devices[key]
+        if not text.strip():
+            out = None
+        elif kind == "station_name":
+            out = pseudonym_station_name(self._secret, text)
+        else:
+            out = pseudonym_serial_number(self._secret, text)
+        if len(self._devices) >= self.CACHE_SIZE:
+            self._devices.clear()
+        self._devices[key] = out
+        return out
 
     @classmethod
     def from_config(cls, cfg: Config) -> Pseudonymizer:
@@ -149,21 +228,31 @@ class Scrubber:
     def __init__(self, record: dict[str, Any], pseudo: Pseudonymizer) -> None:
         self._pseudo = pseudo
         patient = record.get("patient") or {}
-        words: set[str] = set()
+        words: dict[str, str] = {}  # lower-case word -> what replaces it
         for value in (patient.get("id"), record.get("accession_number")):
             if value and len(str(value).strip()) >= 3:
-                words.add(str(value).strip())
+                words[str(value).strip().lower()] = REMOVED
         name = patient.get("name")
         if name:
             for part in _NAME_PARTS.split(str(name)):
                 if len(part) >= 3:
-                    words.add(part)
+                    words[part.lower()] = REMOVED
         birth = patient.get("birth_date")
         if birth:
-            words.add(str(birth))
-            words.add(str(birth).replace("-", ""))
-        # longest first, so "Doe^John" parts never leave half a word behind
-        self._words = sorted({w.lower() for w in words}, key=len, reverse=True)
+            words[str(birth).lower()] = REMOVED
+            words[str(birth).replace("-", "").lower()] = REMOVED
+        # device identifiers become their pseudonyms, and only as whole words: a serial number
+        # such as "10001" is also a run of digits inside pseudonymous UIDs and dose values
+        devices: dict[str, str] = {}
+        equipment = record.get("equipment") or {}
+        for value, to in ((equipment.get("station_name"), pseudo.station_name),
+                          (equipment.get("serial_number"), pseudo.serial_number)):
+            text = str(value).strip() if value else ""
+            if len(text) >= 3 and text.lower() not in words:
+                devices[text.lower()] = to(text) or REMOVED
+        self._words = {**words, **devices}
+        self._devices = frozenset(devices)
+        self._pattern: re.Pattern[str] | None = None
 
     def text(self, value: str | None) -> str | None:
         if not value:
@@ -172,10 +261,16 @@ class Scrubber:
         if "." in out:
             out = self._pseudo.uids_in_text(out)
         low = out.lower()
-        for w in self._words:
-            if w in low:  # rare: only then pay for a case-insensitive replacement
-                out = re.sub(re.escape(w), REMOVED, out, flags=re.IGNORECASE)
-                low = out.lower()
+        if any(w in low for w in self._words):  # rare: only then pay for a case-insensitive replacement
+            if self._pattern is None:
+                # longest first, so "Doe^John" parts never leave half a word behind; one pass, so a
+                # replacement is never matched again
+                alternatives = sorted(self._words, key=len, reverse=True)
+                self._pattern = re.compile("|".join(
+                    rf"(?<![0-9a-z]){re.escape(w)}(?![0-9a-z])" if w in self._devices else re.escape(w)
+                    for w in alternatives), re.IGNORECASE)
+            words = self._words
+            out = self._pattern.sub(lambda m: words.get(m.group(0).lower(), REMOVED), out)
         return out
 
     def texts(self, values: Any) -> list[str]:
@@ -257,8 +352,8 @@ def deidentify_study(d: dict[str, Any], pseudo: Pseudonymizer, precision: str) -
         "equipment": {
             "manufacturer": equipment.get("manufacturer"),
             "model": equipment.get("model"),
-            "station_name": equipment.get("station_name"),
-            "serial_number": equipment.get("serial_number"),
+            "station_name": pseudo.station_name(equipment.get("station_name")),
+            "serial_number": pseudo.serial_number(equipment.get("serial_number")),
             "software_versions": equipment.get("software_versions"),
             "device_observer_uid": pseudo.uid(equipment.get("device_observer_uid")),
         },

@@ -14,9 +14,19 @@ the last batch, written out:
   accession number, study UID, patient ID and date (a reworded reason alone is not news);
 * ``reports/completeness-<batch_id>.html`` and ``.csv`` cover every study of the catalog.
 
-Everything is written under a staging folder ``.staging-<batch_id>`` in the output folder
-and renamed into place only when complete; the export state
-(``<data_dir>/export-state.sqlite``) is committed after that. An export with nothing new
+Everything is written under a staging folder ``.staging-<batch_id>`` in the data directory;
+when it is complete the batch's *intent* (its studies, fingerprints and the SHA-256 of every
+file) is committed to export state (``<data_dir>/export-state.sqlite``), then the files are
+renamed into place and a second transaction records the batch as exported. A crash at any
+instant is repaired by the next export before anything else (:mod:`.placement`): the batch
+is completed or adopted when any of its billing or registry files was placed, discarded
+when none was, so a study is never submitted twice nor its flags written twice. The export
+refuses a pseudonym secret other than the one export state recorded (``dosereg secret
+change`` is the deliberate way). Every file and folder written is owner-only.
+
+``export --out DIR`` is a preview: the registry files and the report of the batch the next
+export would write go to DIR, nothing else is written (no flags) and no state is recorded,
+so the next export is unaffected. An export with nothing new
 writes nothing at all -- no empty batch -- and says so (``dosereg report`` still writes
 the completeness report on demand). Parts of a batch with no rows are left out: a batch
 whose studies are all ``G9326`` or ``excluded`` has flags and a report but no registry
@@ -32,10 +42,7 @@ import io
 import json
 import logging
 import multiprocessing
-import os
 import pickle
-import re
-import shutil
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,16 +56,20 @@ from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
+from .placement import STAGING_PREFIX, Staging, crash_point, place, remove_stale_staging, repair
 from .report import scanner_label
 from .rules import Rules, evaluated_dict, rules_from_config, with_verdicts
-from .state import ExportState, StudyState, state_path
+from .state import BatchFile, ExportState, StudyState, export_lock, state_path
+
+__all__ = ["STAGING_PREFIX", "ExportResult", "SecretChangedError", "change_secret", "export_batch", "export_marks",
+           "recorded_secret", "repair_interrupted", "studies_table"]
 
 log = logging.getLogger("dosereg.export")
 
 SUBMISSION_SCHEMA_ID = "dosereg.submission/1"
 MANIFEST_SCHEMA_ID = "dosereg.manifest/1"
-STAGING_PREFIX = ".staging-"
-_STAGING_NAME = re.compile(r"^\.staging-\d{8}T\d{6}Z-\d{4,}$")
+SECRET_FINGERPRINT = "secret_fingerprint"  # export state's meta keys
+PSEUDONYMS_CHANGED_AT = "pseudonyms_changed_at"
 
 # Derived from the record by the rules (not part of its content) or volatile.
 _NOT_CONTENT = frozenset({"completeness", "classification", "flags", "export", "source_file"})
@@ -96,7 +107,8 @@ def content_fingerprint(d: dict[str, Any]) -> str:
 
 
 def _json_content(core: dict[str, Any]) -> str:
-    return json.dumps(core, ensure_ascii=False, default=str, separators=(",", ":"), check_circular=False)
+    return json.dumps(core, ensure_ascii=False, default=str, separators=(",", ":"), check_circular=False,
+                      allow_nan=False)
 
 
 def legacy_fingerprint(d: dict[str, Any]) -> str:
@@ -214,6 +226,8 @@ class ExportResult:
     flags_paths: list[Path] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
     previous_batch: str | None = None
+    repaired: list[str] = field(default_factory=list)  # what was done to batches an interrupted export left
+    preview: bool = False  # `export --out DIR`: nothing recorded
 
     @property
     def paths(self) -> list[Path]:
@@ -224,15 +238,24 @@ class ExportResult:
         return out + self.flags_paths + self.report_paths
 
     def summary(self) -> str:
+        repaired = [f"repaired: {r}" for r in self.repaired]
         if self.batch_id is None:
             since = f" since batch {self.previous_batch}" if self.previous_batch else ""
-            return (f"nothing new to export{since}: {self.studies_seen} studies in the catalog, "
-                    f"none new or changed; no batch written (`dosereg report` writes the completeness report)")
-        lines = [
-            f"batch {self.batch_id}: {self.studies_seen} studies evaluated; "
-            f"{self.registry_studies} to the registry ({self.registry_resubmitted} re-submitted after a change, "
-            f"{self.registry_events} events), {self.flag_rows} billing flag rows"
-        ]
+            return "\n".join([*repaired, (
+                f"nothing new to export{since}: {self.studies_seen} studies in the catalog, "
+                f"none new or changed; no batch written (`dosereg report` writes the completeness report)")])
+        if self.preview:
+            lines = [
+                f"preview of batch {self.batch_id} (nothing recorded: the next export is unaffected): "
+                f"{self.studies_seen} studies evaluated; {self.registry_studies} would go to the registry "
+                f"({self.registry_resubmitted} re-submitted after a change, {self.registry_events} events), "
+                f"{self.flag_rows} billing flag rows would be written (not in a preview)"
+            ]
+        else:
+            lines = [*repaired,
+                     f"batch {self.batch_id}: {self.studies_seen} studies evaluated; "
+                     f"{self.registry_studies} to the registry ({self.registry_resubmitted} re-submitted after a "
+                     f"change, {self.registry_events} events), {self.flag_rows} billing flag rows"]
         if self.skipped_no_uid:
             lines.append(f"  {self.skipped_no_uid} studies without a Study Instance UID were skipped")
         if self.registry_dir is None:
@@ -241,46 +264,8 @@ class ExportResult:
         return "\n".join(lines)
 
 
-class _Staging:
-    """The files of one batch, written under ``<out>/.staging-<batch_id>/``."""
-
-    def __init__(self, out: Path, batch_id: str) -> None:
-        self.out = out
-        self.root = out / f"{STAGING_PREFIX}{batch_id}"
-        self.root.mkdir(parents=True)
-        self.registry = self.root / "registry"
-        self.flags = self.root / "flags"
-        self.reports = self.root / "reports"
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Left by an export that crashed (we hold the state lock, so none is running)."""
-    if not out.is_dir():
-        return
-    for p in out.iterdir():
-        if _STAGING_NAME.match(p.name) and p.is_dir():
-            log.warning("removing %s left by an interrupted export", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # = json.dumps(study, ensure_ascii=False), built once; study dicts are trees (no cycle check needed)
-_STUDY_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+_STUDY_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False)
 
 
 class _Submission:
@@ -290,7 +275,7 @@ class _Submission:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fh = open(path, "w", encoding="utf-8")
-        head = json.dumps(header, ensure_ascii=False, indent=1)
+        head = json.dumps(header, ensure_ascii=False, indent=1, allow_nan=False)
         self._fh.write(head[:-2] + ',\n "studies": [')
         self._first = True
         self.rows = 0
@@ -513,136 +498,287 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+class SecretChangedError(ValueError):
+    """The pseudonym secret is not the one export state recorded: refuse (``dosereg secret change``)."""
+
+
+def secret_changed_message(cfg: Config, path: Path) -> str:
+    name = cfg.site.pseudonym_secret_env
+    return (f"the pseudonym secret in environment variable {name} is not the one recorded in {path}: "
+            f"with another secret every study submitted again would get a new pseudonym, so the registry "
+            f"would count it twice; set the previous secret again, or run `dosereg secret change` to start "
+            f"using this one on purpose")
+
+
+def _check_secret(state: ExportState, pseudo: Pseudonymizer, cfg: Config, now: str) -> str | None:
+    """Refuse another secret than the recorded one (record it on first use); the time pseudonyms
+    last changed (``dosereg secret change``), or None."""
+    recorded = state.meta(SECRET_FINGERPRINT)
+    if recorded is None:
+        if state.last_batch() is not None:
+            log.warning("export: %s recorded no pseudonym secret fingerprint (made by an earlier dosereg): "
+                        "recording this secret's; if earlier batches used another, run `dosereg secret change`",
+                        state.path)
+        state.set_meta(SECRET_FINGERPRINT, pseudo.fingerprint)
+        state.set_meta("secret_recorded_at", now)
+        state.log(None, "secret_recorded", "fingerprint of the pseudonym secret recorded", at=now)
+    elif recorded != pseudo.fingerprint:
+        raise SecretChangedError(secret_changed_message(cfg, state.path))
+    return state.meta(PSEUDONYMS_CHANGED_AT)
+
+
 def export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]],
                  out_dir: Path | None = None) -> ExportResult:
-    """Write one batch of every study not yet submitted or changed since (module docstring)."""
-    with _without_cyclic_gc():
-        return _export_batch(cfg, studies, out_dir)
+    """Write one batch of every study not yet submitted or changed since (module docstring).
 
-
-def _export_batch(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None) -> ExportResult:
-    from .writers import FlagsWriter
-
+    With ``out_dir`` it is a preview: the registry files and the report go to ``out_dir``, and
+    no state, batch or flag is recorded (the next export is unaffected).
+    """
     pseudo = Pseudonymizer.from_config(cfg)  # refuse before touching anything
-    precision = cfg.registry.date_precision
-    rules = rules_from_config(cfg)
-    profile = profile_info(rules, cfg)
-    facility = cfg.site.facility_id
-    out = Path(out_dir) if out_dir is not None else cfg.data_dir
+    with _without_cyclic_gc():
+        if out_dir is not None:
+            return _preview(cfg, studies, Path(out_dir), pseudo)
+        with export_lock(cfg):
+            state = ExportState(state_path(cfg))
+            try:
+                return _export_locked(cfg, studies, state, pseudo)
+            finally:
+                state.rollback()
+                state.close()
 
-    state = ExportState(state_path(cfg))
+
+def repair_interrupted(state: ExportState, now: str) -> list[str]:
+    """Repair every batch an interrupted export left ``writing`` (:func:`placement.repair`)."""
+    return [repair(state, intent, now) for intent in state.intents()]
+
+
+@dataclass
+class _Batch:
+    """What one batch is: its id, where it goes, what it is compared against."""
+
+    cfg: Config
+    batch_id: str
+    seq: int
+    created_at: str
+    out: Path
+    pseudo: Pseudonymizer
+    known: dict[str, StudyState]
+    pseudonyms_changed_at: str | None
+    preview: bool = False
+
+
+def _export_locked(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], state: ExportState,
+                   pseudo: Pseudonymizer) -> ExportResult:
+    out = cfg.data_dir
+    state.begin()
+    now = utc_now()
+    changed_at = _check_secret(state, pseudo, cfg, iso_utc(now))
+    repaired = repair_interrupted(state, iso_utc(now))
+    state.commit()
+    state.begin()
+    seq = state.next_seq()
+    previous = state.last_batch()
+    batch = _Batch(cfg, f"{now:%Y%m%dT%H%M%SZ}-{seq:04d}", seq, iso_utc(now), out, pseudo, state.studies(),
+                   changed_at)
+    result = ExportResult(batch_id=batch.batch_id, created_at=batch.created_at, out_dir=out,
+                          previous_batch=previous[0] if previous else None, repaired=repaired)
+    remove_stale_staging(out)
+    staging = Staging(out, batch.batch_id)
+    keep_staging = False
     try:
-        state.begin()
-        now = utc_now()
-        created_at = iso_utc(now)
-        seq = state.next_seq()
-        batch_id = f"{now:%Y%m%dT%H%M%SZ}-{seq:04d}"
-        previous = state.last_batch()
-        result = ExportResult(batch_id=batch_id, created_at=created_at, out_dir=out,
-                              previous_batch=previous[0] if previous else None)
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out)
-        staging = _Staging(out, batch_id)
-        sinks: list[_BatchSink] = []
-        try:
-            header = {"schema": SUBMISSION_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
-                      "created_at": created_at, "profile": profile, "date_precision": precision}
-            work = _BatchSink((cfg, staging.registry, header, pseudo))
-            sinks.append(work)
-            flags: FlagsWriter | None = None
-            known_studies = state.studies()
-            recorded: list[tuple[str, str | None, str | None, str, str, str | None]] = []
-            settled: list[tuple[str, str]] = []
-            rkey = rules_key(rules)
-            # Studies settled by an earlier export (evaluated with the same record and rules, and
-            # nothing to send since) need no evaluation to decide: while only such studies come,
-            # they are just counted. The report needs every study evaluated, though, so the first
-            # study that is not settled has those evaluated (a second pass over them) first.
-            unevaluated = 0
-            for record in studies():
-                result.studies_seen += 1
-                d = record.to_dict()
-                uid = d.get("study_instance_uid")
-                known = known_studies.get(uid) if uid else None
-                ikey = input_key(d, rkey) if uid else None
-                if unevaluated >= 0:
-                    stored = known.input_key if known is not None else None
-                    if stored is not None and stored in (ikey, f"{ikey}{_SUBMITTED}"):
-                        unevaluated += 1
-                        result.already_submitted += stored.endswith(_SUBMITTED)
-                        continue
-                    if unevaluated:
-                        _report_settled(studies, unevaluated, rules, work)
-                    unevaluated = -1  # from here on every study is evaluated
-                with_verdicts(d, record, rules)
-                if not uid:
-                    result.skipped_no_uid += 1
-                    work.add(d, record, False)
-                    continue
-                fp = content_fingerprint(d)
-                code = (d.get("flags") or {}).get("registry_code")
-                to_registry = code == "G9327" and (known is None or not same_content(known.registry_fingerprint, fp, d))
-                if code == "G9327" and not to_registry:
-                    result.already_submitted += 1
-                row = flags_row(d)
-                key = _row_key(row)
-                to_flags = known is None or known.flags_key != key
-                work.add(d, record, to_registry)
-                if to_registry:
-                    result.registry_studies += 1
-                    result.registry_events += len(d.get("events") or ())
-                    if known is not None and known.registry_fingerprint is not None:
-                        result.registry_resubmitted += 1
-                if to_flags:
-                    if flags is None:
-                        flags = FlagsWriter(staging.flags / f"{batch_id}.csv", staging.flags / f"{batch_id}.parquet")
-                    flags.append(row)
-                    result.flag_rows += 1
-                settled_key = f"{ikey}{_SUBMITTED}" if code == "G9327" else ikey
-                if to_registry or to_flags:
-                    recorded.append((uid, fp if to_registry else None, key if to_flags else None, batch_id,
-                                     created_at, settled_key))
-                    known_studies[uid] = StudyState(
-                        fp if to_registry else (known.registry_fingerprint if known else None),
-                        key if to_flags else (known.flags_key if known else None), settled_key)
-                    if len(recorded) >= 1000:
-                        state.record_studies(recorded)
-                        recorded = []
-                elif known is not None and known.input_key != settled_key and settled_key is not None:
-                    settled.append((uid, settled_key))
-            state.record_studies(recorded)
-            state.settle(settled)
-            if flags is not None:
-                flags.close()
-            nothing_new = result.registry_studies == 0 and result.flag_rows == 0
-            report_to = None if nothing_new else (staging.reports, f"completeness-{batch_id}", batch_id)
-            registry_rows = work.close_registry(report_to)
-            if registry_rows is not None:  # while a second process writes the report
-                _write_manifest(staging.registry, facility, batch_id, created_at, registry_rows)
-            report_files = work.write_report(report_to)
-
-            if nothing_new:
-                staging.remove()
-                state.commit()  # only the input keys of studies found settled (no batch is recorded)
-                result.batch_id = None
-                log.info("export: nothing new (%d studies seen)", result.studies_seen)
-                return result
-
-            _place(staging, out, facility, batch_id, result, registry_rows is not None, flags is not None,
-                   report_files)
-            state.record_batch(batch_id, seq, created_at, facility, str(out.resolve()), result.studies_seen,
-                               result.registry_studies, result.registry_events, result.flag_rows)
-            state.commit()
-            log.info("export: batch %s written (%d registry studies, %d flag rows)",
-                     batch_id, result.registry_studies, result.flag_rows)
+        files = _write_staged(batch, studies, staging, result, state)
+        if files is None:
+            state.commit()  # only the input keys of studies found settled (no batch is recorded)
+            result.batch_id = None
+            log.info("export: nothing new (%d studies seen)", result.studies_seen)
             return result
-        finally:
-            for sink in sinks:
-                sink.abort()
-            staging.remove()
+        crash_point("after_staging")
+        state.record_intent(batch.batch_id, seq, batch.created_at, cfg.site.facility_id, out, staging.root,
+                            (result.studies_seen, result.registry_studies, result.registry_events,
+                             result.flag_rows), files, pseudo.fingerprint, changed_at)
+        state.commit()
+        keep_staging = True  # from here on an interrupted batch is repaired from its staging folder
+        crash_point("after_intent")
+        placed = place(staging, cfg.site.facility_id, batch.batch_id, files)
+        result.registry_dir = placed.registry_dir
+        result.flags_paths = placed.flags_paths or []
+        result.report_paths = placed.report_paths or []
+        state.begin()
+        state.complete(batch.batch_id, placed.registry_dir, iso_utc(utc_now()))
+        crash_point("before_state_commit")
+        state.commit()
+        crash_point("after_state_commit")
+        staging.remove()
+        log.info("export: batch %s written (%d registry studies, %d flag rows)",
+                 batch.batch_id, result.registry_studies, result.flag_rows)
+        return result
     finally:
-        state.rollback()
-        state.close()
+        if not keep_staging:
+            staging.remove()
+
+
+def _preview(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out: Path,
+             pseudo: Pseudonymizer) -> ExportResult:
+    """``export --out DIR``: the batch the next export would write, into DIR; nothing recorded."""
+    path = state_path(cfg)
+    known: dict[str, StudyState] = {}
+    seq, previous, changed_at = 1, None, None
+    if path.exists():
+        state = ExportState(path, readonly=True)
+        try:
+            recorded = state.meta(SECRET_FINGERPRINT)
+            if recorded is not None and recorded != pseudo.fingerprint:
+                raise SecretChangedError(secret_changed_message(cfg, path))
+            if state.intents():
+                log.warning("export: an interrupted batch is waiting for the next export to repair it; "
+                            "the preview shows what the export state says now")
+            known, seq, previous = state.studies(), state.next_seq(), state.last_batch()
+            changed_at = state.meta(PSEUDONYMS_CHANGED_AT)
+        finally:
+            state.close()
+    now = utc_now()
+    batch = _Batch(cfg, f"{now:%Y%m%dT%H%M%SZ}-{seq:04d}", seq, iso_utc(now), out, pseudo, known, changed_at,
+                   preview=True)
+    result = ExportResult(batch_id=batch.batch_id, created_at=batch.created_at, out_dir=out,
+                          previous_batch=previous[0] if previous else None, preview=True)
+    staging = Staging(out, batch.batch_id)
+    try:
+        files = _write_staged(batch, studies, staging, result, None)
+        if files is None:
+            result.batch_id = None
+            return result
+        placed = place(staging, cfg.site.facility_id, batch.batch_id, files)
+        result.registry_dir = placed.registry_dir
+        result.report_paths = placed.report_paths or []
+        return result
+    finally:
+        staging.remove()
+
+
+def _write_staged(batch: _Batch, studies: Callable[[], Iterator[StudyRecord]], staging: Staging,
+                  result: ExportResult, state: ExportState | None) -> list[BatchFile] | None:
+    """Evaluate every study and write the batch's files under ``staging`` (with ``state``: its
+    members recorded in the open transaction); the staged files, or None when nothing is new."""
+    cfg = batch.cfg
+    rules = rules_from_config(cfg)
+    header = {"schema": SUBMISSION_SCHEMA_ID, "facility_id": cfg.site.facility_id, "batch_id": batch.batch_id,
+              "created_at": batch.created_at, "profile": profile_info(rules, cfg),
+              "date_precision": cfg.registry.date_precision}
+    work = _BatchSink((cfg, staging.registry, header, batch.pseudo))
+    try:
+        decide = _Decisions(batch, rules, staging, result, state, work)
+        decide.run(studies)
+        nothing_new = result.registry_studies == 0 and result.flag_rows == 0
+        report_to = None if nothing_new else (staging.reports, f"completeness-{batch.batch_id}", batch.batch_id)
+        registry_rows = work.close_registry(report_to)
+        hashes: dict[str, tuple[str, int]] = {}
+        if registry_rows is not None:  # while a second process writes the report
+            hashes = _write_manifest(staging.registry, header, registry_rows, batch.pseudonyms_changed_at)
+        else:  # no study to submit: no registry folder (the writers leave empty files)
+            for p in staging.registry.iterdir():
+                p.unlink()
+        work.write_report(report_to)
+    finally:
+        work.abort()
+    if nothing_new:
+        return None
+    staging.make_private()
+    return staging.files(hashes)
+
+
+class _Decisions:
+    """One pass over the catalog: each study evaluated, given to the report and, when new or
+    changed, to the registry files and the billing flags; the batch's members recorded."""
+
+    def __init__(self, batch: _Batch, rules: Rules, staging: Staging, result: ExportResult,
+                 state: ExportState | None, work: _BatchSink) -> None:
+        self.batch, self.rules, self.staging, self.result = batch, rules, staging, result
+        self.state, self.work = state, work
+        self.flags: Any = None  # FlagsWriter, opened on the first row (never in a preview)
+        self.members: list[tuple[str, bool, bool, str | None, str | None, str | None]] = []
+        self.settled: list[tuple[str, str]] = []
+        self.rkey = rules_key(rules)
+
+    def run(self, studies: Callable[[], Iterator[StudyRecord]]) -> None:
+        # Studies settled by an earlier export (evaluated with the same record and rules, and
+        # nothing to send since) need no evaluation to decide: while only such studies come,
+        # they are just counted. The report needs every study evaluated, though, so the first
+        # study that is not settled has those evaluated (a second pass over them) first.
+        unevaluated = 0
+        known_studies, result = self.batch.known, self.result
+        for record in studies():
+            result.studies_seen += 1
+            d = record.to_dict()
+            uid = d.get("study_instance_uid")
+            known = known_studies.get(uid) if uid else None
+            ikey = input_key(d, self.rkey) if uid else None
+            if unevaluated >= 0:
+                stored = known.input_key if known is not None else None
+                if stored is not None and stored in (ikey, f"{ikey}{_SUBMITTED}"):
+                    unevaluated += 1
+                    result.already_submitted += stored.endswith(_SUBMITTED)
+                    continue
+                if unevaluated:
+                    _report_settled(studies, unevaluated, self.rules, self.work)
+                unevaluated = -1  # from here on every study is evaluated
+            with_verdicts(d, record, self.rules)
+            if not uid or ikey is None:
+                result.skipped_no_uid += 1
+                self.work.add(d, record, False)
+                continue
+            self._decide(d, record, uid, known, ikey)
+        self._flush()
+        if self.state is not None:
+            self.state.settle(self.settled)
+        if self.flags is not None:
+            self.flags.close()
+
+    def _decide(self, d: dict[str, Any], record: StudyRecord, uid: str, known: StudyState | None,
+                ikey: str) -> None:
+        result = self.result
+        fp = content_fingerprint(d)
+        code = (d.get("flags") or {}).get("registry_code")
+        to_registry = code == "G9327" and (known is None or not same_content(known.registry_fingerprint, fp, d))
+        if code == "G9327" and not to_registry:
+            result.already_submitted += 1
+        row = flags_row(d)
+        key = _row_key(row)
+        to_flags = known is None or known.flags_key != key
+        self.work.add(d, record, to_registry)
+        if to_registry:
+            result.registry_studies += 1
+            result.registry_events += len(d.get("events") or ())
+            if known is not None and known.registry_fingerprint is not None:
+                result.registry_resubmitted += 1
+        if to_flags:
+            self._flag(row)
+        settled_key = f"{ikey}{_SUBMITTED}" if code == "G9327" else ikey
+        if to_registry or to_flags:
+            self.members.append((uid, to_registry, to_flags, fp if to_registry else None,
+                                 key if to_flags else None, settled_key))
+            self.batch.known[uid] = StudyState(
+                fp if to_registry else (known.registry_fingerprint if known else None),
+                key if to_flags else (known.flags_key if known else None), settled_key)
+            if len(self.members) >= 1000:
+                self._flush()
+        elif known is not None and known.input_key != settled_key:
+            self.settled.append((uid, settled_key))
+
+    def _flag(self, row: dict[str, Any]) -> None:
+        self.result.flag_rows += 1
+        if self.batch.preview:
+            return  # a preview records no flag (spec section 1)
+        if self.flags is None:
+            from .writers import FlagsWriter
+
+            name = self.batch.batch_id
+            self.flags = FlagsWriter(self.staging.flags / f"{name}.csv", self.staging.flags / f"{name}.parquet")
+        self.flags.append(row)
+
+    def _flush(self) -> None:
+        if self.state is not None and self.members:
+            self.state.add_members(self.batch.batch_id, self.members)
+        self.members = []
 
 
 def _report_settled(studies: Callable[[], Iterator[StudyRecord]], n: int, rules: Rules, work: _BatchSink) -> None:
@@ -653,47 +789,27 @@ def _report_settled(studies: Callable[[], Iterator[StudyRecord]], n: int, rules:
         work.add(evaluated_dict(record, rules), record, False)
 
 
-def _write_manifest(folder: Path, facility: str, batch_id: str, created_at: str, rows: dict[str, int]) -> None:
+def _write_manifest(folder: Path, header: dict[str, Any], rows: dict[str, int],
+                    pseudonyms_changed_at: str | None) -> dict[str, tuple[str, int]]:
+    """``manifest.json``; (SHA-256, bytes) of each registry file, the manifest's own included."""
     from .writers import sha256_file
 
     files = []
+    hashes: dict[str, tuple[str, int]] = {}
     for name, count in rows.items():
         p = folder / name
-        files.append({"name": name, "rows": count, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
-    manifest = {"schema": MANIFEST_SCHEMA_ID, "facility_id": facility, "batch_id": batch_id,
-                "created_at": created_at, "files": files}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    for p in folder.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _place(staging: _Staging, out: Path, facility: str, batch_id: str, result: ExportResult,
-           registry: bool, flags: bool, report_files: list[Path]) -> None:
-    """Rename the finished files into place: reports, flags, then the registry folder last."""
-    reports_dir = out / "reports"
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    for p in report_files:
-        target = reports_dir / p.name
-        os.replace(p, target)
-        result.report_paths.append(target)
-    if flags:
-        flags_dir = out / "flags"
-        flags_dir.mkdir(parents=True, exist_ok=True)
-        for suffix in (".csv", ".parquet"):
-            target = flags_dir / f"{batch_id}{suffix}"
-            os.replace(staging.flags / f"{batch_id}{suffix}", target)
-            result.flags_paths.append(target)
-        _fsync_dir(flags_dir)
-    if registry:
-        parent = out / "registry" / facility
-        parent.mkdir(parents=True, exist_ok=True)
-        target = parent / batch_id
-        if target.exists():
-            raise FileExistsError(f"{target}: a batch with this id already exists")
-        os.rename(staging.registry, target)
-        _fsync_dir(parent)
-        result.registry_dir = target
+        sha, size = sha256_file(p), p.stat().st_size
+        files.append({"name": name, "rows": count, "bytes": size, "sha256": sha})
+        hashes[name] = (sha, size)
+    manifest = {"schema": MANIFEST_SCHEMA_ID, "facility_id": header["facility_id"], "batch_id": header["batch_id"],
+                "created_at": header["created_at"], "files": files,
+                # set once `dosereg secret change` has been run: pseudonyms from before that time
+                # and from this batch differ for the same study
+                "pseudonyms_changed_at": pseudonyms_changed_at}
+    data = (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode("utf-8")
+    (folder / "manifest.json").write_bytes(data)
+    hashes["manifest.json"] = (hashlib.sha256(data).hexdigest(), len(data))
+    return hashes
 
 
 def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -706,6 +822,52 @@ def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:
         return state.marks()
     finally:
         state.close()
+
+
+# -- `dosereg secret change` --------------------------------------------------------------
+
+def recorded_secret(cfg: Config) -> tuple[str, bool | None]:
+    """(the configured secret's fingerprint, whether it is the recorded one: None when none is recorded)."""
+    fp = Pseudonymizer.from_config(cfg).fingerprint
+    path = state_path(cfg)
+    if not path.exists():
+        return fp, None
+    state = ExportState(path, readonly=True)
+    try:
+        recorded = state.meta(SECRET_FINGERPRINT)
+    finally:
+        state.close()
+    return fp, None if recorded is None else recorded == fp
+
+
+def change_secret(cfg: Config, actor: str | None = None) -> str | None:
+    """Record the configured secret as the site's (``dosereg secret change``, after confirmation).
+
+    Returns the time pseudonyms changed (every later batch's manifest carries it as
+    ``pseudonyms_changed_at``), or None when nothing changed (already the recorded secret, or
+    the first secret recorded before any batch).
+    """
+    fp = Pseudonymizer.from_config(cfg).fingerprint
+    with export_lock(cfg):
+        state = ExportState(state_path(cfg))
+        try:
+            state.begin()
+            now = iso_utc(utc_now())
+            recorded = state.meta(SECRET_FINGERPRINT)
+            if recorded == fp:
+                return None
+            state.set_meta(SECRET_FINGERPRINT, fp)
+            state.set_meta("secret_recorded_at", now)
+            changed = recorded is not None or state.last_batch() is not None
+            if changed:
+                state.set_meta(PSEUDONYMS_CHANGED_AT, now)
+            state.log(None, "secret_change", "pseudonym secret changed: later batches carry new pseudonyms"
+                      if changed else "pseudonym secret recorded (no batch before it)", at=now, actor=actor)
+            state.commit()
+            return now if changed else None
+        finally:
+            state.rollback()
+            state.close()
 
 
 # -- the `dosereg studies` table ----------------------------------------------------------

@@ -1,24 +1,62 @@
-"""Export state: what was submitted, when, and what billing was last told.
+"""Export state: the batches, what each holds, what was submitted, and what billing was told.
 
-Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog).
-One export is one write transaction: the batch's rows are recorded while its files are
-written, and committed only after the files are renamed into place, so a crash leaves
-either a complete, recorded batch or nothing recorded (the studies are then exported
-again in the next batch). The write lock also keeps two exports from running at once.
+Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog), owner-only.
+Tables (schema 3; :data:`SCHEMA` below is the reference):
+
+``meta``
+    ``schema_version``, ``secret_fingerprint`` (HMAC of a fixed message with the pseudonym
+    secret: recognises the secret, never reveals it), ``secret_recorded_at``,
+    ``pseudonyms_changed_at`` (when ``dosereg secret change`` last changed it).
+``batches``
+    one row per batch, with its ``state``: ``writing`` (the intent: every file is staged, none
+    may be placed yet), ``exported`` (placed and recorded), ``discarded`` (an interrupted batch
+    none of whose billing or registry files had been placed). The batch lifecycle of the
+    review step (``pending_review``, ``approved``, ``sending``, ``acknowledged``, ``failed``,
+    ``rejected``, and ``legacy`` for the batches exported before it) are further values of the
+    same column.
+``batch_studies``
+    the membership: one row per (batch, study) with what the batch does for the study
+    (``to_registry``, ``to_flags``) and the fingerprints that go with it.
+``batch_files``
+    every file of a batch with its SHA-256, recorded with the intent: an interrupted batch
+    is completed or adopted only with files that verify.
+``studies``
+    per study, what the registry and billing last *received* (the fingerprints of the last
+    completed batch that carried it): the next export compares against these.
+``audit_log``
+    append-only: time, action, person (``actor``), operating-system user, comment.
+
+An export is: (1) one write transaction that evaluates the catalog and records the batch's
+intent (the ``writing`` row, its members and files) while the files are staged; (2) the files
+placed; (3) one transaction that applies the members to ``studies`` and marks the batch
+``exported``. A crash between (1) and (3) leaves a ``writing`` batch that the next export
+repairs before anything else (``export.repair_interrupted``). An advisory lock on
+``export-state.lock`` keeps a second export (or ``dosereg secret change``) out for the
+whole of it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import getpass
+import os
 import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, private_file
 from dosereg.config import Config
 
-SCHEMA_VERSION = 2  # 2: studies.input_key
+SCHEMA_VERSION = 3  # 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint
 STATE_FILE = "export-state.sqlite"
+LOCK_FILE = "export-state.lock"
 
-_SCHEMA = """
+#: batch states this module sets (the review lifecycle adds its own)
+WRITING, EXPORTED, DISCARDED = "writing", "exported", "discarded"
+
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
@@ -29,8 +67,34 @@ CREATE TABLE IF NOT EXISTS batches (
     studies_seen INTEGER NOT NULL,
     registry_studies INTEGER NOT NULL,
     registry_events INTEGER NOT NULL,
-    flag_rows INTEGER NOT NULL
+    flag_rows INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'exported',
+    state_changed_at TEXT,
+    staging_dir TEXT,              -- where the files wait until placed (intent)
+    registry_dir TEXT,             -- the registry folder, once placed (NULL: the batch has none)
+    secret_fingerprint TEXT,       -- of the secret its pseudonyms were made with
+    pseudonyms_changed_at TEXT     -- the last `dosereg secret change` before it, if any
 );
+CREATE INDEX IF NOT EXISTS batches_state ON batches (state);
+CREATE TABLE IF NOT EXISTS batch_studies (
+    batch_id TEXT NOT NULL REFERENCES batches (batch_id),
+    study_uid TEXT NOT NULL,
+    to_registry INTEGER NOT NULL,  -- 1: the study's record is in the registry files
+    to_flags INTEGER NOT NULL,     -- 1: the study has a billing flags row
+    registry_fingerprint TEXT,     -- content fingerprint submitted (when to_registry)
+    flags_key TEXT,                -- key of the flags row (when to_flags)
+    input_key TEXT,                -- record + rules it was evaluated with
+    PRIMARY KEY (batch_id, study_uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_studies_study ON batch_studies (study_uid);
+CREATE TABLE IF NOT EXISTS batch_files (
+    batch_id TEXT NOT NULL REFERENCES batches (batch_id),
+    kind TEXT NOT NULL,            -- 'registry' | 'flags' | 'report'
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, kind, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     registry_fingerprint TEXT,   -- content fingerprint when last submitted to the registry
@@ -41,7 +105,25 @@ CREATE TABLE IF NOT EXISTS studies (
     exported_at TEXT,
     input_key TEXT               -- record + rules the study was last evaluated with, once settled
 );
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    batch_id TEXT,               -- NULL for site-wide actions (secret change, migration)
+    action TEXT NOT NULL,
+    actor TEXT,                  -- the person (--by, web login); NULL for dosereg itself
+    os_user TEXT,
+    comment TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_log_append_only_u BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_append_only_d BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 """
+
+_BATCH_COLUMNS_3 = (  # added to `batches` by the migration to schema 3
+    "state TEXT NOT NULL DEFAULT 'exported'", "state_changed_at TEXT", "staging_dir TEXT", "registry_dir TEXT",
+    "secret_fingerprint TEXT", "pseudonyms_changed_at TEXT",
+)
 
 
 class ExportBusyError(RuntimeError):
@@ -50,6 +132,29 @@ class ExportBusyError(RuntimeError):
 
 def state_path(cfg: Config) -> Path:
     return cfg.data_dir / STATE_FILE
+
+
+def os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+@contextmanager
+def export_lock(cfg: Config) -> Iterator[None]:
+    """Hold ``<data_dir>/export-state.lock`` for an export or a secret change; refuse when held."""
+    private_dir(cfg.data_dir)
+    path = cfg.data_dir / LOCK_FILE
+    fd = private_file(path, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportBusyError(f"{path}: another export is running (the export lock is held)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -61,32 +166,125 @@ class StudyState:
     input_key: str | None = None
 
 
+@dataclass(frozen=True)
+class BatchFile:
+    kind: str  # "registry" | "flags" | "report"
+    name: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A batch recorded as ``writing``: staged, maybe partly placed (an interrupted export)."""
+
+    batch_id: str
+    facility_id: str
+    out_dir: Path
+    staging_dir: Path
+    files: tuple[BatchFile, ...]
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """The statements of ``script`` one by one, inside the open transaction (``executescript``
+    would commit it first)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                db.execute(pending)
+            pending = ""
+
+
+def _tighten(path: Path) -> None:
+    """The state file and SQLite's companions owner-only (a file made by an older version may be wider)."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 class ExportState:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            self.version = self._version()
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
+            create_private(path)
+            _tighten(path)
             self._db = sqlite3.connect(str(path), timeout=5, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise RuntimeError(f"{path}: export state schema {row[0]} is newer than this dosereg "
+            _tighten(path)
+            self.version = self._version()
+            if self.version != SCHEMA_VERSION:
+                self._set_up()
+
+    def _version(self) -> int:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "batches" not in tables:
+            return 0
+        if "meta" not in tables:
+            return 1
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 1
+
+    def _set_up(self) -> None:
+        """Create the schema, or migrate an older one, in one transaction."""
+        self.begin()
+        try:
+            version = self._version()  # again, under the lock
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: export state schema {version} is newer than this dosereg "
                                    f"understands ({SCHEMA_VERSION})")
-            elif int(row[0]) < SCHEMA_VERSION:
-                columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
-                if "input_key" not in columns:  # 1 -> 2
-                    self._db.execute("ALTER TABLE studies ADD COLUMN input_key TEXT")
-                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            if version == 0:
+                _run_script(self._db, SCHEMA)
+            elif version < SCHEMA_VERSION:
+                self._migrate(version)
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value=excluded.value", (str(SCHEMA_VERSION),))
+            self.commit()
+        finally:
+            self.rollback()
+        self.version = SCHEMA_VERSION
+
+    def _migrate(self, version: int) -> None:
+        """Schema 1 or 2 -> 3: the batches get a state (``exported``: they were placed and recorded),
+        the membership of each study's last registry and flags batch is filled in from ``studies``
+        (what earlier versions kept; older memberships were not recorded)."""
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(studies)")}
+        if "input_key" not in columns:  # 1 -> 2
+            db.execute("ALTER TABLE studies ADD COLUMN input_key TEXT")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
+        for column in _BATCH_COLUMNS_3:
+            if column.split()[0] not in columns:
+                db.execute(f"ALTER TABLE batches ADD COLUMN {column}")
+        _run_script(db, SCHEMA)
+        db.execute("""UPDATE batches SET registry_dir = out_dir || '/registry/' || facility_id || '/' || batch_id
+                      WHERE registry_studies > 0 AND registry_dir IS NULL""")
+        db.execute("""INSERT OR IGNORE INTO batch_studies
+                          (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, flags_key, input_key)
+                      SELECT registry_batch_id, study_uid, 1, 0, registry_fingerprint, NULL, NULL
+                      FROM studies WHERE registry_batch_id IS NOT NULL""")
+        db.execute("""INSERT INTO batch_studies
+                          (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, flags_key, input_key)
+                      SELECT flags_batch_id, study_uid, 0, 1, NULL, flags_key, NULL
+                      FROM studies WHERE flags_batch_id IS NOT NULL AND true
+                      ON CONFLICT (batch_id, study_uid) DO UPDATE SET to_flags = 1, flags_key = excluded.flags_key""")
+        self.log(None, "migrate", f"export state schema {version} -> {SCHEMA_VERSION}; earlier batches are "
+                 f"'{EXPORTED}', membership known for each study's last registry and flags batch")
 
     def close(self) -> None:
         self._db.close()
 
-    # -- one export = one transaction -------------------------------------------------
+    # -- transactions -----------------------------------------------------------------------
     def begin(self) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -102,22 +300,139 @@ class ExportState:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    # -- site-wide ---------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        if self.version < 1:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, value))
+
+    def log(self, batch_id: str | None, action: str, comment: str | None = None, at: str | None = None,
+            actor: str | None = None) -> None:
+        """Append to the audit log."""
+        self._db.execute(
+            "INSERT INTO audit_log (at, batch_id, action, actor, os_user, comment) "
+            "VALUES (COALESCE(?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')), ?, ?, ?, ?, ?)",
+            (at, batch_id, action, actor, os_user(), comment))
+
+    def audit(self) -> list[dict[str, str | None]]:
+        cur = self._db.execute("SELECT at, batch_id, action, actor, os_user, comment FROM audit_log ORDER BY id")
+        return [dict(zip(("at", "batch_id", "action", "actor", "os_user", "comment"), row, strict=True))
+                for row in cur]
+
+    # -- batches -----------------------------------------------------------------------------
     def next_seq(self) -> int:
+        if self.version < 1:
+            return 1
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()
         return int(row[0])
 
     def last_batch(self) -> tuple[str, str] | None:
-        row = self._db.execute("SELECT batch_id, created_at FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        """The last batch that was placed (not an intent, not a discarded one)."""
+        if self.version < 1:
+            return None
+        sql = "SELECT batch_id, created_at FROM batches {} ORDER BY seq DESC LIMIT 1".format(
+            "WHERE state NOT IN (?, ?)" if self.version >= 3 else "WHERE ? IS NOT ?")
+        row = self._db.execute(sql, (WRITING, DISCARDED)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def batch_states(self) -> dict[str, str]:
+        if self.version < 3:
+            return {}
+        return dict(self._db.execute("SELECT batch_id, state FROM batches ORDER BY seq"))
+
+    def add_members(self, batch_id: str, rows: Iterable[tuple[str, bool, bool, str | None, str | None,
+                                                                 str | None]]) -> None:
+        """Studies of the batch being written: (uid, to registry, to flags, registry fingerprint,
+        flags key, input key)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO batch_studies (batch_id, study_uid, to_registry, to_flags, "
+            "registry_fingerprint, flags_key, input_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((batch_id, uid, int(reg), int(flags), fp, key, ik) for uid, reg, flags, fp, key, ik in rows))
+
+    def record_intent(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: Path,
+                      staging_dir: Path, counts: tuple[int, int, int, int], files: Iterable[BatchFile],
+                      secret_fingerprint: str, pseudonyms_changed_at: str | None) -> None:
+        """The batch as ``writing``: committed before any of its files is placed."""
+        studies_seen, registry_studies, registry_events, flag_rows = counts
+        self._db.execute(
+            "INSERT INTO batches (seq, batch_id, created_at, facility_id, out_dir, studies_seen, registry_studies, "
+            "registry_events, flag_rows, state, state_changed_at, staging_dir, secret_fingerprint, "
+            "pseudonyms_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, batch_id, created_at, facility_id, str(out_dir), studies_seen, registry_studies, registry_events,
+             flag_rows, WRITING, created_at, str(staging_dir), secret_fingerprint, pseudonyms_changed_at))
+        self._db.executemany("INSERT INTO batch_files VALUES (?, ?, ?, ?, ?)",
+                             [(batch_id, f.kind, f.name, f.sha256, f.bytes) for f in files])
+        self.log(batch_id, "intent", f"{registry_studies} registry studies, {flag_rows} flag rows staged",
+                 at=created_at)
+
+    def intents(self) -> list[Intent]:
+        """Batches left ``writing`` by an interrupted export, oldest first."""
+        if self.version < 3:
+            return []
+        out = []
+        for batch_id, facility, out_dir, staging in self._db.execute(
+                "SELECT batch_id, facility_id, out_dir, staging_dir FROM batches WHERE state=? ORDER BY seq",
+                (WRITING,)).fetchall():
+            files = tuple(BatchFile(*row) for row in self._db.execute(
+                "SELECT kind, name, sha256, bytes FROM batch_files WHERE batch_id=? ORDER BY kind, name",
+                (batch_id,)))
+            out.append(Intent(batch_id, facility, Path(out_dir), Path(staging), files))
+        return out
+
+    def complete(self, batch_id: str, registry_dir: Path | None, at: str, registry: bool = True,
+                 flags: bool = True, comment: str | None = None) -> None:
+        """The batch's files are placed: what it carried is now what the registry and billing have.
+
+        ``registry`` / ``flags`` False: that part of an interrupted batch could not be placed or did
+        not verify, so its studies are not marked as having received it (and are evaluated again).
+        """
+        self._db.execute(
+            """INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
+                                    flags_batch_id, batch_id, exported_at, input_key)
+               SELECT m.study_uid,
+                      CASE WHEN m.to_registry AND ?2 THEN m.registry_fingerprint END,
+                      CASE WHEN m.to_registry AND ?2 THEN m.batch_id END,
+                      CASE WHEN m.to_flags AND ?3 THEN m.flags_key END,
+                      CASE WHEN m.to_flags AND ?3 THEN m.batch_id END,
+                      m.batch_id, b.created_at,
+                      CASE WHEN (m.to_registry AND NOT ?2) OR (m.to_flags AND NOT ?3) THEN NULL ELSE m.input_key END
+               FROM batch_studies m JOIN batches b ON b.batch_id = m.batch_id
+               WHERE m.batch_id = ?1 AND ((m.to_registry AND ?2) OR (m.to_flags AND ?3))
+               ON CONFLICT (study_uid) DO UPDATE SET
+                 input_key = excluded.input_key,
+                 registry_fingerprint = COALESCE(excluded.registry_fingerprint, registry_fingerprint),
+                 registry_batch_id = COALESCE(excluded.registry_batch_id, registry_batch_id),
+                 flags_key = COALESCE(excluded.flags_key, flags_key),
+                 flags_batch_id = COALESCE(excluded.flags_batch_id, flags_batch_id),
+                 batch_id = excluded.batch_id, exported_at = excluded.exported_at""",
+            (batch_id, int(registry), int(flags)))
+        self._db.execute("UPDATE batches SET state=?, state_changed_at=?, registry_dir=? WHERE batch_id=?",
+                         (EXPORTED, at, str(registry_dir) if registry_dir is not None else None, batch_id))
+        self.log(batch_id, "exported", comment, at=at)
+
+    def discard(self, batch_id: str, at: str, comment: str) -> None:
+        """An interrupted batch none of whose billing or registry files was placed: its studies are
+        offered again by the next export."""
+        self._db.execute("UPDATE batches SET state=?, state_changed_at=? WHERE batch_id=?",
+                         (DISCARDED, at, batch_id))
+        self.log(batch_id, "discarded", comment, at=at)
+
+    # -- studies -----------------------------------------------------------------------------
     def study(self, uid: str) -> StudyState | None:
         row = self._db.execute(
-            "SELECT registry_fingerprint, flags_key FROM studies WHERE study_uid=?", (uid,)
+            "SELECT registry_fingerprint, flags_key, input_key FROM studies WHERE study_uid=?", (uid,)
         ).fetchone()
-        return StudyState(row[0], row[1]) if row else None
+        return StudyState(row[0], row[1], row[2]) if row else None
 
     def studies(self) -> dict[str, StudyState]:
         """Every study's state at once (an export looks up each study of the catalog)."""
+        if self.version < 1:
+            return {}
         return {uid: StudyState(fp, key, ik) for uid, fp, key, ik in self._db.execute(
             "SELECT study_uid, registry_fingerprint, flags_key, input_key FROM studies")}
 
@@ -125,37 +440,11 @@ class ExportState:
         """Set the input key of studies (uid, input key) evaluated with nothing to send."""
         self._db.executemany("UPDATE studies SET input_key = ?2 WHERE study_uid = ?1", rows)
 
-    def record_study(self, uid: str, batch_id: str, exported_at: str,
-                     registry_fingerprint: str | None, flags_key: str | None) -> None:
-        """Record that ``uid`` went into ``batch_id`` (to the registry, to billing or both)."""
-        self.record_studies([(uid, registry_fingerprint, flags_key, batch_id, exported_at)])
-
-    def record_studies(self, rows: list[tuple[str, str | None, str | None, str, str]] |
-                       list[tuple[str, str | None, str | None, str, str, str | None]]) -> None:
-        """:meth:`record_study` for many (uid, registry fingerprint, flags key, batch id, exported at
-        [, input key])."""
-        self._db.executemany(
-            """INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
-                                    flags_batch_id, batch_id, exported_at, input_key)
-               VALUES (?1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE ?4 END, ?3,
-                       CASE WHEN ?3 IS NULL THEN NULL ELSE ?4 END, ?4, ?5, ?6)
-               ON CONFLICT(study_uid) DO UPDATE SET
-                 input_key = ?6,
-                 registry_fingerprint = COALESCE(?2, registry_fingerprint),
-                 registry_batch_id = CASE WHEN ?2 IS NULL THEN registry_batch_id ELSE ?4 END,
-                 flags_key = COALESCE(?3, flags_key),
-                 flags_batch_id = CASE WHEN ?3 IS NULL THEN flags_batch_id ELSE ?4 END,
-                 batch_id = ?4, exported_at = ?5""",
-            [row if len(row) == 6 else (*row, None) for row in rows],
-        )
-
-    def record_batch(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: str,
-                     studies_seen: int, registry_studies: int, registry_events: int, flag_rows: int) -> None:
-        self._db.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, batch_id, created_at, facility_id, out_dir, studies_seen, registry_studies,
-             registry_events, flag_rows),
-        )
+    def members(self, batch_id: str) -> list[tuple[str, bool, bool]]:
+        """(study uid, to registry, to flags) of a batch."""
+        return [(uid, bool(r), bool(f)) for uid, r, f in self._db.execute(
+            "SELECT study_uid, to_registry, to_flags FROM batch_studies WHERE batch_id=? ORDER BY study_uid",
+            (batch_id,))]
 
     def marks(self) -> dict[str, dict[str, str]]:
         return {

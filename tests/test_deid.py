@@ -13,18 +13,23 @@ import pytest
 from dosereg.config import load_config
 from dosereg.registry_export import evaluated_dict, rules_from_config
 from dosereg.registry_export.deid import (
+    MIN_SECRET_LENGTH,
     MissingSecretError,
     Pseudonymizer,
     Scrubber,
+    WeakSecretError,
     age_whole_years,
     deidentify_study,
+    pseudonym_serial_number,
+    pseudonym_station_name,
     pseudonym_uid,
+    secret_fingerprint,
     secret_from_config,
     truncate_date,
 )
 from dosereg.registry_export.synthetic import patient_name, study_uid, synthetic_study
 
-SECRET = b"test-secret"
+SECRET = b"test-secret-0123456789abcdef0123456789"
 UID_RE = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
 
 
@@ -53,8 +58,62 @@ def test_missing_or_empty_secret_refuses_with_the_variable_name(monkeypatch: pyt
     with pytest.raises(MissingSecretError):
         Pseudonymizer.from_config(cfg)
     other = replace(cfg, site=replace(cfg.site, pseudonym_secret_env="MY_SITE_KEY"))
-    monkeypatch.setenv("MY_SITE_KEY", "k")
-    assert Pseudonymizer.from_config(other).uid("1.2.3") == pseudonym_uid(b"k", "1.2.3")
+    monkeypatch.setenv("MY_SITE_KEY", "k" * 32)
+    assert Pseudonymizer.from_config(other).uid("1.2.3") == pseudonym_uid(b"k" * 32, "1.2.3")
+
+
+@pytest.mark.parametrize("value", ["k", "x" * 31, "short but not thirty-two"])
+def test_a_secret_under_32_characters_is_refused_naming_the_variable_and_the_rule(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    cfg = load_config()
+    monkeypatch.setenv("DOSEREG_SECRET", value)
+    with pytest.raises(WeakSecretError) as exc:
+        Pseudonymizer.from_config(cfg)
+    message = str(exc.value)
+    assert "DOSEREG_SECRET" in message and "at least 32 characters" in message and "\n" not in message
+    assert len(value) < 3 or value not in message  # the secret itself is never repeated
+    with pytest.raises(WeakSecretError):
+        Pseudonymizer(value.encode())
+    monkeypatch.setenv("DOSEREG_SECRET", "x" * MIN_SECRET_LENGTH)
+    assert Pseudonymizer.from_config(cfg).uid("1.2.3") == pseudonym_uid(b"x" * 32, "1.2.3")
+
+
+def test_secret_fingerprint_is_a_keyed_hash_never_the_secret() -> None:
+    fp = secret_fingerprint(SECRET)
+    assert fp == hmac.new(SECRET, b"dosereg-secret-fingerprint", hashlib.sha256).hexdigest()
+    assert SECRET.decode() not in fp and len(fp) == 64
+    assert Pseudonymizer(SECRET).fingerprint == fp
+    assert secret_fingerprint(SECRET + b"!") != fp
+
+
+def test_station_name_and_serial_number_pseudonyms_fit_their_vrs() -> None:
+    station = pseudonym_station_name(SECRET, "CTAWP10001")
+    digest = hmac.new(SECRET, b"station_name:CTAWP10001", hashlib.sha256).hexdigest()
+    assert station == "S" + digest[:15].upper()
+    assert re.fullmatch(r"S[0-9A-F]{15}", station) and len(station) == 16  # SH: at most 16 characters
+    serial = pseudonym_serial_number(SECRET, "10001")
+    assert serial == "SN" + hmac.new(SECRET, b"serial_number:10001", hashlib.sha256).hexdigest()[:30].upper()
+    assert re.fullmatch(r"SN[0-9A-F]{30}", serial) and len(serial) <= 64  # LO
+    # keyed: the same value and secret give the same pseudonym, so the registry tells scanners apart
+    p = Pseudonymizer(SECRET)
+    assert p.station_name("CTAWP10001 ") == station and p.serial_number("10001") == serial
+    assert p.station_name("CTAWP20002") != station
+    assert Pseudonymizer(SECRET + b"x").station_name("CTAWP10001") != station
+    # domain-separated from UIDs and from each other
+    assert p.station_name("10001") != p.serial_number("10001")
+    assert p.station_name(None) is None and p.serial_number("  ") is None
+
+
+def test_scrubber_replaces_the_station_name_and_serial_number_as_whole_words() -> None:
+    p = Pseudonymizer(SECRET)
+    record = {"patient": {}, "equipment": {"station_name": "CTRTSIM01", "serial_number": "60006"}}
+    s = Scrubber(record, p)
+    assert s.text("equipment.station_name 'CTRTSIM01' matches rule") == (
+        f"equipment.station_name '{p.station_name('CTRTSIM01')}' matches rule")
+    assert s.text("scanner ctrtsim01 serial 60006") == (
+        f"scanner {p.station_name('CTRTSIM01')} serial {p.serial_number('60006')}")
+    # digits of the serial inside a number or a pseudonymous UID stay as they are
+    assert s.text("DLP 1600060.5 mGy") == "DLP 1600060.5 mGy"
 
 
 @pytest.mark.parametrize("age, expected", [
@@ -112,7 +171,11 @@ def test_whitelist_removes_every_identifier_and_free_text() -> None:
     assert out["patient"]["sex"] == "F" and out["patient"]["age_years"] == 27  # 20 + 7 + 0.37
     assert out["events"][-1]["ctdivol_mGy"] == d["events"][-1]["ctdivol_mGy"]
     assert out["events"][-1]["dlp_mGycm"] == d["events"][-1]["dlp_mGycm"]
-    assert out["equipment"]["serial_number"] == d["equipment"]["serial_number"]
+    # device identifiers (HIPAA) become keyed pseudonyms that fit their VRs
+    assert d["equipment"]["station_name"] and d["equipment"]["serial_number"]
+    assert out["equipment"]["station_name"] == p.station_name(d["equipment"]["station_name"])
+    assert out["equipment"]["serial_number"] == p.serial_number(d["equipment"]["serial_number"])
+    assert d["equipment"]["station_name"] not in text and d["equipment"]["serial_number"] not in text
 
 
 def test_year_precision_is_safe_harbor_dates() -> None:

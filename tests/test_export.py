@@ -27,7 +27,7 @@ from dosereg.registry_export.synthetic import synthetic_study
 from dosereg.registry_export.writers import EVENT_SCHEMA, FLAG_COLUMNS, STUDY_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "unit-test-secret"
+SECRET = "unit-test-secret-0123456789abcdef0123"
 FLAG_HEADER = ["accession_number", "study_instance_uid", "patient_id", "study_date",
                "registry_code", "nomenclature_code", "reasons"]
 
@@ -270,8 +270,13 @@ def test_out_dir_and_year_precision(cfg: Config, tmp_path: Path) -> None:
     studies = pq.read_table(reg / "studies.parquet").to_pylist()
     assert {s["study_date"] for s in studies} == {"2025"} and all(s["study_time"] is None for s in studies)
     assert all(s["date_precision"] == "year" for s in studies)
-    assert (out / "flags" / f"{result.batch_id}.csv").exists()
-    assert (cfg.data_dir / "export-state.sqlite").exists()  # the state stays with the data
+    # --out is a preview (spec section 1): no flags, no state; the next export is unaffected
+    assert result.preview and [p.name for p in result.report_paths] == [
+        f"completeness-{result.batch_id}.html", f"completeness-{result.batch_id}.csv"]
+    assert not (out / "flags").exists() and not (cfg.data_dir / "export-state.sqlite").exists()
+    assert "preview" in result.summary() and "nothing recorded" in result.summary()
+    real = export_batch(cfg, source(corpus_of(4)))
+    assert real.flag_rows == 4 and real.registry_studies == result.registry_studies
 
 
 def test_studies_table_is_readable(cfg: Config) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from dosereg.registry_export.deid import pseudonym_uid
 from tests.conftest import jsonl, run_cli, validate_record
 
-SECRET = "e2e-site-secret"
+SECRET = "e2e-site-secret-0123456789abcdef0123"
 ENV = {"DOSEREG_SECRET": SECRET}
 PSEUDONYM = re.compile(r"2\.25\.\d+")
 

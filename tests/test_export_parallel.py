@@ -14,7 +14,7 @@ from dosereg.registry_export import export as export_module
 from dosereg.registry_export import export_batch
 from dosereg.registry_export.synthetic import synthetic_study
 
-SECRET = "parallel-test-secret"
+SECRET = "parallel-test-secret-0123456789abcdef"
 
 
 def _export(tmp_path: Path, name: str, parallel_after: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
