@@ -304,23 +304,14 @@ class _Parser:
                 pos += 8
                 vr = "SQ" if tag in SQ_TAGS else "UN"
             if length == UNDEFINED:
-                if vr in ("OB", "OW") or tag == PIXEL_DATA:
-                    pos = _skip_fragments(buf, pos, head_impl)
-                    ds[tag] = (vr, b"")
-                    continue
-                # SQ, or UN / implicit with undefined length: a sequence (PS3.5 6.2.2)
-                items: list[Dataset] = []
-                ds[tag] = ("SQ", items)
-                sub = _IMPLICIT_LE if (vr == "UN" and explicit) else codec
-                stack.append(self._sequence_frame(items, None, tag, sub, fr.depth + 1, pos))
-                return pos
+                return self._undefined_length(stack, fr, tag, vr, pos)
             vend = pos + length
             if vend > n:
                 raise DicomReadError(
                     "truncated", f"element {tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
                 )
             if vr == "SQ":
-                items = []
+                items: list[Dataset] = []
                 ds[tag] = ("SQ", items)
                 stack.append(self._sequence_frame(items, vend, tag, codec, fr.depth + 1, pos))
                 return pos
@@ -329,6 +320,23 @@ class _Parser:
             else:
                 ds[tag] = (vr, buf[pos:vend])
             pos = vend
+
+    def _undefined_length(self, stack: list[_Frame], fr: _Frame, tag: int, vr: str, pos: int) -> int:
+        """An element of undefined length at ``pos`` (its value's start): encapsulated pixel
+        data is stored empty and skipped to its sequence delimiter; anything else (SQ, or UN /
+        implicit VR) opens a sequence (PS3.5 6.2.2, A.4). Kept out of :meth:`_elements`
+        because it is rare next to that loop's per-element path: either way reading goes
+        back to :meth:`_run`, which resumes the same dataset (``fr`` still on top) or the new
+        sequence."""
+        if vr in ("OB", "OW") or tag == PIXEL_DATA:
+            pos = _skip_fragments(self.buf, pos, fr.codec.head_impl)
+            fr.value[tag] = (vr, b"")
+            return pos
+        items: list[Dataset] = []
+        fr.value[tag] = ("SQ", items)
+        sub = _IMPLICIT_LE if (vr == "UN" and fr.codec.explicit) else fr.codec
+        stack.append(self._sequence_frame(items, None, tag, sub, fr.depth + 1, pos))
+        return pos
 
     def _unknown(self, pos: int, vend: int, tag: int, depth: int) -> tuple[str, Any]:
         """An unknown element holding items: a sequence (as dcmtk reads it), else its bytes."""
