@@ -239,6 +239,34 @@ def acquisition_type(code: Code | None) -> str:
     return "unknown"
 
 
+def _source_id(src: ContentItem) -> str | None:
+    """The X-ray source's identification: its TID 10013 concept, else the first text or UID
+    child whose concept meaning mentions "identification" (vendors spell it "Identification
+    Number of the X-Ray Source" and otherwise)."""
+    sid = _text(src, C.IDENTIFICATION_OF_THE_XRAY_SOURCE)
+    if sid is None:
+        for child in src.children:
+            meaning = (child.concept.meaning if child.concept else "") or ""
+            if "identification" in meaning.lower() and child.value_type in ("TEXT", "UIDREF", None):
+                return child.text_value()
+    return sid
+
+
+def _read_source(src: ContentItem, sp: str, problems: Problems) -> Source:
+    """One CT X-Ray Source Parameters container (113831) of an event; ``sp`` is its path
+    prefix (``events[i].sources[j].``). Its own step because an event holds one per tube
+    (two on a dual-source scanner) and each is read the same way."""
+    return Source(
+        id=_source_id(src),
+        kvp_kV=_num(src, C.KVP, "kV", sp + "kvp_kV", problems),
+        max_tube_current_mA=_num(src, C.MAXIMUM_XRAY_TUBE_CURRENT, "mA", sp + "max_tube_current_mA", problems),
+        tube_current_mA=_num(src, C.XRAY_TUBE_CURRENT, "mA", sp + "tube_current_mA", problems),
+        exposure_time_per_rotation_s=_num(
+            src, C.EXPOSURE_TIME_PER_ROTATION, "s", sp + "exposure_time_per_rotation_s", problems
+        ),
+    )
+
+
 def read_event(acq: ContentItem, path: str, problems: Problems) -> Event:
     """TID 10013 CT Irradiation Event Data from a CT Acquisition container (113819)."""
     P = path + "."
@@ -255,25 +283,8 @@ def read_event(acq: ContentItem, path: str, problems: Problems) -> Event:
             v = _num(acq, code, unit, P + field_, problems)  # stated at event level instead
         return v
 
-    sources: list[Source] = []
-    for i, src in enumerate(params.find_all(C.CT_XRAY_SOURCE_PARAMETERS)):
-        sp = f"{P}sources[{i}]."
-        sid = _text(src, C.IDENTIFICATION_OF_THE_XRAY_SOURCE)
-        if sid is None:  # "Identification Number of the X-Ray Source" and other spellings
-            for child in src.children:
-                meaning = (child.concept.meaning if child.concept else "") or ""
-                if "identification" in meaning.lower() and child.value_type in ("TEXT", "UIDREF", None):
-                    sid = child.text_value()
-                    break
-        sources.append(Source(
-            id=sid,
-            kvp_kV=_num(src, C.KVP, "kV", sp + "kvp_kV", problems),
-            max_tube_current_mA=_num(src, C.MAXIMUM_XRAY_TUBE_CURRENT, "mA", sp + "max_tube_current_mA", problems),
-            tube_current_mA=_num(src, C.XRAY_TUBE_CURRENT, "mA", sp + "tube_current_mA", problems),
-            exposure_time_per_rotation_s=_num(
-                src, C.EXPOSURE_TIME_PER_ROTATION, "s", sp + "exposure_time_per_rotation_s", problems
-            ),
-        ))
+    sources = [_read_source(src, f"{P}sources[{i}].", problems)
+               for i, src in enumerate(params.find_all(C.CT_XRAY_SOURCE_PARAMETERS))]
 
     phantom_code: Code | None = None
     phantom: str | None = None
