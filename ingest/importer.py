@@ -144,6 +144,8 @@ def extract_spooled(path: str, source: str, received_at: str,
 
 def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                  progress: bool = False) -> ImportSummary:
+    """Take in every file of ``paths`` (folders walked recursively) and store what it holds,
+    parsing in ``jobs`` worker processes (default: all cores) and applying results in file order."""
     summary = ImportSummary()
     files = list(_walk([Path(p) for p in paths], summary))
     jobs = max(1, jobs or os.cpu_count() or 1)
@@ -156,72 +158,21 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="file", desc="import", leave=False)
+    tick: Callable[[], object] = bar.update if bar is not None else _no_progress
     try:
-        # Objects a crashed run left in the spool, when no listener is taking care of them.
-        lock = DataDirLock(data_dir)
-        if lock.try_acquire():
-            try:
-                for item in pipeline.recover():
-                    _finish(pipeline, item, None, summary)
-            finally:
-                lock.release()
-
+        _recover_left_over(pipeline, data_dir, summary)
         inflight: deque[tuple[Received, Future[tuple[StudyRecord, str | None]] | None]] = deque()
         limit = jobs * 8
-
-        def drain(n: int) -> None:
-            while len(inflight) > n:
-                item, fut = inflight.popleft()
-                result: tuple[StudyRecord, str | None] | BaseException | None
-                try:
-                    result = fut.result() if fut is not None else None
-                except BrokenProcessPool as exc:  # a worker died: parse here instead
-                    log.debug("worker failed on %s: %s", item.source, exc)
-                    result = None
-                except Exception as exc:  # extraction raised in the worker: the object's doing
-                    result = exc
-                _finish(pipeline, item, result, summary)
-                if bar is not None:
-                    bar.update(1)
-
         for path, named in files:
-            try:
-                data = _read_unless_refused(path)
-            except OSError as exc:
-                summary.fail(f"{path}: cannot read: {exc.strerror or exc}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if data is not None and not named and not _looks_like_dicom(data[:132]):
-                summary.skipped_not_dicom += 1
-                log.info("%s: skipped, not a DICOM file", path)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if data is None:
-                summary.skipped += 1
-                log.info("%s: skipped, its SOP class is not one the listener accepts", path)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            sha = content_sha256(data)
-            if catalog.known_sha256(sha):
-                summary.known += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            try:
-                item = pipeline.receive(data, source=str(path), state="importing")
-            except OSError as exc:
-                summary.fail(f"{path}: cannot store it in {pipeline.spool_dir}: {exc.strerror or exc}")
-                if bar is not None:
-                    bar.update(1)
+            item = _take_in(path, named, pipeline, catalog, summary)
+            if item is None:
+                tick()
                 continue
             fut = pool.submit(extract_spooled, str(item.path), item.source, item.received_at,
-                                      pipeline.limits) if pool else None
+                              pipeline.limits) if pool else None
             inflight.append((item, fut))
-            drain(limit)
-        drain(0)
+            _drain(inflight, limit, pipeline, summary, tick)
+        _drain(inflight, 0, pipeline, summary, tick)
     finally:
         if bar is not None:
             bar.close()
@@ -230,6 +181,77 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
         pipeline.close()
         catalog.close()
     return summary
+
+
+def _no_progress() -> None:
+    """Stands in for the progress bar's update when there is no bar."""
+
+
+def _recover_left_over(pipeline: Pipeline, data_dir: Path, summary: ImportSummary) -> None:
+    """Process the objects a crashed run left in the spool, but only when no listener holds
+    the data directory (a running listener takes care of them itself)."""
+    lock = DataDirLock(data_dir)
+    if lock.try_acquire():
+        try:
+            for item in pipeline.recover():
+                _finish(pipeline, item, None, summary)
+        finally:
+            lock.release()
+
+
+def _take_in(path: Path, named: bool, pipeline: Pipeline, catalog: Catalog,
+             summary: ImportSummary) -> Received | None:
+    """Read one file and take it into the spool like a received object (claimed for this
+    import). None when the file is accounted for in ``summary`` without being processed:
+    unreadable, not DICOM (found in a folder), a SOP class the listener refuses, bytes
+    already known, or the spool cannot hold it."""
+    try:
+        data = _read_unless_refused(path)
+    except OSError as exc:
+        summary.fail(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    if data is not None and not named and not _looks_like_dicom(data[:132]):
+        summary.skipped_not_dicom += 1
+        log.info("%s: skipped, not a DICOM file", path)
+        return None
+    if data is None:
+        summary.skipped += 1
+        log.info("%s: skipped, its SOP class is not one the listener accepts", path)
+        return None
+    if catalog.known_sha256(content_sha256(data)):
+        summary.known += 1
+        return None
+    try:
+        return pipeline.receive(data, source=str(path), state="importing")
+    except OSError as exc:
+        summary.fail(f"{path}: cannot store it in {pipeline.spool_dir}: {exc.strerror or exc}")
+        return None
+
+
+def _drain(inflight: deque[tuple[Received, Future[tuple[StudyRecord, str | None]] | None]], n: int,
+           pipeline: Pipeline, summary: ImportSummary, tick: Callable[[], object]) -> None:
+    """Finish the oldest objects in flight until at most ``n`` remain: results are applied in
+    file order (deterministic re-runs) while the pool parses up to ``n`` objects ahead."""
+    while len(inflight) > n:
+        item, fut = inflight.popleft()
+        _finish(pipeline, item, _worker_result(item, fut), summary)
+        tick()
+
+
+def _worker_result(item: Received, fut: Future[tuple[StudyRecord, str | None]] | None,
+                   ) -> tuple[StudyRecord, str | None] | BaseException | None:
+    """What the worker made of ``item``: its extraction, or the exception extraction raised
+    there (the object's doing); None when there is no worker result (no pool, or a worker
+    died), so that :func:`_finish` parses it here."""
+    if fut is None:
+        return None
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:  # a worker died: parse here instead
+        log.debug("worker failed on %s: %s", item.source, exc)
+        return None
+    except Exception as exc:  # extraction raised in the worker: the object's doing
+        return exc
 
 
 def _finish(pipeline: Pipeline, item: Received,
