@@ -83,6 +83,39 @@ def _generic(path: str) -> str:
     return _INDEX.sub("[]", path)
 
 
+def _incomplete_reasons(d: dict[str, Any], comp: dict[str, Any], flags: dict[str, Any]) -> list[str]:
+    """Why a study is incomplete: the registry's reasons, else its missing and invalid
+    elements; an extraction error first."""
+    reasons = list(flags.get("registry_reasons") or ())
+    if not reasons:
+        reasons = [f"missing {p}" for p in comp.get("missing") or ()]
+        reasons += [f"invalid {i.get('path')}: {i.get('reason')}" for i in comp.get("invalid") or ()]
+    if d.get("error"):
+        reasons.insert(0, f"error: {(d.get('error') or {}).get('message')}")
+    return reasons
+
+
+def _problems_by_event(paths: list[str]) -> dict[int, set[str]]:
+    """The generic problem paths of each event, by event index (``events[3].dlp_mGycm``)."""
+    by_event: dict[int, set[str]] = {}
+    for p in paths:
+        m = _EVENT_PATH.match(p)
+        if m:
+            by_event.setdefault(int(m.group(1)), set()).add(_generic(p))
+    return by_event
+
+
+def _event_objects(record: StudyRecord | None, dicts: Sequence[dict[str, Any]],
+                   events: Sequence[Event] | None) -> Sequence[Event]:
+    """The Event objects of a study: ``events``, else the record's, else (when those do not
+    match the evaluated event dicts one for one) rebuilt from the dicts."""
+    if events is None and record is not None:
+        events = record.events
+    if events is None or len(events) != len(dicts):
+        events = [Event.from_dict(e) for e in dicts]
+    return events
+
+
 def _region(ev: Event) -> str:
     head = dosimetry.is_head_exam(ev)
     meaning = ev.target_region.meaning if ev.target_region is not None else None
@@ -180,66 +213,73 @@ class ReportBuilder:
         ident = {"accession_number": d.get("accession_number"), "study_date": d.get("study_date"),
                  "scanner": scanner}
         if not complete:
-            reasons = list(flags.get("registry_reasons") or ())
-            if not reasons:
-                reasons = [f"missing {p}" for p in comp.get("missing") or ()]
-                reasons += [f"invalid {i.get('path')}: {i.get('reason')}" for i in comp.get("invalid") or ()]
-            if d.get("error"):
-                reasons.insert(0, f"error: {(d.get('error') or {}).get('message')}")
-            self._detail("incomplete_study", {**ident, "registry_code": code, "reasons": "; ".join(reasons)})
+            self._detail("incomplete_study", {**ident, "registry_code": code,
+                                              "reasons": "; ".join(_incomplete_reasons(d, comp, flags))})
 
-        # event-level problems per event index
-        by_event: dict[int, set[str]] = {}
-        for p in paths:
-            m = _EVENT_PATH.match(p)
-            if m:
-                by_event.setdefault(int(m.group(1)), set()).add(_generic(p))
-
+        by_event = _problems_by_event(paths)
         dicts = d.get("events") or ()
-        if events is None and record is not None:
-            events = record.events
-        if events is None or len(events) != len(dicts):
-            events = [Event.from_dict(e) for e in dicts]
+        events = _event_objects(record, dicts, events)
         age = (d.get("patient") or {}).get("age_years")
         seen_protocols: set[str] = set()
         for i, (ev, ed) in enumerate(zip(events, dicts, strict=True)):
             protocol = ev.acquisition_protocol or "(no protocol name)"
-            pg = self.protocols.get(protocol)
-            if pg is None:
-                pg = self.protocols[protocol] = _Group()
-            if protocol not in seen_protocols:
-                seen_protocols.add(protocol)
-                pg.studies += 1
-                pg.complete += complete
-                pg.excluded += code == "excluded"
+            pg = self._protocol_group(protocol, protocol not in seen_protocols, complete, code)
+            seen_protocols.add(protocol)
             pg.events += 1
             ev_problems = by_event.get(i)
             if ev_problems:
                 pg.problems.update(ev_problems)
             else:
                 pg.events_complete += 1
-            timing = bool(ed.get("is_timing_run"))
-            ctdi, dlp = ev.ctdivol_mGy, ev.dlp_mGycm
-            if timing:
-                self.timing_by_protocol.setdefault(protocol, array("d")).append(
-                    float(ctdi) if isinstance(ctdi, (int, float)) else math.nan)
-                self._detail("timing_run", {**ident, "protocol": protocol, "acquisition_type": ev.acquisition_type,
-                                            "ctdivol_mGy": ctdi, "dlp_mGycm": dlp})
-            elif ev.acquisition_type != "constant_angle":
-                region = _region(ev)
-                if isinstance(ctdi, (int, float)):
-                    self.ctdi_by_protocol.setdefault(protocol, array("d")).append(ctdi)
-                    self.ctdi_by_region.setdefault(region, array("d")).append(ctdi)
-                if isinstance(dlp, (int, float)):
-                    self.dlp_by_protocol.setdefault(protocol, array("d")).append(dlp)
-                    self.dlp_by_region.setdefault(region, array("d")).append(dlp)
-            if isinstance(ctdi, (int, float)):
-                category, value = dosimetry.notification_value_mGy(ev, age, self.cfg.notification)
-                if ctdi > value:
-                    self._detail("above_notification", {
-                        **ident, "protocol": protocol, "category": category.replace("_", " "),
-                        "ctdivol_mGy": ctdi, "notification_value_mGy": round(value, 2)})
+            self._add_doses(ev, bool(ed.get("is_timing_run")), protocol, ident)
+            self._check_notification(ev, age, protocol, ident)
+        self._check_total_dlp(d, ident)
 
+    def _protocol_group(self, protocol: str, first_in_study: bool, complete: bool, code: str) -> _Group:
+        """The group of ``protocol``; a study counts once per protocol (``first_in_study``:
+        its first event of that protocol), however many of its events use it."""
+        pg = self.protocols.get(protocol)
+        if pg is None:
+            pg = self.protocols[protocol] = _Group()
+        if first_in_study:
+            pg.studies += 1
+            pg.complete += complete
+            pg.excluded += code == "excluded"
+        return pg
+
+    def _add_doses(self, ev: Event, timing: bool, protocol: str, ident: dict[str, Any]) -> None:
+        """One event's CTDIvol and DLP: a timing run goes to its own table and distribution,
+        a constant-angle acquisition (localizer) to none, any other event to the
+        distributions per protocol and per body region."""
+        ctdi, dlp = ev.ctdivol_mGy, ev.dlp_mGycm
+        if timing:
+            self.timing_by_protocol.setdefault(protocol, array("d")).append(
+                float(ctdi) if isinstance(ctdi, (int, float)) else math.nan)
+            self._detail("timing_run", {**ident, "protocol": protocol, "acquisition_type": ev.acquisition_type,
+                                        "ctdivol_mGy": ctdi, "dlp_mGycm": dlp})
+        elif ev.acquisition_type != "constant_angle":
+            region = _region(ev)
+            if isinstance(ctdi, (int, float)):
+                self.ctdi_by_protocol.setdefault(protocol, array("d")).append(ctdi)
+                self.ctdi_by_region.setdefault(region, array("d")).append(ctdi)
+            if isinstance(dlp, (int, float)):
+                self.dlp_by_protocol.setdefault(protocol, array("d")).append(dlp)
+                self.dlp_by_region.setdefault(region, array("d")).append(dlp)
+
+    def _check_notification(self, ev: Event, age: Any, protocol: str, ident: dict[str, Any]) -> None:
+        """List the event when its CTDIvol is above the configured notification value for its
+        category (which depends on the patient's ``age``)."""
+        ctdi = ev.ctdivol_mGy
+        if isinstance(ctdi, (int, float)):
+            category, value = dosimetry.notification_value_mGy(ev, age, self.cfg.notification)
+            if ctdi > value:
+                self._detail("above_notification", {
+                    **ident, "protocol": protocol, "category": category.replace("_", " "),
+                    "ctdivol_mGy": ctdi, "notification_value_mGy": round(value, 2)})
+
+    def _check_total_dlp(self, d: dict[str, Any], ident: dict[str, Any]) -> None:
+        """List the study when its stated total DLP and the sum of its events' DLP disagree
+        beyond the tolerance (absolute, or relative to the larger)."""
         stated, summed = d.get("reported_total_dlp_mGycm"), d.get("total_dlp_mGycm")
         if isinstance(stated, (int, float)) and isinstance(summed, (int, float)):
             diff = summed - stated
