@@ -1218,9 +1218,9 @@ def _fusion(rule: ElementRule) -> str | None:
         plain = rule.when is None and not any(r.endswith("[]") for r in rest)
         return "study" if plain and rule.optional and rule.type in ("number", "integer") else None
     rest = rest[1:]
-    if len(rest) == 1 or (len(rest) == 2 and not rest[1].endswith("[]")):
+    if (len(rest) == 1 and not rest[0].endswith("[]")) or (len(rest) == 2 and not rest[1].endswith("[]")):
         return "event"
-    return None
+    return None  # e.g. events[].sources[] (the items themselves): _compile_rule walks it
 
 
 def _compile_run(kind: str | None, rules: list[ElementRule]) -> _Check:

@@ -432,3 +432,22 @@ def test_sample_verdicts_are_the_expected_ones(stem: str, rules: Rules) -> None:
         assert d["completeness"]["status"] == want["completeness"]["status"]
     assert d["flags"]["registry_code"] == want["flags"]["registry_code"]
     assert "implausible" not in (d["completeness"] or {})
+
+
+def test_list_elements_of_events_keep_their_meaning(siemens: StudyRecord, tmp_path: Path) -> None:
+    profile = load_profile(_profile(tmp_path, (
+        '[[required]]\npath = "events[].sources"\ntype = "list"\n'
+        '[[recommended]]\npath = "events[].sources[]"\n'
+        '[[recommended]]\npath = "events[].dose_check.ctdivol_alert_mGy"\ntype = "number"\nmax = 5000\n')))
+    rules = replace(rules_from_config(default_config()), profile=profile)
+    # the sample's events state a CTDIvol alert value of 1000 mGy each
+    record = with_event(with_event(with_event(siemens, 1, sources=()), 3,
+                                   dose_check=DoseCheck(ctdivol_alert_mGy=6000.0)), 0, dose_check=None)
+    ev = evaluate(record, rules)
+    pre = f"protocol 'PreMonitoring', event {UID}.2"
+    assert ev.flags.registry_reasons == (f"events[1].sources missing ({pre})",)
+    assert ev.completeness.warnings == (
+        f"events[1].sources[] missing (recommended; {pre})",
+        f"events[0].dose_check.ctdivol_alert_mGy missing (recommended; {TOPOGRAM})",
+        f"events[3].dose_check.ctdivol_alert_mGy 6000.0 is outside ..5000 (recommended; {THORAX})",
+    )
