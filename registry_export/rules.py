@@ -472,29 +472,12 @@ def _element(raw: Any, level: str, where: str) -> ElementRule:
     unit = raw.get("unit")
     if unit is not None and not isinstance(unit, str):
         raise ConfigError(f"{where}: unit must be a string, not {unit!r}")
-    lo = hi = None
-    date_lo = date_hi = None
     if typ == "date":
-        date_lo = DateBound.parse(raw["min"], where, "min") if "min" in raw else None
-        date_hi = DateBound.parse(raw["max"], where, "max") if "max" in raw else None
-        if (date_lo or date_hi) and in_events:
-            raise ConfigError(f"{where}: min/max of a date apply to study-level elements only")
-        if date_lo and date_hi and date_lo.fixed and date_hi.fixed and date_lo.fixed > date_hi.fixed:
-            raise ConfigError(f"{where}: min {date_lo.fixed} is after max {date_hi.fixed}")
+        lo = hi = None
+        date_lo, date_hi = _date_bounds(raw, where, study_level=not in_events and len(alternatives) == 1)
     else:
-        lo = _number(raw["min"], where, "min") if "min" in raw else None
-        hi = _number(raw["max"], where, "max") if "max" in raw else None
-        if (lo is not None or hi is not None) and typ not in ("number", "integer"):
-            raise ConfigError(f"{where}: min/max apply to type number, integer or date, not {typ!r}")
-        if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"{where}: min {lo:g} is above max {hi:g}")
-    values = raw.get("values", [])
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ConfigError(f"{where}: values must be a list of strings, not {values!r}")
-    if typ == "enum" and not values:
-        raise ConfigError(f"{where}: type enum needs values = [...]")
-    if values and typ != "enum":
-        raise ConfigError(f"{where}: values apply to type enum only")
+        (lo, hi), date_lo, date_hi = _number_bounds(raw, typ, where), None, None
+    values = _enum_values(raw, typ, where)
     min_items = raw.get("min_items", 1)
     if isinstance(min_items, bool) or not isinstance(min_items, int) or min_items < 0:
         raise ConfigError(f"{where}: min_items must be a whole number >= 0, not {min_items!r}")
@@ -507,10 +490,39 @@ def _element(raw: Any, level: str, where: str) -> ElementRule:
     note = raw.get("note")
     if note is not None and not isinstance(note, str):
         raise ConfigError(f"{where}: note must be a string")
-    if (date_lo or date_hi) and len(alternatives) > 1:
-        raise ConfigError(f"{where}: min/max of a date apply to a single path, not any-of ('|')")
-    return ElementRule(path, alternatives, level == "required", typ, unit, lo, hi, tuple(values), min_items, when,
+    return ElementRule(path, alternatives, level == "required", typ, unit, lo, hi, values, min_items, when,
                        note, in_events, level == "optional", date_lo, date_hi)
+
+
+def _number_bounds(raw: dict[str, Any], typ: str, where: str) -> tuple[float | None, float | None]:
+    lo = _number(raw["min"], where, "min") if "min" in raw else None
+    hi = _number(raw["max"], where, "max") if "max" in raw else None
+    if (lo is not None or hi is not None) and typ not in ("number", "integer"):
+        raise ConfigError(f"{where}: min/max apply to type number, integer or date, not {typ!r}")
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"{where}: min {lo:g} is above max {hi:g}")
+    return lo, hi
+
+
+def _date_bounds(raw: dict[str, Any], where: str, study_level: bool) -> tuple[DateBound | None, DateBound | None]:
+    lo = DateBound.parse(raw["min"], where, "min") if "min" in raw else None
+    hi = DateBound.parse(raw["max"], where, "max") if "max" in raw else None
+    if (lo or hi) and not study_level:
+        raise ConfigError(f"{where}: min/max of a date apply to study-level elements only (one path, not any-of)")
+    if lo and hi and lo.fixed and hi.fixed and lo.fixed > hi.fixed:
+        raise ConfigError(f"{where}: min {lo.fixed} is after max {hi.fixed}")
+    return lo, hi
+
+
+def _enum_values(raw: dict[str, Any], typ: str, where: str) -> tuple[str, ...]:
+    values = raw.get("values", [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{where}: values must be a list of strings, not {values!r}")
+    if typ == "enum" and not values:
+        raise ConfigError(f"{where}: type enum needs values = [...]")
+    if values and typ != "enum":
+        raise ConfigError(f"{where}: values apply to type enum only")
+    return tuple(values)
 
 
 def load_profile(path: Path) -> Profile:
@@ -873,6 +885,16 @@ def _range_text(rule: ElementRule) -> str:
     return f"{_bound_text(rule.min)}..{_bound_text(rule.max)}" + (f" {rule.unit}" if rule.unit else "")
 
 
+def _number_reason(value: Any, rule: ElementRule) -> str | None:
+    if not _is_number(value):
+        return _NOT_FINITE
+    if rule.type == "integer" and float(value) != int(value):
+        return _NOT_WHOLE
+    if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
+        return _Implausible(f"is outside {_range_text(rule)}")
+    return None
+
+
 def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
     """None when ``value`` (present) satisfies the rule, else what is wrong."""
     t = rule.type
@@ -881,13 +903,7 @@ def _invalid_reason(value: Any, rule: ElementRule) -> str | None:
     if t == "text":
         return None if isinstance(value, str) else "is not text"
     if t in ("number", "integer"):
-        if not _is_number(value):
-            return _NOT_FINITE
-        if t == "integer" and float(value) != int(value):
-            return _NOT_WHOLE
-        if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
-            return _Implausible(f"is outside {_range_text(rule)}")
-        return None
+        return _number_reason(value, rule)
     if t == "date":
         if not isinstance(value, str) or not _DATE.match(value):
             return "is not a date (YYYY-MM-DD)"
@@ -1047,110 +1063,78 @@ def _valid_uid(value: Any) -> str | None:
 
 
 def _compile_rule(rule: ElementRule) -> _Check:
+    """One element's own check (the elements :func:`_fusion` does not take)."""
     if rule.date_min is not None or rule.date_max is not None:
         return _compile_bounded_date(rule)
-    valid = _validator(rule)
-    level = rule.level
-    when = rule.when
     if not rule.in_events:
-        alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
-        if len(alternatives) == 1 and when is None:
-            path, names = alternatives[0]
+        if len(rule.alternatives) == 1 and rule.when is None:
+            return _compile_plain_study_element(rule)
+        return _compile_study_element(rule)
+    return _compile_nested_element(rule)
 
-            def plain_study_element(d: Mapping[str, Any], out: _Collector,
-                                    cache: _Events) -> None:
-                value: Any = d
-                for name in names:
-                    value = value.get(name) if isinstance(value, dict) else None
-                if _absent(value):
-                    out.add_missing(path, "", level)
-                    return
-                why = valid(value)
-                if why is not None:
-                    out.add_invalid(path, value, why, "", level)
 
-            return plain_study_element
+def _compile_plain_study_element(rule: ElementRule) -> _Check:
+    valid, level, path = _validator(rule), rule.level, rule.path
+    names = tuple(path.split("."))
 
-        def study_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
-            if when is not None and not when.holds(d):
-                return
-            present = []
-            for alt, names in alternatives:
-                value: Any = d
-                for name in names:
-                    value = value.get(name) if isinstance(value, dict) else None
-                if not _absent(value):
-                    present.append((alt, value))
-            if not present:
-                out.add_missing(rule.path, "", level)
-                return
-            problems = [(alt, v, valid(v)) for alt, v in present]
-            if any(why is None for _, _, why in problems):
-                return  # at least one alternative is present and valid
-            for alt, v, why in problems:
-                out.add_invalid(alt, v, why or "", "", level)
+    def plain_study_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        value: Any = d
+        for name in names:
+            value = value.get(name) if isinstance(value, dict) else None
+        if _absent(value):
+            out.add_missing(path, "", level)
+            return
+        why = valid(value)
+        if why is not None:
+            out.add_invalid(path, value, why, "", level)
 
-        return study_element
+    return plain_study_element
 
+
+def _compile_study_element(rule: ElementRule) -> _Check:
+    """A study-level element with a condition or any-of alternatives (``a|b``)."""
+    valid, level, when = _validator(rule), rule.level, rule.when
+    alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
+
+    def study_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+        if when is not None and not when.holds(d):
+            return
+        present = []
+        for alt, names in alternatives:
+            value: Any = d
+            for name in names:
+                value = value.get(name) if isinstance(value, dict) else None
+            if not _absent(value):
+                present.append((alt, value))
+        if not present:
+            out.add_missing(rule.path, "", level)
+            return
+        problems = [(alt, v, valid(v)) for alt, v in present]
+        if any(why is None for _, _, why in problems):
+            return  # at least one alternative is present and valid
+        for alt, v, why in problems:
+            out.add_invalid(alt, v, why or "", "", level)
+
+    return study_element
+
+
+def _compile_nested_element(rule: ElementRule) -> _Check:
+    """An event element below nested lists (``events[].sources[]``): walked with _instances."""
+    valid, level, when = _validator(rule), rule.level, rule.when
     rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
-    dotted = ".".join(rest)
     when_text = when.text if when is not None else ""
-    if len(rest) == 2 and rest[0].endswith("[]") and not rest[1].endswith("[]"):
-        # events[].sources[].kvp_kV: one nested list of items with the element (as _instances walks it)
-        list_name, item_name = rest[0][:-2], rest[1]
-        empty_path = f"{rest[0]}.{item_name}"
 
-        def item_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
-            for i, ev in _events_where(d, when, when_text, cache):
-                items = ev.get(list_name)
-                if not isinstance(items, (list, tuple)) or not items:
-                    out.add_missing(f"events[{i}].{empty_path}", _event_label(ev), level)
-                    continue
-                for j, item in enumerate(items):
-                    value = item.get(item_name) if isinstance(item, dict) else None
-                    if _absent(value):
-                        out.add_missing(f"events[{i}].{list_name}[{j}].{item_name}", _event_label(ev), level)
-                        continue
-                    why = valid(value)
-                    if why is not None:
-                        out.add_invalid(f"events[{i}].{list_name}[{j}].{item_name}", value, why,
-                                        _event_label(ev), level)
-
-        return item_element
-
-    if any(seg.endswith("[]") for seg in rest):  # deeper nesting: walk the nested lists
-
-        def nested_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
-            for i, ev in _events_where(d, when, when_text, cache):
-                for path, value, found in _instances(ev, rest, f"events[{i}]"):
-                    if not found or _absent(value):
-                        out.add_missing(path, _event_label(ev), level)
-                        continue
-                    why = valid(value)
-                    if why is not None:
-                        out.add_invalid(path, value, why, _event_label(ev), level)
-
-        return nested_element
-
-    names = tuple(rest)
-    single = names[0] if len(names) == 1 else None
-
-    def event_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
+    def nested_element(d: Mapping[str, Any], out: _Collector, cache: _Events) -> None:
         for i, ev in _events_where(d, when, when_text, cache):
-            if single is not None:
-                value = ev.get(single)
-            else:
-                value = ev
-                for name in names:
-                    value = value.get(name) if isinstance(value, dict) else None
-            if _absent(value):
-                out.add_missing(f"events[{i}].{dotted}", _event_label(ev), level)
-            else:
+            for path, value, found in _instances(ev, rest, f"events[{i}]"):
+                if not found or _absent(value):
+                    out.add_missing(path, _event_label(ev), level)
+                    continue
                 why = valid(value)
                 if why is not None:
-                    out.add_invalid(f"events[{i}].{dotted}", value, why, _event_label(ev), level)
+                    out.add_invalid(path, value, why, _event_label(ev), level)
 
-    return event_element
+    return nested_element
 
 
 def _compile_bounded_date(rule: ElementRule) -> _Check:
