@@ -12,18 +12,21 @@ next read without re-importing anything. Nothing is cached between calls of
 * :func:`evaluate` -- one record -> :class:`Evaluation` (completeness, classification,
   flags, one timing-run verdict per event).
 * :func:`evaluated_dict` -- the contract's JSON study record with the verdicts filled in.
+* :func:`without_implausible` -- a copy of an evaluated record with null at each implausible
+  value, for the registry files.
 
 Profile format (``conf/registry_profiles/acr-dir.toml`` documents it in full)::
 
     name = "acr-dir"
     version = "2026.1"
-    [[required]]                      # or [[recommended]]
+    [[required]]                      # or [[recommended]], [[optional]]
     path = "events[].ctdivol_mGy"     # study-record path; [] = every item; a|b = any of
     when = "acquisition_type != constant_angle"   # optional condition
     type = "number"                   # present | text | number | integer | date | time |
     unit = "mGy"                      #   enum | uid | code | list
-    min = 0                           # inclusive range (numbers), values (enum),
-    max = 10000                       #   min_items (list)
+    min = 0                           # inclusive range (numbers; dates: "1880-01-01",
+    max = 10000                       #   "today + 1 day", "study_date"), values (enum),
+                                      #   min_items (list)
 
 Missing or invalid **required** elements make the study ``incomplete``; recommended ones
 only add warnings; ``[[optional]]`` elements are checked only when present (an invalid
