@@ -340,3 +340,114 @@ def test_month_precision_submission_validates(cfg: Config) -> None:
     bad["studies"][0]["patient"]["name"] = "Doe^John"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def _state_dump(cfg: Config) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    db = sqlite3.connect(cfg.data_dir / "export-state.sqlite")
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return [(t, *row) for t in tables for row in db.execute(f"SELECT * FROM {t} ORDER BY 1, 2")]
+    finally:
+        db.close()
+
+
+def test_preview_changes_no_state_and_the_next_export_is_unaffected(cfg: Config, tmp_path: Path) -> None:
+    records = corpus_of(6)
+    first = export_batch(cfg, source(records))
+    records[2] = synthetic_study(2, objects=2)  # changed since
+    records.append(synthetic_study(50))  # and new
+    before = _state_dump(cfg)
+    files_before = sorted(str(p) for p in cfg.data_dir.rglob("*") if "export-state" not in p.name)
+    preview = export_batch(cfg, source(records), out_dir=tmp_path / "trial")
+    assert preview.preview and preview.registry_studies == 2 and preview.registry_resubmitted == 1
+    assert preview.flag_rows == 1 and preview.flags_paths == []  # counted, not written
+    assert preview.previous_batch == first.batch_id
+    trial = pq.read_table(preview.registry_dir / "studies.parquet")  # type: ignore[operator]
+    assert set(trial.column("study_instance_uid").to_pylist()) == {
+        pseudo(records[2].study_instance_uid), pseudo(records[-1].study_instance_uid)}  # type: ignore[arg-type]
+    assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == ["registry", "reports"]
+    assert _state_dump(cfg) == before
+    assert sorted(str(p) for p in cfg.data_dir.rglob("*") if "export-state" not in p.name) == files_before
+    again = export_batch(cfg, source(records), out_dir=tmp_path / "trial2")  # a preview again: the same
+    assert (again.registry_studies, again.flag_rows) == (2, 1)
+
+    real = export_batch(cfg, source(records))
+    assert (real.registry_studies, real.registry_resubmitted, real.flag_rows) == (2, 1, 1)
+    assert export_batch(cfg, source(records), out_dir=tmp_path / "trial3").batch_id is None
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_every_file_export_writes_is_owner_only(cfg: Config, mask: int) -> None:
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        result = export_batch(cfg, source(corpus_of(8)))
+    finally:
+        os.umask(old)
+    assert result.registry_dir is not None and result.flags_paths and result.report_paths
+    found = {str(p.relative_to(cfg.data_dir)): stat.S_IMODE(p.stat().st_mode)
+             for p in [cfg.data_dir, *cfg.data_dir.rglob("*")]}
+    assert "export-state.sqlite" in found and "flags" in found and "reports" in found
+    wrong = {name: oct(mode) for name, mode in found.items()
+             if mode != (0o700 if (cfg.data_dir / name).is_dir() else 0o600)}
+    assert not wrong, wrong
+
+
+def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -> None:
+    import sqlite3
+
+    from dosereg.registry_export.state import SCHEMA_VERSION, ExportState, state_path
+
+    records = corpus_of(6)
+    first = export_batch(cfg, source(records))
+    # rewrite the state as dosereg with schema 2 kept it
+    path = state_path(cfg)
+    old = sqlite3.connect(path)
+    batches = old.execute("SELECT seq, batch_id, created_at, facility_id, out_dir, studies_seen, registry_studies, "
+                          "registry_events, flag_rows FROM batches").fetchall()
+    studies = old.execute("SELECT * FROM studies").fetchall()
+    old.close()
+    for p in path.parent.glob("export-state.sqlite*"):
+        p.unlink()
+    v2 = sqlite3.connect(path)
+    v2.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE batches (seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL,
+            facility_id TEXT NOT NULL, out_dir TEXT NOT NULL, studies_seen INTEGER NOT NULL,
+            registry_studies INTEGER NOT NULL, registry_events INTEGER NOT NULL, flag_rows INTEGER NOT NULL);
+        CREATE TABLE studies (study_uid TEXT PRIMARY KEY, registry_fingerprint TEXT, registry_batch_id TEXT,
+            flags_key TEXT, flags_batch_id TEXT, batch_id TEXT, exported_at TEXT, input_key TEXT);
+        INSERT INTO meta VALUES ('schema_version', '2');
+    """)
+    v2.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batches)
+    v2.executemany("INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", studies)
+    v2.commit()
+    v2.close()
+
+    again = export_batch(cfg, source(records))
+    assert again.batch_id is None and "nothing new" in again.summary()
+    state = ExportState(path, readonly=True)
+    try:
+        assert state.version == SCHEMA_VERSION == 3
+        assert state.batch_states() == {first.batch_id: "exported"}
+        members = state.members(str(first.batch_id))
+        assert len(members) == 6 and sum(r for _, r, _ in members) == first.registry_studies
+        assert all(f for _, _, f in members)
+        assert [a["action"] for a in state.audit()][:2] == ["migrate", "secret_recorded"]
+    finally:
+        state.close()
+    records.append(synthetic_study(60))
+    third = export_batch(cfg, source(records))
+    assert third.registry_studies == 1 and third.flag_rows == 1
+
+
+def test_a_non_finite_number_fails_the_export_loudly(cfg: Config) -> None:
+    bad = synthetic_study(1, extra={"total_dlp_mGycm": float("inf")})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        export_batch(cfg, source([synthetic_study(0), bad]))
+    assert not (cfg.data_dir / "registry").exists() and not (cfg.data_dir / "flags").exists()
+    assert export_marks(cfg) == {}
