@@ -288,13 +288,9 @@ class _Parser:
                     length = u32(buf, pos + 8)[0]
                     pos += 12
                     vr = vr_names[vr_b]
-                elif vr_b.isalpha() and vr_b.isupper():
-                    pos += 8
-                    vr = vr_names.get(vr_b) or vr_b.decode("ascii")
                 else:
-                    raise DicomReadError(
-                        "malformed", f"element {tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})"
-                    )
+                    vr = vr_names.get(vr_b) or _unlisted_vr(vr_b, tag, pos)
+                    pos += 8
             else:
                 g, e, length = head_impl(buf, pos)
                 tag = (g << 16) | e
@@ -304,14 +300,23 @@ class _Parser:
                 pos += 8
                 vr = "SQ" if tag in SQ_TAGS else "UN"
             if length == UNDEFINED:
-                return self._undefined_length(stack, fr, tag, vr, pos)
+                if vr in ("OB", "OW") or tag == PIXEL_DATA:
+                    pos = _skip_fragments(buf, pos, head_impl)
+                    ds[tag] = (vr, b"")
+                    continue
+                # SQ, or UN / implicit with undefined length: a sequence (PS3.5 6.2.2)
+                items: list[Dataset] = []
+                ds[tag] = ("SQ", items)
+                sub = _IMPLICIT_LE if (vr == "UN" and explicit) else codec
+                stack.append(self._sequence_frame(items, None, tag, sub, fr.depth + 1, pos))
+                return pos
             vend = pos + length
             if vend > n:
                 raise DicomReadError(
                     "truncated", f"element {tag_str(tag)} of {length} bytes at byte {pos} runs past the end of the file"
                 )
             if vr == "SQ":
-                items: list[Dataset] = []
+                items = []
                 ds[tag] = ("SQ", items)
                 stack.append(self._sequence_frame(items, vend, tag, codec, fr.depth + 1, pos))
                 return pos
@@ -321,29 +326,22 @@ class _Parser:
                 ds[tag] = (vr, buf[pos:vend])
             pos = vend
 
-    def _undefined_length(self, stack: list[_Frame], fr: _Frame, tag: int, vr: str, pos: int) -> int:
-        """An element of undefined length at ``pos`` (its value's start): encapsulated pixel
-        data is stored empty and skipped to its sequence delimiter; anything else (SQ, or UN /
-        implicit VR) opens a sequence (PS3.5 6.2.2, A.4). Kept out of :meth:`_elements`
-        because it is rare next to that loop's per-element path: either way reading goes
-        back to :meth:`_run`, which resumes the same dataset (``fr`` still on top) or the new
-        sequence."""
-        if vr in ("OB", "OW") or tag == PIXEL_DATA:
-            pos = _skip_fragments(self.buf, pos, fr.codec.head_impl)
-            fr.value[tag] = (vr, b"")
-            return pos
-        items: list[Dataset] = []
-        fr.value[tag] = ("SQ", items)
-        sub = _IMPLICIT_LE if (vr == "UN" and fr.codec.explicit) else fr.codec
-        stack.append(self._sequence_frame(items, None, tag, sub, fr.depth + 1, pos))
-        return pos
-
     def _unknown(self, pos: int, vend: int, tag: int, depth: int) -> tuple[str, Any]:
         """An unknown element holding items: a sequence (as dcmtk reads it), else its bytes."""
         try:
             return ("SQ", self.sequence(pos, vend, tag, depth))
         except (DicomReadError, RecursionError):  # not a sequence after all (or nested past any limit)
             return ("UN", self.buf[pos:vend])
+
+
+def _unlisted_vr(vr_b: bytes, tag: int, pos: int) -> str:
+    """The VR of the element ``tag`` at ``pos`` when it is not one of PS3.5 table 6.2-1: kept
+    by its name when it looks like one (two capital letters, a VR of a later edition), else
+    the element is malformed. Out of the per-element loop, where a known VR costs only its
+    dict look-up."""
+    if vr_b.isalpha() and vr_b.isupper():
+        return vr_b.decode("ascii")
+    raise DicomReadError("malformed", f"element {tag_str(tag)} at byte {pos} has no valid VR ({vr_b!r})")
 
 
 def _skip_fragments(buf: bytes, pos: int, head_impl: Any) -> int:
