@@ -95,12 +95,11 @@ def test_nested_chain_is_well_formed_and_as_deep_as_asked() -> None:
     import random
 
     import pydicom
-    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
 
     chain = fuzz.nested_chain(40, random.Random(1))
     raw = fuzz.seq_open(fuzz.CONTENT_SEQUENCE) + chain + fuzz.SEQ_CLOSE
-    ds = read_dataset(DicomBytesIO(raw), is_implicit_VR=False, is_little_endian=True)
+    ds = read_dataset(io.BytesIO(raw), is_implicit_VR=False, is_little_endian=True)
     depth, item = 0, ds.ContentSequence[0]
     while "ContentSequence" in item:
         depth, item = depth + 1, item.ContentSequence[0]
