@@ -11,9 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .dicom_bytes import Dataset
+from .dicom_bytes import Dataset, DicomReadError
 from .model import Code
 from .values import TextDecoder, ValueProblem, ascii_text, clean_name, clean_text, parse_dt, parse_fd
+
+# Items a streamed Content Sequence keeps beside its irradiation events (which are read and
+# dropped one at a time). A real CT dose report has a few dozen (header, totals, Dose Check,
+# observer context); each kept item costs a few KiB, so without a cap a report of millions of
+# small items holds gigabytes whatever the inflation and nesting limits say.
+MAX_KEPT_ITEMS = 20_000
 
 RELATIONSHIP_TYPE = 0x0040A010
 VALUE_TYPE = 0x0040A040
@@ -129,6 +135,11 @@ class ContentItem:
                 child = self._child(d)
                 if not take(child):
                     kept.append(child)
+                    if len(kept) > MAX_KEPT_ITEMS:
+                        raise DicomReadError(
+                            "malformed", f"Content Sequence (0040,A730) holds more than {MAX_KEPT_ITEMS:,} "
+                                         "content items besides its irradiation events (a real report has "
+                                         "a few dozen); not read further")
             self.ds[CONTENT_SEQUENCE] = ("SQ", [c.ds for c in kept])
         self._children = kept
         self._index = None

@@ -423,3 +423,29 @@ def test_cli_extract_processes_every_file_and_exits_1(tmp_path: Path) -> None:
     assert records[1]["error"]["code"] == "malformed"
     assert records[2]["patient"]["name"] == "Hong^Gildong=洪^吉洞=홍^길동"
     assert "Traceback" not in proc.stderr
+
+
+def test_millions_of_small_content_items_are_malformed_before_memory_runs_out() -> None:
+    """Items kept beside the irradiation events are capped (extract.sr.MAX_KEPT_ITEMS): a report
+    of 30,000 small TEXT items is refused as malformed, naming the Content Sequence, and the
+    events of a real report (read and dropped one at a time) are not counted against the cap."""
+    from dosereg.extract.sr import MAX_KEPT_ITEMS
+
+    ds = pydicom.dcmread(SAMPLES / "ct_siemens_single_source.dcm")
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = Sequence([name])
+    item.TextValue = "x"
+    items = list(ds.ContentSequence)
+    ds.ContentSequence = Sequence(items + [copy.deepcopy(item) for _ in range(MAX_KEPT_ITEMS + 10_000)])
+    rec = extract_bytes(_encode(ds), source="items.dcm")
+    assert rec.error is not None and rec.error.code == "malformed"
+    assert "Content Sequence (0040,A730)" in rec.error.message
+    assert f"{MAX_KEPT_ITEMS:,}" in rec.error.message
+    # the same report with its own items only is read as before
+    ds.ContentSequence = Sequence(items)
+    ok = extract_bytes(_encode(ds), source="ok.dcm")
+    assert ok.error is None and ok.total_events >= 1
