@@ -95,14 +95,15 @@ def _setup_logging(verbose: int) -> None:
 
 
 def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.extract import extract_file
+    from dosereg.extract import ExtractLimits, extract_file
     from dosereg.registry_export import evaluated_dict, rules_from_config
 
     rules = rules_from_config(cfg)
+    limits = ExtractLimits(max_inflated_bytes=cfg.extract.max_inflated_bytes, max_nesting=cfg.extract.max_nesting)
     failed = 0
     out = sys.stdout
     for name in args.files:
-        record = extract_file(name)
+        record = extract_file(name, limits=limits)
         if record.error is not None:
             failed += 1
         out.write(json.dumps(evaluated_dict(record, rules, export=None), ensure_ascii=False, allow_nan=False)

@@ -58,7 +58,7 @@ from . import dosimetry
 from .deid import Pseudonymizer, deidentify_study
 from .placement import STAGING_PREFIX, Staging, crash_point, place, remove_stale_staging, repair
 from .report import scanner_label
-from .rules import Rules, evaluated_dict, rules_from_config, with_verdicts
+from .rules import Rules, evaluated_dict, rules_from_config, with_verdicts, without_implausible
 from .state import BatchFile, ExportState, StudyState, export_lock, state_path
 
 __all__ = ["STAGING_PREFIX", "ExportResult", "SecretChangedError", "change_secret", "export_batch", "export_marks",
@@ -136,7 +136,7 @@ def rules_key(rules: Rules) -> str:
     for module in (rules_module, dosimetry, model):
         h.update(Path(str(module.__file__)).read_bytes())
     p, nom = rules.profile, rules.nomenclature
-    h.update(repr((p.name, p.version, p.required, p.recommended, sorted(nom.entries.items()),
+    h.update(repr((p.name, p.version, p.required, p.recommended, p.optional, sorted(nom.entries.items()),
                    nom.playbook_schemes, nom.path.name, rules.non_patient, rules.rt_planning)).encode("utf-8"))
     return h.hexdigest()[:32]
 
@@ -313,6 +313,11 @@ class _RegistryFiles:
         """One evaluated study (``events``: its Event objects, rebuilt from ``d`` when not given)."""
         if self.submission is None:
             self.submission = _Submission(self.submission_path, self.header)
+        if (d.get("completeness") or {}).get("implausible"):
+            # implausible values never reach the registry (null in their place), nor do the
+            # registry values computed from them: the events are rebuilt from the blanked copy
+            d = without_implausible(d)
+            events = None
         deid = deidentify_study(d, self.pseudo, self.header["date_precision"])
         if events is None or len(events) != len(deid["events"]):
             events = [Event.from_dict(e) for e in d.get("events") or ()]

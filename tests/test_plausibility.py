@@ -451,3 +451,37 @@ def test_list_elements_of_events_keep_their_meaning(siemens: StudyRecord, tmp_pa
         f"events[0].dose_check.ctdivol_alert_mGy missing (recommended; {TOPOGRAM})",
         f"events[3].dose_check.ctdivol_alert_mGy 6000.0 is outside ..5000 (recommended; {THORAX})",
     )
+
+
+def test_implausible_values_reach_no_registry_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An optional element out of its range (exposure time 11,912 s) warns, the study stays
+    G9327 and is exported, and the registry files carry null in its place while the
+    record keeps the stated value."""
+    import dataclasses
+    import json
+
+    import pyarrow.parquet as pq
+
+    from dosereg.config import default_config
+    from dosereg.extract import extract_file
+    from dosereg.registry_export import export_batch, rules_from_config
+    from dosereg.registry_export.rules import evaluated_dict
+
+    monkeypatch.setenv("DOSEREG_SECRET", "plausibility-test-secret-0123456789abcdef")
+    cfg = dataclasses.replace(default_config(), storage=dataclasses.replace(default_config().storage,
+                                                                           data_dir=str(tmp_path / "data")))
+    rec = extract_file(SAMPLES / "ct_siemens_single_source.dcm")
+    bad = dataclasses.replace(rec, events=(dataclasses.replace(rec.events[0], exposure_time_s=11912.0),
+                                           *rec.events[1:]))
+    d = evaluated_dict(bad, rules_from_config(cfg))
+    assert d["flags"]["registry_code"] == "G9327"
+    assert [i["path"] for i in d["completeness"]["implausible"]] == ["events[0].exposure_time_s"]
+    result = export_batch(cfg, lambda: iter([bad]))
+    folder = next((tmp_path / "data" / "registry").glob("*/*"))
+    events = pq.read_table(folder / "events.parquet").to_pylist()
+    assert events[0]["exposure_time_s"] is None
+    assert [e["exposure_time_s"] for e in events[1:]] == [e.exposure_time_s for e in rec.events[1:]]
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["studies"][0]["events"][0]["exposure_time_s"] is None
+    assert bad.events[0].exposure_time_s == 11912.0
+    assert result is not None
