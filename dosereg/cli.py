@@ -1,4 +1,4 @@
-"""The ``dosereg`` command line (../shared/spec/README.md section 1).
+"""The ``dosereg`` command line (docs/README.md, commands).
 
 Thin wiring only: each verb reads the configuration, calls one stage's public API and
 prints. Every failure is one line on stderr naming the file or setting at fault.

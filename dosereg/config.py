@@ -1,4 +1,4 @@
-"""Configuration (../shared/spec/README.md section 7): TOML in, typed settings out.
+"""Configuration (docs/configuration.md): TOML in, typed settings out.
 
 Every key of the packaged ``conf/dosereg.toml`` is known with its type; a file may
 leave keys out (the packaged default applies) but an unknown key or a wrong type is a

@@ -7,7 +7,7 @@ Public API:
   (``code`` and a ``message`` naming the file, element and reason). What reading may cost is
   bounded by :class:`ExtractLimits` (nesting depth, inflated size), passed as ``limits=``.
 * :func:`merge_study` -- several records of one study (in order received) -> one record,
-  per ../shared/spec/README.md section 3.
+  per docs/merging.md.
 """
 
 from .dicom_bytes import ExtractLimits

@@ -2,7 +2,7 @@
 
 Code values are matched as ``(value, scheme)`` pairs. SNOMED concepts appear in the
 legacy SNOMED-RT form (``SRT``, e.g. P5-08001) and the SNOMED CT form (``SCT``,
-116152004); the two are equal (domain primer), so each SNOMED concept is listed with
+116152004); the two are equal (field experience), so each SNOMED concept is listed with
 both. DCM code values are unique on their own.
 """
 

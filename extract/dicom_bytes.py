@@ -5,7 +5,7 @@ Dataset; a dose report has thousands of small items, so that dominates extractio
 This reader walks the bytes once and keeps each element as ``(vr, raw_value)`` in a dict
 keyed by the integer tag, decoding only what the extractor later asks for. It also checks
 what pydicom does not: every element and sequence must end inside the file (a truncated
-file is reported, not silently half-read; domain primer, vendor behaviour).
+file is reported, not silently half-read; field experience, vendor behaviour).
 
 Transfer syntaxes: implicit VR little endian, explicit VR little endian (and every
 encapsulated syntax, whose non-pixel data is explicit VR little endian), deflated explicit

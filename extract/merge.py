@@ -1,4 +1,4 @@
-"""Merging several dose objects of one study (../shared/spec/README.md section 3).
+"""Merging several dose objects of one study (docs/merging.md).
 
 A pure function: records in the order they were received in, one merged record out.
 
@@ -43,7 +43,7 @@ _EVENT_PATH = re.compile(r"^events\[(\d+)\]")
 
 def start_order(starts: Sequence[str | None]) -> list[int]:
     """Indices of events ordered by start time, then order of appearance; events without a
-    start time follow the timed ones (spec section 2)."""
+    start time follow the timed ones (docs/study-record.md)."""
     timed = sorted((i for i, t in enumerate(starts) if t), key=lambda i: (starts[i] or "", i))
     return timed + [i for i, t in enumerate(starts) if not t]
 
@@ -151,7 +151,7 @@ def _same_content(a: StudyRecord, b: StudyRecord) -> bool:
 
 def _reported_total(objects: list[StudyRecord],
                     key_sets: list[frozenset[tuple[str, object]]]) -> tuple[float | None, bool]:
-    """The study's stated total DLP after merging (spec section 3).
+    """The study's stated total DLP after merging (docs/merging.md).
 
     An object whose events are all contained in another object's events was superseded by
     that cumulative report; the stated totals of the objects that remain are added up. For

@@ -1,4 +1,4 @@
-"""Typed dose-report model: the study record of ../shared/spec/README.md section 2.
+"""Typed dose-report model: the study record of docs/study-record.md.
 
 The classes follow the DICOM templates they are read from (PS3.16):
 
@@ -244,7 +244,7 @@ class Event(_Record):
     is_timing_run: bool = False  # set by registry_export.rules when the record is read
     comment: str | None = None  # (121106)
     # Extra (the contract allows additions): Philips dose screens have no event UID and
-    # are keyed by the series number of the acquisition (spec section 3).
+    # are keyed by the series number of the acquisition (docs/merging.md).
     series_number: int | None = None
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Philips CT "Dose Info" Secondary Capture screens (domain primer, objects table).
+"""Philips CT "Dose Info" Secondary Capture screens (field experience, objects table).
 
 Values live in the header, not in an SR tree: Exposure Dose Sequence (0040,030E) holds one
 item per acquisition with CTDIvol (0018,9345), KVP (0018,0060), Scan Length (0018,1302),

@@ -1,6 +1,6 @@
 """One encoded dose object in, one :class:`StudyRecord` out.
 
-Dispatch by SOP Class (domain primer, "The objects that arrive"):
+Dispatch by SOP Class (field experience, "The objects that arrive"):
 
 * X-Ray Radiation Dose SR, Enhanced SR, Comprehensive SR, Comprehensive 3D SR: the
   TID 10011 tree (:mod:`.tid10011`), once the root concept (113701) and "Procedure
@@ -161,7 +161,7 @@ def read_header(h: Header) -> dict[str, Any]:
         age = h.typed(PATIENT_AGE, "patient.age_years", age_from_patient_age)
 
     # Procedure codes: Procedure Code Sequence, else the Requested Procedure Code Sequence of
-    # Request Attributes / Referenced Request (spec section 2), de-duplicated on (value, scheme).
+    # Request Attributes / Referenced Request (docs/study-record.md), de-duplicated on (value, scheme).
     codes: list[Code] = [read_code(item, h.text) for item in _sequence(ds, PROCEDURE_CODE_SEQUENCE)]
     requests = _sequence(ds, REQUEST_ATTRIBUTES_SEQUENCE) + _sequence(ds, REFERENCED_REQUEST_SEQUENCE)
     if not codes:

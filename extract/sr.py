@@ -168,7 +168,7 @@ class ContentItem:
 
     def find_all(self, code: str) -> Iterator[ContentItem]:
         """Children with this concept code value, and those a vendor tucked one level down
-        under a HAS PROPERTIES / HAS CONCEPT MOD child (domain primer: GE via PixelMed)."""
+        under a HAS PROPERTIES / HAS CONCEPT MOD child (field experience: GE via PixelMed)."""
         return iter(self._lookup().get(code, ()))
 
     def find(self, code: str) -> ContentItem | None:

@@ -3,7 +3,7 @@
 Each function reads one template from a :class:`ContentItem` and returns typed model
 objects. A malformed content item makes that one element ``None`` and adds a
 :class:`Problem` (path, value, reason); it never discards the rest of the report
-(domain primer: "one bad item invalidates that element, never the whole report").
+(field experience: "one bad item invalidates that element, never the whole report").
 """
 
 from __future__ import annotations

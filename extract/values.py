@@ -83,7 +83,7 @@ class TextDecoder:
     the default repertoire) and the term is reported in ``problems`` (value, reason), as
     are bytes that are not valid in the declared set (read with U+FFFD).
 
-    Vendor quirk (domain primer): Siemens writes UTF-8 bytes into datasets that declare
+    Vendor quirk (field experience): Siemens writes UTF-8 bytes into datasets that declare
     ISO_IR 100. Bytes that form valid multi-byte UTF-8 are practically never intended
     Latin-1, so for single-byte declared sets such bytes are read as UTF-8, which
     recovers the intended text (``testæøå`` rather than ``testÃ¦Ã¸Ã¥``).

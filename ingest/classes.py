@@ -1,4 +1,4 @@
-"""What dosereg takes in: the storage SOP classes of the domain primer's table.
+"""What dosereg takes in: the storage SOP classes of the table in docs/study-record.md.
 
 The listener accepts exactly these at association negotiation (plus Verification); the
 folder import skips DICOM files of any other class the same way, before reading them whole.

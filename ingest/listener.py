@@ -1,4 +1,4 @@
-"""``dosereg listen``: the DICOM C-STORE SCP (pynetdicom), configured per spec section 7.
+"""``dosereg listen``: the DICOM C-STORE SCP (pynetdicom), configured per docs/configuration.md.
 
 The C-STORE handler only makes the received bytes durable (:meth:`Pipeline.receive`)
 and answers; extraction and cataloguing run in a separate process consuming the spool
@@ -50,7 +50,7 @@ from .storecheck import store_problem
 
 log = logging.getLogger("dosereg.ingest.listener")
 
-#: The storage SOP classes of the domain primer's table; nothing else is accepted.
+#: The storage SOP classes of the table in docs/study-record.md; nothing else is accepted.
 STORAGE_CLASSES = tuple(ACCEPTED_SOP_CLASSES)
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,

@@ -1,4 +1,4 @@
-"""De-identification of study records for the registry (../shared/spec/README.md section 5).
+"""De-identification of study records for the registry (docs/files.md).
 
 The registry copy of a study is built by *whitelist*: only the fields named here are
 copied from the evaluated study record, so a field added to the record later never leaks

@@ -1,4 +1,4 @@
-"""Dosimetry helpers on one irradiation event (../shared/domain.md; spec section 4).
+"""Dosimetry helpers on one irradiation event (docs/registry-profile.md, head or body).
 
 Pure functions of a :class:`dosereg.extract.Event` (and, for notification values, the
 patient's age and the configured :class:`dosereg.config.NotificationSettings`). They never
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: CTDIvol (and DLP) on the 16 cm head phantom is about 2.3 times the value on the 32 cm
-#: body phantom for the same technique (domain primer; ACR Dose Index Registry practice).
+#: body phantom for the same technique (field experience; ACR Dose Index Registry practice).
 PHANTOM_FACTOR = 2.3
 
 # --- head or body -------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def _code_is_head(code: Code) -> bool | None:
 
 
 def is_head_exam(event: Event) -> bool:
-    """Whether the event is a head exam (spec section 4).
+    """Whether the event is a head exam (docs/registry-profile.md).
 
     The target region decides when it is a standard SNOMED code (SRT or SCT form) or a
     code whose meaning names a head structure (head, brain, skull, face, orbits, sinuses,
@@ -222,7 +222,7 @@ def ssde_mGy(event: Event, head: bool | None = None) -> float | None:
 
 # --- timing runs ----------------------------------------------------------------------------
 
-#: Bolus-tracking and test-bolus protocol names (domain primer: Monitoring, Pre-Monitoring,
+#: Bolus-tracking and test-bolus protocol names (field experience: Monitoring, Pre-Monitoring,
 #: TestBolus; plus their obvious spellings "PreMonitoring", "Test Bolus", "test_bolus").
 TIMING_PROTOCOL = re.compile(r"monitoring|test[\s_-]*bolus", re.IGNORECASE)
 
@@ -339,7 +339,7 @@ def notification_value_mGy(event: Event, age_years: float | None, notification_s
     """(category, CTDIvol notification value in mGy) for the event.
 
     ``notification_settings`` is the configuration's ``[notification]`` section
-    (:class:`dosereg.config.NotificationSettings`; defaults from the domain primer: adult
+    (:class:`dosereg.config.NotificationSettings`; defaults: AAPM CT Dose Check notification values: adult
     head 80, adult body 50, paediatric head under 2 y 50, 2-5 y 60, paediatric body under
     10 y 25, brain perfusion 600, cardiac prospective 50 / retrospective 150).
 

@@ -161,7 +161,7 @@ def _value_bytes(value: Any) -> bytes:
 
 
 def flags_row(d: dict[str, Any]) -> dict[str, Any]:
-    """The billing row of an evaluated study (spec section 5's columns, reasons in words)."""
+    """The billing row of an evaluated study (docs/files.md columns, reasons in words)."""
     flags = d.get("flags") or {}
     reasons = [*(flags.get("registry_reasons") or ()), *(flags.get("nomenclature_reasons") or ())]
     return {
@@ -772,7 +772,7 @@ class _Decisions:
     def _flag(self, row: dict[str, Any]) -> None:
         self.result.flag_rows += 1
         if self.batch.preview:
-            return  # a preview records no flag (spec section 1)
+            return  # a preview records no flag (docs/README.md)
         if self.flags is None:
             from .writers import FlagsWriter
 

@@ -1,4 +1,4 @@
-"""The physicists' completeness report (../shared/spec/README.md section 6).
+"""The physicists' completeness report (docs/files.md, the report).
 
 One self-contained HTML page (inline CSS, charts as inline SVG drawn by matplotlib with
 the Agg backend, imported only when a report is written) and one CSV holding the same
@@ -10,7 +10,7 @@ catalog, evaluated with the configured profile:
 * the incomplete studies with their reasons;
 * CTDIvol and DLP distributions per protocol and per body region (timing runs left out);
 * timing runs (bolus tracking, test bolus);
-* events above the configured notification values (domain primer defaults);
+* events above the configured notification values (AAPM Dose Check notification defaults);
 * studies whose stated total DLP disagrees with the sum of their events.
 
 The report stays in the hospital: studies are identified by accession number and study

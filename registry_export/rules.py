@@ -1,4 +1,4 @@
-"""Registry rules: completeness, classification and billing flags (spec section 4).
+"""Registry rules: completeness, classification and billing flags (docs/registry-profile.md).
 
 Pure functions of (study record, configured rules). The catalog stores extracted records
 only; verdicts are computed whenever a record is read (``extract``, ``studies``,
@@ -34,7 +34,7 @@ value warns, an absent one says nothing). Every reason names the element path an
 events, the event's protocol and Irradiation Event UID. Event indexes are 0-based, as in the
 JSON ``events`` array and in the extractor's ``problems``.
 
-Plausibility (spec sections 4 and 6): the profile's ranges are physical limits. A number
+Plausibility (docs/registry-profile.md and 6): the profile's ranges are physical limits. A number
 outside its range or not finite, and a date outside its bounds (``min``/``max`` of a date
 are ISO dates, ``today [+|- N days]`` or another study-level date element such as
 ``study_date``), is *implausible*: invalid like any invalid element, and listed in
@@ -1466,7 +1466,7 @@ _PATH_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?")
 
 def without_implausible(d: dict[str, Any], paths: Iterable[str] | None = None) -> dict[str, Any]:
     """A copy of the evaluated dict ``d`` with null at each implausible path, for the registry
-    files (spec section 6: implausible values are never exported; the record keeps them).
+    files (docs/files.md: implausible values are never exported; the record keeps them).
 
     ``paths`` defaults to ``d["completeness"]["implausible"][].path`` (as :func:`with_verdicts`
     writes it); concrete record paths such as ``events[2].sources[0].kvp_kV``. Only the dicts

@@ -16,12 +16,12 @@ against PS3.16; SNOMED codes are written in the legacy SNOMED-RT form (``SRT``) 
 scanners do and in SNOMED CT (``SCT``) form elsewhere, so both spellings are exercised.
 
 Besides well-formed reports from several (simulated) vendors, the set deliberately holds
-the quirks seen in the field (see ../shared/domain.md): values under HAS PROPERTIES, CODE
+the quirks seen in the field: values under HAS PROPERTIES, CODE
 items without a Concept Code Sequence, DATETIMEs with a UTC offset, unparsable NUM values,
 unit spellings such as ``mGycm`` and ``Gy.cm``, a Philips "Dose Info" secondary capture,
 a junk file, a truncated file and three other transfer syntaxes.
 
-Expected files use the comparison format of ../shared/corpus/README.md ("How to compare"),
+Expected files use the comparison format of tests/compare.py,
 plus optional ``checks`` the sample test applies on top (``missing_contains``,
 ``invalid_contains``: substrings that some ``completeness.missing`` entry / some
 ``completeness.invalid[].path`` must contain).
@@ -870,7 +870,7 @@ def expected_ct(spec: ReportSpec) -> dict[str, Any]:
         "end_datetime": iso_datetime_any(spec.end),
         "source_of_dose_information": code_json(spec.source_of_dose_info),
     }
-    # spec section 2: ordered by start time, then order of appearance; untimed events last
+    # docs/study-record.md: ordered by start time, then order of appearance; untimed events last
     timed = sorted((ev for ev in spec.events if ev.started), key=lambda ev: ev.started or "")
     untimed = [ev for ev in spec.events if not ev.started]
     events = [expected_event(ev) for ev in [*timed, *untimed]]
@@ -1536,7 +1536,7 @@ def build_all() -> dict[str, tuple[bytes, dict[str, Any]]]:
     return out
 
 
-# Pairs of objects that belong to one study, with the merged result (spec section 3).
+# Pairs of objects that belong to one study, with the merged result (docs/merging.md).
 MERGES = [
     {"study_instance_uid": uid(1, 8), "files": ["ct_cumulative_1", "ct_cumulative_2"],
      "note": "cumulative: the second object repeats the first's events and adds one",
