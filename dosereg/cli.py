@@ -126,7 +126,7 @@ def cmd_listen(cfg: Config, args: argparse.Namespace) -> int:
         overrides["ae_title"] = args.ae_title
     if overrides:
         cfg = replace(cfg, listener=replace(cfg.listener, **overrides))
-    return serve(cfg)
+    return int(serve(cfg))
 
 
 def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
