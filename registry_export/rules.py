@@ -874,6 +874,9 @@ class _Implausible(str):
 
 
 _NOT_FINITE = _Implausible("is not a finite number")
+# The same words for a value that is no number at all (a string, a boolean): a wrong type,
+# not an implausible statement, so not listed in ``implausible`` (the writers coerce "72.5").
+_NOT_A_NUMBER = "is not a finite number"
 _NOT_WHOLE = _Implausible("is not a whole number")
 
 
@@ -890,7 +893,7 @@ def _range_text(rule: ElementRule) -> str:
 
 def _number_reason(value: Any, rule: ElementRule) -> str | None:
     if not _is_number(value):
-        return _NOT_FINITE
+        return _NOT_FINITE if isinstance(value, float) else _NOT_A_NUMBER
     if rule.type == "integer" and float(value) != int(value):
         return _NOT_WHOLE
     if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
@@ -1039,7 +1042,7 @@ def _validator(rule: ElementRule) -> Callable[[Any], str | None]:
         def number(value: Any) -> str | None:
             cls = value.__class__
             if not ((cls is float and math.isfinite(value)) or cls is int or _is_number(value)):
-                return _NOT_FINITE
+                return _NOT_FINITE if isinstance(value, float) else _NOT_A_NUMBER
             if whole and float(value) != int(value):
                 return _NOT_WHOLE
             if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -445,9 +445,19 @@ def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -
     assert third.registry_studies == 1 and third.flag_rows == 1
 
 
-def test_a_non_finite_number_fails_the_export_loudly(cfg: Config) -> None:
+def test_a_non_finite_number_fails_the_export_loudly(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules find a non-finite value implausible and the registry files carry null in its
+    place; should that ever regress (simulated here by skipping the blanking), the writers'
+    allow_nan=False fails the export loudly, with nothing written or recorded."""
+    import dosereg.registry_export.export as export_module
+
     bad = synthetic_study(1, extra={"total_dlp_mGycm": float("inf")})
-    with pytest.raises(ValueError, match="JSON compliant"):
-        export_batch(cfg, source([synthetic_study(0), bad]))
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "without_implausible", lambda d: d)
+        with pytest.raises(ValueError, match="JSON compliant"):
+            export_batch(cfg, source([synthetic_study(0), bad]))
     assert not (cfg.data_dir / "registry").exists() and not (cfg.data_dir / "flags").exists()
     assert export_marks(cfg) == {}
+    result = export_batch(cfg, source([synthetic_study(0), bad]))
+    rows = pq.read_table(result.registry_dir / "studies.parquet").to_pylist()  # type: ignore[operator]
+    assert [r["total_dlp_mGycm"] is None for r in rows] == [False, True]
