@@ -428,7 +428,7 @@ class ParsedFile:
 
     With ``streamed`` set, the dataset's Content Sequence is a :class:`StreamedItems`
     (read when iterated) and the elements after it are read once it is exhausted;
-    :meth:`materialize` reads it all into a plain list instead.
+    :meth:`drain` reads it through without keeping it.
     """
 
     __slots__ = ("meta", "dataset", "transfer_syntax", "little_endian", "streamed")
@@ -441,12 +441,16 @@ class ParsedFile:
         self.little_endian = little_endian
         self.streamed = streamed
 
-    def materialize(self) -> None:
-        """Read a streamed Content Sequence into a list (for objects that are not walked once)."""
+    def drain(self) -> None:
+        """Read a streamed Content Sequence through without keeping its items: for objects
+        whose content is not used (not a dose report), so that a cut or malformed object is
+        still reported as such and what follows the sequence is read, while millions of items
+        cost no memory."""
         streamed = self.streamed
         if streamed is not None and not streamed.done:
-            items = list(streamed)
-            self.dataset[CONTENT_SEQUENCE] = ("SQ", items)
+            for _ in streamed:
+                pass
+            self.dataset[CONTENT_SEQUENCE] = ("SQ", [])
         self.streamed = None
 
 
@@ -467,7 +471,7 @@ def parse(data: bytes, limits: ExtractLimits = DEFAULT_LIMITS, *, stream: bool =
     """Parse a DICOM Part 10 file (or a bare implicit-VR dataset) from bytes, within ``limits``.
 
     ``stream``: leave the top-level Content Sequence to be read item by item
-    (:class:`StreamedItems`); the caller then iterates it once, or calls ``materialize``.
+    (:class:`StreamedItems`); the caller then iterates it once, or calls ``drain``.
     """
     buf = data if isinstance(data, bytes) else bytes(data)
     n = len(buf)

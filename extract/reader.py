@@ -257,7 +257,9 @@ def _extract(h: Header, parsed: ParsedFile, source: str, received_at: str | None
     )
     if sop_class in SR_KINDS:
         return _extract_sr(h, parsed, sop_class, sop_instance, source, received_at)
-    parsed.materialize()  # the rest is read as a whole
+    # No other class is read through its Content Sequence (a Philips screen's values are
+    # header attributes): read it through for errors and what follows it, keep nothing.
+    parsed.drain()
     if sop_class == SECONDARY_CAPTURE:
         image_type = (h.text_of(IMAGE_TYPE) or "").upper().split("\\")
         if "DOSE_INFO" in image_type:
@@ -290,7 +292,7 @@ def _extract_sr(h: Header, parsed: ParsedFile, sop_class: str, sop_instance: str
 
     concept = first_code(h.ds, CONCEPT_NAME_CODE_SEQUENCE, h.text)
     if concept is None or concept.value != "113701":
-        parsed.materialize()  # a file that is cut short is reported as such first
+        parsed.drain()  # a file that is cut short is reported as such first (its items are not kept)
         what = f"'{concept.meaning or concept.value}'" if concept else "no document title"
         return error_record(
             "not_dose_report",

@@ -449,3 +449,34 @@ def test_millions_of_small_content_items_are_malformed_before_memory_runs_out() 
     ds.ContentSequence = Sequence(items)
     ok = extract_bytes(_encode(ds), source="ok.dcm")
     assert ok.error is None and ok.total_events >= 1
+
+
+def test_an_sr_that_is_not_a_dose_report_is_read_through_without_keeping_its_items(tmp_path: Path) -> None:
+    """A non-dose SR whose Content Sequence holds a million small items is refused as
+    not_dose_report (its content read through for errors, not kept: before, it was held whole
+    and took over a gigabyte)."""
+    ds = pydicom.dcmread(SAMPLES / "sr_not_dose.dcm")
+    del ds.ContentSequence
+    for tag in [t for t in ds.keys() if t > 0x0040A730]:
+        del ds[tag]
+    item = Dataset()
+    item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "x"
+    fp = pydicom.filebase.DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(fp, item)
+    body = fp.getvalue()
+    one = struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+    seq = (struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + one * 1_000_000
+           + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+    path = tmp_path / "many.dcm"
+    path.write_bytes(_encode(ds) + seq)
+    code = textwrap.dedent(f"""
+        import resource, sys
+        from dosereg.extract import extract_file
+        r = extract_file({str(path)!r})
+        print(r.error.code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    error_code, peak_mib = out.stdout.split()
+    assert error_code == "not_dose_report"
+    assert int(peak_mib) < 400, f"peak RSS {peak_mib} MiB for a {path.stat().st_size >> 20} MiB file"
