@@ -1336,16 +1336,7 @@ def _check_event(ev: dict[str, Any], i: int, specs: _EventSpecs, found: list[Any
     # Each loop accepts an in-range number, and skips an absent optional value, inline (this
     # runs for every element of every event); anything else goes to _check_value.
     direct, subs, items = specs
-    for k, name, _, level, lo, hi, fast, whole, valid in direct:
-        value = ev.get(name)
-        if value is None:
-            if level != "optional":
-                found.append((k, i, f"events[{i}].{name}", None, None, ev, level))
-            continue
-        c = value.__class__
-        if fast and (c is float or c is int) and lo <= value <= hi and (not whole or value % 1 == 0):
-            continue
-        _check_value(value, k, i, name, level, valid, ev, found)
+    _check_fields(ev, i, "", direct, ev, found)
     for sub_name, sub_specs in subs:
         sub = ev.get(sub_name)
         if not isinstance(sub, dict):
@@ -1363,21 +1354,23 @@ def _check_event(ev: dict[str, Any], i: int, specs: _EventSpecs, found: list[Any
                     found.append((k, i, f"events[{i}].{list_name}[].{name}", None, None, ev, level))
             continue
         for j, item in enumerate(entries):
-            _check_item(item if isinstance(item, dict) else {}, i, j, list_name, item_specs, ev, found)
+            _check_fields(item if isinstance(item, dict) else {}, i, f"{list_name}[{j}].", item_specs, ev, found)
 
 
-def _check_item(item: dict[str, Any], i: int, j: int, list_name: str, specs: tuple[_RunSpec, ...],
-                ev: Mapping[str, Any], found: list[Any]) -> None:
+def _check_fields(fields_of: Mapping[str, Any], i: int, prefix: str, specs: tuple[_RunSpec, ...],
+                  ev: Mapping[str, Any], found: list[Any]) -> None:
+    """The elements ``specs`` on one mapping of event ``i``: the event itself (``prefix`` "")
+    or one item of a list under it (``prefix`` "sources[0].")."""
     for k, name, _, level, lo, hi, fast, whole, valid in specs:
-        value = item.get(name)
+        value = fields_of.get(name)
         if value is None:
             if level != "optional":
-                found.append((k, i, f"events[{i}].{list_name}[{j}].{name}", None, None, ev, level))
+                found.append((k, i, f"events[{i}].{prefix}{name}", None, None, ev, level))
             continue
         c = value.__class__
         if fast and (c is float or c is int) and lo <= value <= hi and (not whole or value % 1 == 0):
             continue
-        _check_value(value, k, i, f"{list_name}[{j}].{name}", level, valid, ev, found)
+        _check_value(value, k, i, prefix + name, level, valid, ev, found)
 
 
 def _check_value(value: Any, k: int, i: int, rel: str, level: str, valid: Callable[[Any], str | None],
