@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,22 +188,10 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _owner_only() -> Iterator[None]:
-    """Files and folders created meanwhile are owner-only whatever the umask (the report holds
-    patient data); this process does nothing else meanwhile, so the process-wide umask is safe."""
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from dosereg.registry_export import write_report
 
-    with _owner_only():
-        paths = _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args)))
+    paths = _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args)))
     for p in paths:
         print(p)
     return 0

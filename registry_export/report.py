@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dosereg.conf.fsutil import private_dir, private_file
 from dosereg.config import Config
 from dosereg.extract import Event, StudyRecord
 
@@ -312,9 +313,10 @@ class ReportBuilder:
 
     def write(self, folder: Path, stem: str, batch_id: str | None = None) -> list[Path]:
         """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths."""
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         csv_path = folder / f"{stem}.csv"
-        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        # the report holds patient data: owner-only whatever the umask
+        with os.fdopen(private_file(csv_path), "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
             for row in self._summary_rows():
@@ -324,7 +326,8 @@ class ReportBuilder:
             shutil.copyfileobj(self._spool, fh)
         self._spool.close()
         html_path = folder / f"{stem}.html"
-        html_path.write_text(self._html(batch_id), encoding="utf-8")
+        with os.fdopen(private_file(html_path), "w", encoding="utf-8") as fh:
+            fh.write(self._html(batch_id))
         return [html_path, csv_path]
 
     def _html(self, batch_id: str | None) -> str:
@@ -581,7 +584,7 @@ def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_
     for record in studies():
         builder.add(record, evaluated_dict(record, rules, export=None))
     out = (Path(out_dir) if out_dir is not None else cfg.data_dir) / "reports"
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     stem = "completeness-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-report-", dir=out))
     try:

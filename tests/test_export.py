@@ -397,6 +397,25 @@ def test_every_file_export_writes_is_owner_only(cfg: Config, mask: int) -> None:
     assert not wrong, wrong
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_the_report_alone_is_owner_only(cfg: Config, mask: int) -> None:
+    """``dosereg report`` writes patient data (accession numbers, protocols): its folder and
+    files are owner-only whatever the umask, by the writer itself (no umask of the caller)."""
+    import os
+    import stat
+
+    from dosereg.registry_export import write_report
+
+    old = os.umask(mask)
+    try:
+        paths = write_report(cfg, lambda: iter(corpus_of(4)))
+    finally:
+        os.umask(old)
+    assert sorted(p.suffix for p in paths) == [".csv", ".html"]
+    assert stat.S_IMODE((cfg.data_dir / "reports").stat().st_mode) == 0o700
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o600, 0o600]
+
+
 def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -> None:
     import sqlite3
 
