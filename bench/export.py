@@ -24,6 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# the synthetic study records are test data (tests/synthetic.py), not part of the package
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 TARGET_S = 60.0
 TARGET_RSS_MB = 1024.0
 
@@ -31,7 +36,7 @@ TARGET_RSS_MB = 1024.0
 def build_catalog(data_dir: Path, n: int, chunk: int = 5000) -> float:
     from dosereg.config import load_config
     from dosereg.ingest import open_catalog
-    from dosereg.registry_export.synthetic import synthetic_study
+    from tests.synthetic import synthetic_study
 
     cfg = load_config(None, data_dir=str(data_dir))
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from dosereg.registry_export.deid import (
     secret_from_config,
     truncate_date,
 )
-from dosereg.registry_export.synthetic import patient_name, study_uid, synthetic_study
+from tests.synthetic import patient_name, study_uid, synthetic_study
 
 SECRET = b"test-secret-0123456789abcdef0123456789"
 UID_RE = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")

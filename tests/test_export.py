@@ -23,8 +23,8 @@ from dosereg.registry_export import (
     writers,
 )
 from dosereg.registry_export.deid import MissingSecretError, pseudonym_uid
-from dosereg.registry_export.synthetic import synthetic_study
 from dosereg.registry_export.writers import EVENT_SCHEMA, FLAG_COLUMNS, STUDY_SCHEMA
+from tests.synthetic import synthetic_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "unit-test-secret-0123456789abcdef0123"

@@ -12,7 +12,7 @@ import pytest
 from dosereg.config import Config, load_config
 from dosereg.registry_export import export as export_module
 from dosereg.registry_export import export_batch
-from dosereg.registry_export.synthetic import synthetic_study
+from tests.synthetic import synthetic_study
 
 SECRET = "parallel-test-secret-0123456789abcdef"
 

@@ -13,7 +13,7 @@ import pytest
 
 from dosereg.config import Config, load_config
 from dosereg.registry_export import write_report
-from dosereg.registry_export.synthetic import patient_name, synthetic_study
+from tests.synthetic import patient_name, synthetic_study
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Synthetic study records for the export tests and ``bench/export.py``.
+"""Synthetic study records for the export tests and ``bench/export.py`` (test data: not installed).
 
 Deterministic in ``i``: study ``i`` always has the same identifiers, scanner, protocol
 and doses, so tests can state exact expectations. Identifiers are obviously fake but
