@@ -1,12 +1,14 @@
 """The study catalog: embedded SQLite (WAL), versioned schema, merge on arrival.
 
-Tables (schema version 1):
+Tables (schema version 2; a catalog of version 1 is migrated when the listener or an import opens it):
 
 * ``received``   -- one row per object taken into the spool (listener or import), in
   received order; ``state`` is ``spooled`` until processed, then ``done``
   (``importing`` while an ``import`` run processes it itself).
 * ``objects``    -- one row per usable dose object (key: SOP Instance UID) with its
-  extracted record as JSON, the SHA-256 of its bytes and where its bytes are kept.
+  extracted record as JSON, the SHA-256 of its bytes and where its bytes are kept, and
+  (since version 2) ``record_key``, a hash of the extracted record, so that a re-send whose
+  bytes differ but whose content is the same changes nothing.
 * ``quarantine`` -- objects that could not be used (key: SHA-256 of the bytes).
 * ``studies``    -- the merged study record (JSON) per Study Instance UID, re-merged
   from its objects in received order (``dosereg.extract.merge_study``) on every change.
