@@ -55,7 +55,6 @@ SQ_TAGS = frozenset({
     0x0040A525,  # Identical Documents Sequence
     0x00400275,  # Request Attributes Sequence
     0x00400008,  # Scheduled Protocol Code Sequence
-    0x00401008,  # (retired) / misc
     0x0032_1064,  # Requested Procedure Code Sequence
     0x0040_030E,  # Exposure Dose Sequence
     0x0040_A073,  # Verifying Observer Sequence

@@ -480,3 +480,13 @@ def test_an_sr_that_is_not_a_dose_report_is_read_through_without_keeping_its_ite
     error_code, peak_mib = out.stdout.split()
     assert error_code == "not_dose_report"
     assert int(peak_mib) < 400, f"peak RSS {peak_mib} MiB for a {path.stat().st_size >> 20} MiB file"
+
+
+def test_an_implicit_vr_confidentiality_code_is_text_not_a_sequence() -> None:
+    """(0040,1008) Confidentiality Code is LO: in implicit VR the reader once read it as a
+    sequence and refused the whole object as malformed."""
+    ds = pydicom.dcmread(SAMPLES / "ct_implicit_vr.dcm")
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    ds.ConfidentialityCode = "PRIVATE"
+    rec = extract_bytes(_encode(ds), source="conf.dcm")
+    assert rec.error is None and rec.total_events == extract_file(SAMPLES / "ct_implicit_vr.dcm").total_events

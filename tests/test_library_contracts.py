@@ -26,3 +26,16 @@ def test_pydicom_still_ships_the_snomed_mapping_file_srt_to_sct_reads() -> None:
     assert len(m) > 5000
     assert (m["T-D1100"], m["T-D4000"], m["T-A0100"]) == ("69536005", "113345001", "12738006")  # head, abdomen, brain
     assert snomed_key("T-D1100", "SRT") == snomed_key("69536005", "SCT") == ("69536005", "SCT")
+
+
+def test_every_tag_the_byte_reader_reads_as_a_sequence_is_one_in_pydicoms_dictionary() -> None:
+    """In implicit VR the byte reader decides from ``SQ_TAGS`` which elements are sequences;
+    the list is checked against the standard's data dictionary (as pydicom ships it), so a
+    tag of another VR can never be read as a sequence (it listed (0040,1008) Confidentiality
+    Code, an LO, before this test)."""
+    from pydicom.datadict import dictionary_VR
+
+    from dosereg.extract.dicom_bytes import SQ_TAGS
+
+    assert {f"{t:08X}": dictionary_VR(t) for t in SQ_TAGS if dictionary_VR(t) != "SQ"} == {}
+    assert 0x0040A730 in SQ_TAGS and 0x0040A043 in SQ_TAGS  # Content, Concept Name Code Sequence
