@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dosereg.conf.fsutil import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, private_dir
+from dosereg.conf.fsutil import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, private_dir
 
 from .state import BatchFile, ExportState, Intent
 from .writers import sha256_file
@@ -52,19 +52,6 @@ def crash_point(name: str) -> None:
     """Tests only: exit at once (no clean-up, like ``kill -9``) when ``DOSEREG_TEST_CRASH_AT`` names this point."""
     if os.environ.get(CRASH_ENV) == name:
         os._exit(137)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def private_folder(path: Path) -> Path:
