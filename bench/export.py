@@ -34,7 +34,7 @@ TARGET_RSS_MB = 1024.0
 
 
 def build_catalog(data_dir: Path, n: int, chunk: int = 5000) -> float:
-    from dosereg.config import load_config
+    from dosereg.conf.config import load_config
     from dosereg.ingest import open_catalog
     from tests.synthetic import synthetic_study
 
@@ -77,7 +77,7 @@ def run_export(data_dir: Path) -> tuple[float, float, str, float]:
 
 def breakdown(data_dir: Path) -> tuple[float, float]:
     """(seconds to read every study from the catalog, seconds to read and evaluate them), in-process."""
-    from dosereg.config import load_config
+    from dosereg.conf.config import load_config
     from dosereg.ingest import open_catalog
     from dosereg.registry_export import evaluated_dict, rules_from_config
 

@@ -899,7 +899,7 @@ class Runner:
     def __init__(self) -> None:
         import jsonschema
 
-        from dosereg.config import default_config
+        from dosereg.conf.config import default_config
         from dosereg.extract import extract_bytes, merge_study
         from dosereg.registry_export import evaluated_dict, rules_from_config
 

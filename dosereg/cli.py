@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg.config import Config, ConfigError, load_config
+from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
 

@@ -8,7 +8,7 @@ Every file of the data directory written here is owner-only (:mod:`dosereg.conf.
 
 from __future__ import annotations
 
-from dosereg.config import Config
+from dosereg.conf.config import Config
 
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
 from .importer import ImportSummary, import_paths

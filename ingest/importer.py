@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dosereg.config import Config
+from dosereg.conf.config import Config
 from dosereg.extract import ExtractLimits, StudyRecord, extract_bytes
 
 from .catalog import Catalog, catalog_path

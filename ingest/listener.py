@@ -38,7 +38,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dosereg.config import Config, ConfigError
+from dosereg.conf.config import Config, ConfigError
 
 from . import guard
 from .catalog import Catalog, catalog_path

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dosereg.conf.config import Config
 from dosereg.conf.fsutil import fsync_dir, private_dir, private_file, utc_now
-from dosereg.config import Config
 from dosereg.extract import ExtractLimits, StudyRecord, extract_bytes
 
 from .catalog import Catalog, CatalogBusyError

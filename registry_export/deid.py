@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from dosereg.config import Config
+from dosereg.conf.config import Config
 
 REMOVED = "[removed]"
 MIN_SECRET_LENGTH = 32

@@ -1,7 +1,7 @@
 """Dosimetry helpers on one irradiation event (docs/registry-profile.md, head or body).
 
 Pure functions of a :class:`dosereg.extract.Event` (and, for notification values, the
-patient's age and the configured :class:`dosereg.config.NotificationSettings`). They never
+patient's age and the configured :class:`dosereg.conf.config.NotificationSettings`). They never
 change the event and never raise for missing values: what cannot be worked out is ``None``.
 
 * :func:`is_head_exam` -- the event's target region lies in the head (head, brain, skull,
@@ -339,7 +339,7 @@ def notification_value_mGy(event: Event, age_years: float | None, notification_s
     """(category, CTDIvol notification value in mGy) for the event.
 
     ``notification_settings`` is the configuration's ``[notification]`` section
-    (:class:`dosereg.config.NotificationSettings`; defaults: AAPM CT Dose Check notification values: adult
+    (:class:`dosereg.conf.config.NotificationSettings`; defaults: AAPM CT Dose Check notification values: adult
     head 80, adult body 50, paediatric head under 2 y 50, 2-5 y 60, paediatric body under
     10 y 25, brain perfusion 600, cardiac prospective 50 / retrospective 150).
 

@@ -51,7 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dosereg.config import Config
+from dosereg.conf.config import Config
 from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry

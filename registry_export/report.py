@@ -39,8 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dosereg.conf.config import Config
 from dosereg.conf.fsutil import private_dir, private_file
-from dosereg.config import Config
 from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry

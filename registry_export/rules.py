@@ -8,7 +8,7 @@ next read without re-importing anything. Nothing is cached between calls of
 
 * :func:`rules_from_config` -- reads the registry profile (``cfg.profile_path``, TOML) and
   the nomenclature table (``cfg.nomenclature_table``, CSV) into :class:`Rules`; mistakes in
-  either are :class:`dosereg.config.ConfigError` naming the file and the key or line.
+  either are :class:`dosereg.conf.config.ConfigError` naming the file and the key or line.
 * :func:`evaluate` -- one record -> :class:`Evaluation` (completeness, classification,
   flags, one timing-run verdict per event).
 * :func:`evaluated_dict` -- the contract's JSON study record with the verdicts filled in.
@@ -57,7 +57,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dosereg.config import Config, ConfigError, NonPatientSettings, NotificationSettings, read_toml
+from dosereg.conf.config import Config, ConfigError, NonPatientSettings, NotificationSettings, read_toml
 from dosereg.extract import (
     Code,
     DoseCheck,

@@ -46,8 +46,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, private_file
-from dosereg.config import Config
 
 SCHEMA_VERSION = 3  # 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint
 STATE_FILE = "export-state.sqlite"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.config import ConfigError, default_config, load_config
+from dosereg.conf.config import ConfigError, default_config, load_config
 from tests.conftest import run_cli
 
 

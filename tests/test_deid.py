@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from dosereg.config import load_config
+from dosereg.conf.config import load_config
 from dosereg.registry_export import evaluated_dict, rules_from_config
 from dosereg.registry_export.deid import (
     MIN_SECRET_LENGTH,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dosereg.config import NotificationSettings
+from dosereg.conf.config import NotificationSettings
 from dosereg.extract import Code, Event
 from dosereg.registry_export import dosimetry
 from dosereg.registry_export.dosimetry import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dosereg.config import Config, load_config
+from dosereg.conf.config import Config, load_config
 from dosereg.extract import StudyRecord
 from dosereg.registry_export import (
     evaluated_dict,

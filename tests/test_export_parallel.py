@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dosereg.config import Config, load_config
+from dosereg.conf.config import Config, load_config
 from dosereg.registry_export import export as export_module
 from dosereg.registry_export import export_batch
 from tests.synthetic import synthetic_study

@@ -37,7 +37,7 @@ RDSR = "1.2.840.10008.5.1.4.1.1.88.67"
 
 def validate_record(record: dict[str, Any]) -> None:
     """The record as ``extract`` prints it (evaluated by the default rules) is schema-valid JSON."""
-    from dosereg.config import load_config
+    from dosereg.conf.config import load_config
     from dosereg.registry_export import evaluated_dict, rules_from_config
 
     evaluated = evaluated_dict(StudyRecord.from_dict(record), rules_from_config(load_config()), export=None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.config import Config, StorageSettings
+from dosereg.conf.config import Config, StorageSettings
 from dosereg.ingest import ImportSummary, import_paths, open_catalog
 
 from .conftest import SAMPLE_RDSR, SAMPLES, DoseSet, jsonl, run_cli, sample_set, validate_record

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.config import Config, StorageSettings
+from dosereg.conf.config import Config, StorageSettings
 from dosereg.extract import DoseObjectRef, Event, Patient, StudyRecord, error_record
 from dosereg.ingest import SCHEMA_VERSION, Catalog, CatalogError, open_catalog
 

@@ -413,7 +413,7 @@ def test_dead_writers_temporary_files_removed_at_once(data_dir: Path) -> None:
 @pytest.mark.parametrize("jobs", [1, 2], ids=["in-process", "worker-pool"])
 def test_import_quarantines_an_object_whose_extraction_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               jobs: int) -> None:
-    from dosereg.config import Config, StorageSettings
+    from dosereg.conf.config import Config, StorageSettings
     from dosereg.ingest import import_paths
     from dosereg.ingest import importer as importer_module
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dosereg.conf.config import Config, StorageSettings
 from dosereg.conf.fsutil import create_private, is_private, private_dir, private_file, write_private
-from dosereg.config import Config, StorageSettings
 from dosereg.ingest import Catalog, import_paths
 from dosereg.ingest.catalog import catalog_path
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dosereg.config import ConfigError, default_config
+from dosereg.conf.config import ConfigError, default_config
 from dosereg.extract import DoseCheck, Event, Patient, Source, StudyRecord, extract_file
 from dosereg.registry_export import Rules, evaluate, evaluated_dict, rules_from_config
 from dosereg.registry_export import rules as rules_module
@@ -462,7 +462,7 @@ def test_implausible_values_reach_no_registry_file(tmp_path: Path, monkeypatch: 
 
     import pyarrow.parquet as pq
 
-    from dosereg.config import default_config
+    from dosereg.conf.config import default_config
     from dosereg.extract import extract_file
     from dosereg.registry_export import export_batch, rules_from_config
     from dosereg.registry_export.rules import evaluated_dict

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.config import Config, load_config
+from dosereg.conf.config import Config, load_config
 from dosereg.registry_export import write_report
 from tests.synthetic import patient_name, synthetic_study
 

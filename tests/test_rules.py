@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dosereg.config import default_config, load_config
+from dosereg.conf.config import default_config, load_config
 from dosereg.extract import (
     Code,
     DoseObjectRef,

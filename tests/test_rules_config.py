@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.config import CONF_DIR, ConfigError, load_config
+from dosereg.conf.config import CONF_DIR, ConfigError, load_config
 from dosereg.extract import Patient
 from dosereg.registry_export import evaluated_dict, rules_from_config
 from tests.conftest import run_cli, validate_record

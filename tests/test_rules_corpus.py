@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dosereg.config import default_config
+from dosereg.conf.config import default_config
 from dosereg.extract import StudyRecord
 from dosereg.registry_export import evaluated_dict, rules_from_config
 from tests.conftest import CORPUS_MISSING, corpus_present, jsonl, run_cli, validate_record

@@ -27,7 +27,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from dosereg.config import default_config
+from dosereg.conf.config import default_config
 from dosereg.extract import StudyRecord, extract_bytes, extract_file
 from dosereg.registry_export import evaluated_dict, rules_from_config
 from tests.compare import assert_matches, mismatches
