@@ -93,11 +93,12 @@ def _setup_logging(verbose: int) -> None:
 
 
 def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.extract import ExtractLimits, extract_file
+    from dosereg.extract import extract_file
+    from dosereg.ingest import extract_limits
     from dosereg.registry_export import evaluated_dict, rules_from_config
 
     rules = rules_from_config(cfg)
-    limits = ExtractLimits(max_inflated_bytes=cfg.extract.max_inflated_bytes, max_nesting=cfg.extract.max_nesting)
+    limits = extract_limits(cfg)  # the same bounds as the listener and import
     failed = 0
     out = sys.stdout
     for name in args.files:

@@ -1,8 +1,9 @@
 """DICOM in: C-STORE SCP, folder import, durable spool, study catalog.
 
 Public API: :func:`serve`, :func:`import_paths` (-> :class:`ImportSummary`),
-:func:`open_catalog` (-> :class:`Catalog`). Nothing received stays in the spool: a failure
-of the environment (:class:`TransientError`) is retried, anything else is quarantined.
+:func:`open_catalog` (-> :class:`Catalog`), :func:`extract_limits` (the configured bounds
+on reading one object). Nothing received stays in the spool: a failure of the environment
+(:class:`TransientError`) is retried, anything else is quarantined.
 Every file of the data directory written here is owner-only (:mod:`dosereg.conf.fsutil`).
 """
 
@@ -12,7 +13,7 @@ from dosereg.conf.config import Config
 
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
 from .importer import ImportSummary, import_paths
-from .pipeline import Pipeline, Received, TransientError
+from .pipeline import Pipeline, Received, TransientError, extract_limits
 
 
 def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
@@ -29,5 +30,5 @@ def serve(cfg: Config) -> int:
 
 __all__ = [
     "SCHEMA_VERSION", "Catalog", "CatalogError", "ImportSummary", "Pipeline", "Received", "TransientError",
-    "import_paths", "open_catalog", "serve",
+    "extract_limits", "import_paths", "open_catalog", "serve",
 ]
