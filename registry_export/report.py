@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from dosereg.conf.config import Config
 from dosereg.conf.fsutil import private_dir, private_file
@@ -178,7 +178,7 @@ def _region(ev: Event) -> str:
     return f"{base}: {meaning}" if meaning else f"{base}: (region not stated)"
 
 
-def _is_value(v: Any) -> bool:
+def _is_value(v: object) -> TypeGuard[float]:
     """A stated dose value that can take part in a distribution (a number, not NaN)."""
     return isinstance(v, (int, float)) and v == v
 

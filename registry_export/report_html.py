@@ -223,7 +223,7 @@ def _boxplot_svg(source: Mapping[str, Sequence[float]], title: str) -> str:
         fig, ax = plt.subplots(figsize=(5.4, 0.42 * len(groups) + 1.0))
         horizontal = ({"orientation": "horizontal"} if _mpl_version(matplotlib.__version__) >= (3, 10)
                       else {"vert": False})
-        ax.boxplot([list(v) for _, v in groups], **horizontal, widths=0.6, patch_artist=True,
+        ax.boxplot([v for _, v in groups], **horizontal, widths=0.6, patch_artist=True,
                    boxprops={"facecolor": "#cfe0f3", "edgecolor": "#2f5d8a"},
                    medianprops={"color": "#c0392b", "linewidth": 1.6},
                    whiskerprops={"color": "#2f5d8a"}, capprops={"color": "#2f5d8a"},
