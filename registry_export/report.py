@@ -367,11 +367,15 @@ class ReportBuilder:
         # the report holds patient data: owner-only whatever the umask
         with os.fdopen(private_file(csv_path), "w", newline="", encoding="utf-8") as fh:
             write_csv(fh, summary, self._spool)
-        self._spool.close()
+        self.close()
         html_path = folder / f"{stem}.html"
         with os.fdopen(private_file(html_path), "w", encoding="utf-8") as fh:
             fh.write(render_html(summary, self.cfg, batch_id))
         return [html_path, csv_path]
+
+    def close(self) -> None:
+        """Discard the CSV spool of a report that will not be written (:meth:`write` does this)."""
+        self._spool.close()
 
 
 def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None = None) -> list[Path]:
