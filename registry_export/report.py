@@ -136,17 +136,22 @@ def _study_from_dict(d: Mapping[str, Any], events: Sequence[Event]) -> _Study:
     one place the report reads that form."""
     comp = d.get("completeness") or {}
     flags = d.get("flags") or {}
-    missing = [str(p) for p in comp.get("missing") or ()]
-    invalid = comp.get("invalid") or ()
-    paths = missing + [str(i.get("path")) for i in invalid if i.get("path")]
-    reasons = list(flags.get("registry_reasons") or ()) or _element_reasons(
-        missing, [(i.get("path"), i.get("reason")) for i in invalid])
     error = d.get("error")
-    if error:
-        reasons.insert(0, f"error: {(error or {}).get('message')}")
+    complete = comp.get("status") == "complete" and not error
+    missing = comp.get("missing") or ()
+    invalid = comp.get("invalid") or ()
+    paths: Sequence[str] = ()
+    if missing or invalid:
+        paths = [*map(str, missing), *(str(i.get("path")) for i in invalid if i.get("path"))]
+    reasons: list[str] = []
+    if not complete:  # the reasons are listed for incomplete studies only
+        reasons = list(flags.get("registry_reasons") or ()) or _element_reasons(
+            [str(p) for p in missing], [(i.get("path"), i.get("reason")) for i in invalid])
+        if error:
+            reasons.insert(0, f"error: {error.get('message')}")
     return _Study(
         d.get("accession_number"), d.get("study_date"), scanner_label(d.get("equipment") or {}),
-        flags.get("registry_code") or "unknown", comp.get("status") == "complete" and not error, paths, reasons,
+        flags.get("registry_code") or "unknown", complete, paths, reasons,
         events, [bool(e.get("is_timing_run")) for e in d.get("events") or ()],
         (d.get("patient") or {}).get("age_years"), d.get("reported_total_dlp_mGycm"), d.get("total_dlp_mGycm"),
         len(d.get("dose_objects") or ()))
