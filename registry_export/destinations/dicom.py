@@ -203,7 +203,7 @@ class _Sender:
         if self.dest.tls_certificate or self.dest.tls_ca_certificates:
             tls = (client_tls_context(self.dest), self.dest.host)
         return ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, tls_args=tls,
-                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, inbox.handle)])
+                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, inbox.handle), (evt.EVT_PDU_SENT, inbox.pdu_sent)])
 
     def _where(self) -> str:
         return f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
@@ -280,7 +280,7 @@ class _Sender:
             reason = f"storage commitment request answered {'nothing' if code is None else f'0x{code:04X}'}"
             self._fail_all(keys, reason)  # still stored: asked again on the next attempt
             return True
-        results = inbox.wait_for(transaction, self.dest.commitment_timeout_s)
+        results = inbox.wait_for(transaction, self.dest.commitment_timeout_s, self.dest.timeout_s)
         self._apply(results)
         if not any(r.transaction_uid == transaction for r in results):
             self.pending_transaction = transaction
@@ -346,11 +346,12 @@ def deliver_dicom(dest: DestinationSettings, parcel: Parcel, done: frozenset[str
         if dest.storage_commitment:
             sender.stored = {o.sop_instance_uid for o in wanted if o.sop_instance_uid in stored}
         tried = 0
-        for tried in attempts(dest):  # noqa: B007 -- the count is reported
+        for n in attempts(dest):
             to_store = _to_store(sender, preparer, wanted)
             to_commit = [o for o in wanted if o.sop_instance_uid in sender.stored]
             if not to_store and not to_commit:
                 break
+            tried = n
             if not sender.attempt(to_store, to_commit):
                 break  # the report is late: pending, not retried now
             if all(o.sop_instance_uid in sender.acknowledged or not _retryable(sender, o) for o in wanted):

@@ -81,6 +81,8 @@ class ReportInbox:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._results: list[CommitmentResult] = []
+        self._commands_sent = 0  # complete DIMSE commands we sent on the socket
+        self._answered_by = 0  # the count at which every report received has been answered
 
     def handle(self, event: object) -> tuple[int, Dataset | None]:
         """The ``evt.EVT_N_EVENT_REPORT`` handler: keep the report, answer Success (0x0110 when unreadable)."""
@@ -93,13 +95,28 @@ class ReportInbox:
             return 0x0110, None
         with self._arrived:
             self._results.append(result)
+            # nothing else is sent while the delivery waits: the next command is our answer
+            self._answered_by = self._commands_sent + 1
             self._arrived.notify_all()
         return 0x0000, None
 
-    def wait_for(self, transaction_uid: str, timeout: float) -> list[CommitmentResult]:
-        """Every report received, once the one naming ``transaction_uid`` arrived or ``timeout`` passed."""
+    def pdu_sent(self, event: object) -> None:
+        """The ``evt.EVT_PDU_SENT`` handler: count the P-DATA PDUs that end a command, so the
+        association is released only once the gateway has our answer to its report."""
+        pdu = event.pdu  # type: ignore[attr-defined]
+        items = getattr(pdu, "presentation_data_value_items", None) or ()
+        ends = sum(1 for item in items if item.presentation_data_value and item.presentation_data_value[0] & 0x03 == 0x03)
+        if ends:
+            with self._arrived:
+                self._commands_sent += ends
+                self._arrived.notify_all()
+
+    def wait_for(self, transaction_uid: str, timeout: float, answer_timeout: float) -> list[CommitmentResult]:
+        """Every report received, once the one naming ``transaction_uid`` arrived (and was answered)
+        or ``timeout`` passed."""
         with self._arrived:
             self._arrived.wait_for(lambda: any(r.transaction_uid == transaction_uid for r in self._results), timeout)
+            self._arrived.wait_for(lambda: self._commands_sent >= self._answered_by, answer_timeout)
             return list(self._results)
 
     def received(self) -> list[CommitmentResult]:

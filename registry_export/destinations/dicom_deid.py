@@ -32,7 +32,8 @@ Code Sequence (CID 7050) name the profile and options.
 The dose content (TID 10011 containers, numeric items, codes, irradiation event UIDs as
 pseudonyms) is kept whole, so the de-identified object extracts to the same dose values.
 An object with pixel data is refused (:class:`DeidentificationError`): burned-in text would
-need the Clean Pixel Data option, which is not applied.
+need the Clean Pixel Data option, which is not applied; so is an object that is not a
+structured report (a dose screen keeps its figures in attributes this whitelist drops).
 """
 
 from __future__ import annotations
@@ -386,11 +387,12 @@ def deidentify(ds: Dataset, pseudonymizer: Pseudonymizer, precision: str) -> Dat
             "option is not applied): send it as the original or not at all")
     if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
         raise DeidentificationError("the object has no SOP Class UID or SOP Instance UID")
+    if "ContentSequence" not in ds or "ValueType" not in ds:
+        # a dose screen keeps its figures in attributes (and free text) this whitelist drops
+        raise DeidentificationError("the object is not a structured report: this profile cleans SR content only")
     ctx = _Context(pseudonymizer, precision)
     out = _clean(ds, ctx)
-    if "ContentSequence" in ds:
-        removed = _removals(ds, ctx)
-        out.ContentSequence = _clean_content(ds.ContentSequence, (1,), removed, ctx)
+    out.ContentSequence = _clean_content(ds.ContentSequence, (1,), _removals(ds, ctx), ctx)
     if "VerifyingObserverSequence" in ds:  # the verifier is a person: the document goes out unverified
         out.VerificationFlag = "UNVERIFIED"
     _mark(out, precision)

@@ -100,8 +100,9 @@ class _Attempt:
         files_done = all(f.name in done or f.name not in todo for f in self.manifest.files)
         if MANIFEST_NAME in todo and files_done and not self.failures:
             final = self.target / MANIFEST_NAME
-            _write_manifest(self.manifest, final)
-            fsync_dir(self.target)
+            if not _in_place(final, self.manifest.sha256, len(self.manifest.data)):
+                _write_manifest(self.manifest, final)
+                fsync_dir(self.target)
             if self._check(MANIFEST_NAME, self.manifest.sha256, len(self.manifest.data)):
                 done.add(MANIFEST_NAME)
         return done
