@@ -392,7 +392,7 @@ def _destination(table: Any, prefix: str, where: Path, listener_ae_title: str) -
     if not kwargs["name"].strip():
         raise ConfigError(f"{where}: {prefix}.name must not be empty")
     for key, problem in _destination_problems(kwargs):
-        raise ConfigError(f"{where}: {prefix}.{key} {problem}, not {kwargs[key]!r}")
+        raise ConfigError(f"{where}: {prefix}.{key} {problem}, not {kwargs.get(key, '')!r}")
     if kind == "dicom" and not kwargs.get("calling_ae_title"):
         kwargs["calling_ae_title"] = listener_ae_title
     return DestinationSettings(**kwargs)
