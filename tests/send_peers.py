@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -362,7 +363,7 @@ class StoreSCP:
         self.port = free_port()
         self.log = open(out.parent / f"storescp-{self.port}.log", "wb")
         self.proc = subprocess.Popen([exe, "-aet", ae_title, "-od", str(out), *extra, str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"})
         try:
             wait_port(self.port)
         except AssertionError:

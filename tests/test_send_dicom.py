@@ -99,7 +99,7 @@ def test_objects_that_cannot_be_deidentified_are_failures_not_retried(tmp_path: 
         received = scp.received()
     assert d.state == "failed" and d.acknowledged == {parcel.objects[0].sop_instance_uid}
     reasons = {f.key: f for f in d.failures}
-    assert "does not extract (truncated)" in reasons[parcel.objects[1].sop_instance_uid].reason
+    assert "cannot be read: a sequence runs past the end" in reasons[parcel.objects[1].sop_instance_uid].reason
     assert "Clean Pixel Data" in reasons[parcel.objects[2].sop_instance_uid].reason
     assert not any(f.retryable for f in d.failures) and d.attempts == 1
     assert len(received) == 1

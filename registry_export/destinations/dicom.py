@@ -2,11 +2,11 @@
 
 Objects whose SOP class is not in ``sop_classes`` are not sent (``Delivery.skipped``): the
 ACR DIR's gateway, DIR Link, takes dose SRs and refuses secondary captures. With
-``objects = "deidentified"`` each object is rebuilt by :func:`.dicom_deid.deidentify` with
-the batch's pseudonyms, and checked before it goes: the original must extract, the copy
-must extract to the same dose content (CTDIvol, DLP, events) and must not hold the
-original's Study, Series or SOP Instance UID, Patient ID or Accession Number; an object that
-fails a check is a failure that is not retried. With ``objects = "original"`` the file is
+``objects = "deidentified"`` each object is rebuilt by :func:`.dicom_deid.deidentify_bytes`
+with the batch's pseudonyms, and checked before it goes: the original must read as a whole
+(a truncated or malformed object is refused), the copy must extract and must not hold the
+original's Study or SOP Instance UID; an object that fails a check is a failure that is not
+retried. With ``objects = "original"`` the file is
 sent as stored, in its own transfer syntax when the gateway accepts it.
 
 The receipt: every object answered Success (a warning status is not a receipt) and, with
@@ -23,7 +23,7 @@ association.
 from __future__ import annotations
 
 import hashlib
-import io
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
 from dosereg.conf.config import DestinationSettings
-from dosereg.extract import StudyRecord, extract_bytes
+from dosereg.extract import extract_bytes
 
 from .common import TlsError, attempts, client_tls_context, error_text, log
 from .dicom_commit import (
@@ -50,7 +49,7 @@ from .dicom_commit import (
     commitment_request,
     failure_text,
 )
-from .dicom_deid import DeidentificationError, deidentify
+from .dicom_deid import DeidentificationError, deidentify_bytes
 from .model import Delivery, Failure, Parcel, ParcelObject
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -72,22 +71,11 @@ class _Refused(Exception):
     """This object cannot be sent to this destination: sending again cannot help."""
 
 
-def _dose(record: StudyRecord) -> tuple[Any, ...]:
-    """The dose content two readings of one object must share (events in any order: with month or
-    year precision their start times, hence their order, are gone)."""
-    events = sorted(repr((e.ctdivol_mGy, e.dlp_mGycm, e.ssde_mGy, e.phantom, e.acquisition_type,
-                          e.exposure_time_s, e.scanning_length_mm, e.pitch_factor, e.effective_dose_mSv,
-                          [(s.kvp_kV, s.tube_current_mA, s.max_tube_current_mA) for s in e.sources],
-                          e.dose_check is not None)) for e in record.events)
-    return (record.total_events, record.total_dlp_mGycm, record.reported_total_dlp_mGycm, tuple(events))
-
-
-def _leaks(original: Dataset, data: bytes) -> str | None:
+def _leaks(obj: ParcelObject, data: bytes) -> str | None:
     """Name an identifier of the original found in the de-identified bytes (a second line of defence)."""
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "AccessionNumber"):
-        value = str(original.get(keyword, "") or "").strip()
-        if len(value) >= 6 and value.encode("ascii", "replace") in data:
-            return keyword
+    for what, value in (("SOP Instance UID", obj.sop_instance_uid), ("Study Instance UID", obj.study_uid)):
+        if value and value.encode("ascii", "replace") in data:
+            return what
     return None
 
 
@@ -122,28 +110,22 @@ class _Preparer:
             raw = obj.path.read_bytes()
         except OSError as exc:
             raise _Refused(f"cannot read the stored object: {error_text(exc)}") from None
-        before = extract_bytes(raw, source=obj.path.name)
-        if before.error is not None:
-            raise _Refused(f"the stored object does not extract ({before.error.code}): it is not sent")
-        try:
-            ds = pydicom.dcmread(io.BytesIO(raw))
-            copy = deidentify(ds, self.parcel.pseudonymizer, self.parcel.date_precision)
+        try:  # the reader is strict: a truncated or malformed object is refused here
+            data = deidentify_bytes(raw, self.parcel.pseudonymizer, self.parcel.date_precision)
         except DeidentificationError as exc:
             raise _Refused(f"not de-identified: {exc}") from None
-        except Exception as exc:  # pydicom's reading and writing raise many types for odd input
-            raise _Refused(f"not de-identified: {type(exc).__name__}") from None
-        buf = io.BytesIO()
-        copy.save_as(buf, enforce_file_format=True)
-        data = buf.getvalue()
-        leak = _leaks(ds, data)
+        leak = _leaks(obj, data)
         if leak is not None:
             raise _Refused(f"not sent: the de-identified copy still holds the original {leak}")
-        if _dose(extract_bytes(data, source=obj.path.name)) != _dose(before):
-            raise _Refused("not sent: the de-identified copy does not extract to the original's dose content")
+        # what the registry reads: the copy must extract (its dose content is the original's by
+        # construction -- numeric items are copied as encoded -- and the tests check it value by value)
+        after = extract_bytes(data, source=obj.path.name)
+        if after.error is not None:
+            raise _Refused(f"not sent: the de-identified copy does not extract ({after.error.code})")
         self._n += 1
         path = self.tmp / f"{self._n:06d}.dcm"
         path.write_bytes(data)
-        return _Item(obj.sop_instance_uid, obj, str(copy.SOPInstanceUID), path, str(ExplicitVRLittleEndian))
+        return _Item(obj.sop_instance_uid, obj, self.sent_uid(obj), path, str(ExplicitVRLittleEndian))
 
 
 @contextmanager
@@ -156,6 +138,17 @@ def _chunked() -> Iterator[None]:
         yield
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = before
+
+
+def _no_delay(event: Any) -> None:
+    """Send each PDU at once: a C-STORE is several small writes, and Nagle's algorithm holding the
+    next one until the peer's delayed ACK costs tens of milliseconds per object."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a test's socket pair): nothing to tune
+            pass
 
 
 def _status_failure(key: str, status: int) -> Failure:
@@ -203,7 +196,8 @@ class _Sender:
         if self.dest.tls_certificate or self.dest.tls_ca_certificates:
             tls = (client_tls_context(self.dest), self.dest.host)
         return ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title, tls_args=tls,
-                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, inbox.handle), (evt.EVT_PDU_SENT, inbox.pdu_sent)])
+                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, inbox.handle), (evt.EVT_PDU_SENT, inbox.pdu_sent),
+                                          (evt.EVT_CONN_OPEN, _no_delay)])
 
     def _where(self) -> str:
         return f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"

@@ -38,17 +38,35 @@ structured report (a dose screen keeps its figures in attributes this whitelist 
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
 
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
+import pydicom
+import pydicom.charset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ..deid import DATE_PRECISIONS, Pseudonymizer
+from .dicom_encoding import (
+    Element,
+    MalformedObject,
+    NeedsTranscoding,
+    element,
+    explicit_little_endian,
+    item,
+    pad,
+    parse,
+    part10,
+    sequence,
+    split_part10,
+    string_value,
+    text,
+)
 
 #: UIDs defined by the standard (SOP classes, transfer syntaxes, coding schemes) name no one
 DICOM_ROOT = "1.2.840.10008."
@@ -59,11 +77,18 @@ class DeidentificationError(ValueError):
     """The object cannot be de-identified by this profile (the message says why, with no identifier)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Context:
     pseudo: Pseudonymizer
     precision: str
-    problems: list[str] = field(default_factory=list)
+    encodings: list[str]  # the document's character set (Python codecs), for values whose text is used
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover -- a typo in the tables below
+        raise KeyError(keyword)
+    return int(tag)
 
 
 # -- temporal values ------------------------------------------------------------------------
@@ -88,87 +113,80 @@ def _datetime(value: str, precision: str) -> str:
 
 
 #: Type 1 times (SR Document General, content items): a value must stay, so midnight
-_TYPE1_TIMES = frozenset({"ContentTime", "Time"})
+_TYPE1_TIMES = frozenset({_tag("ContentTime"), _tag("Time")})
 
 
-def _time(keyword: str, value: str, precision: str) -> str:
-    if precision == "day":
-        return value.strip()
-    return "000000" if keyword in _TYPE1_TIMES else ""
-
-
-def _temporal(elem: DataElement, ctx: _Context) -> Any:
-    values = elem.value if elem.VM > 1 else [elem.value]
-    out: list[str] = []
-    for v in values:
-        text = "" if v is None else str(v)
-        if not text:
+def _temporal(el: Element, ctx: _Context) -> bytes:
+    out = []
+    for v in string_value(el).split("\\"):
+        if not v:
             out.append("")
-        elif elem.VR == "DA":
-            out.append(_date(text, ctx.precision))
-        elif elem.VR == "DT":
-            out.append(_datetime(text, ctx.precision))
+        elif el.vr == b"DA":
+            out.append(_date(v, ctx.precision))
+        elif el.vr == b"DT":
+            out.append(_datetime(v, ctx.precision))
         else:
-            out.append(_time(elem.keyword, text, ctx.precision))
-    return out if len(out) > 1 else out[0]
+            out.append(v.strip() if ctx.precision == "day" else "000000" if el.tag in _TYPE1_TIMES else "")
+    return text(el.tag, el.vr, "\\".join(out).rstrip("\\"))
 
 
 # -- element actions ------------------------------------------------------------------------
 
-Action = Callable[[DataElement, _Context], "DataElement | None"]
+Action = Callable[[Element, _Context], "bytes | None"]
+_TEMPORAL_VRS = frozenset({b"DA", b"DT", b"TM"})
 
 
-def _copy(elem: DataElement, value: Any) -> DataElement:
-    return DataElement(elem.tag, elem.VR, value)
+def _decoded(el: Element, ctx: _Context) -> str:
+    return pydicom.charset.decode_bytes(el.value, ctx.encodings, set()).rstrip("\0 ").strip()
 
 
-def _keep(elem: DataElement, ctx: _Context) -> DataElement | None:
-    if elem.VR in ("DA", "DT", "TM"):
-        return _copy(elem, _temporal(elem, ctx))
-    # a copy of the element, not of its value: a value the reader kept as text because it does
-    # not parse (an invalid DS such as "abc") goes out as it came, for the registry to judge
-    return copy.copy(elem)
+def _keep(el: Element, ctx: _Context) -> bytes | None:
+    if el.items is not None:  # a kept attribute encoded as a sequence: not what the whitelist names
+        return None
+    if el.vr in _TEMPORAL_VRS:
+        return _temporal(el, ctx)
+    return el.raw  # byte for byte, as read
 
 
-def _empty(elem: DataElement, ctx: _Context) -> DataElement | None:
-    return _copy(elem, None)
+def _empty(el: Element, ctx: _Context) -> bytes | None:
+    return element(el.tag, el.vr, b"")
 
 
-def _uid(elem: DataElement, ctx: _Context) -> DataElement | None:
-    values = elem.value if elem.VM > 1 else [elem.value]
-    out = [ctx.pseudo.uid(str(v)) or "" for v in values if v]
-    return _copy(elem, out if len(out) > 1 else (out[0] if out else None))
+def _uid(el: Element, ctx: _Context) -> bytes | None:
+    out = [ctx.pseudo.uid(v) or "" for v in string_value(el).split("\\") if v]
+    return text(el.tag, b"UI", "\\".join(out))
 
 
-def _content_uid(elem: DataElement, ctx: _Context) -> DataElement | None:
+def _content_uid(el: Element, ctx: _Context) -> bytes | None:
     """UIDREF content: instance UIDs become pseudonyms; a UID the standard defines stays."""
-    value = str(elem.value or "")
-    return _copy(elem, value if value.startswith(DICOM_ROOT) else (ctx.pseudo.uid(value) or None))
+    value = string_value(el)
+    return text(el.tag, b"UI", value if value.startswith(DICOM_ROOT) else (ctx.pseudo.uid(value) or ""))
 
 
-def _station(elem: DataElement, ctx: _Context) -> DataElement | None:
-    return _copy(elem, ctx.pseudo.station_name(str(elem.value)) if elem.value else None)
+def _station(el: Element, ctx: _Context) -> bytes | None:
+    return text(el.tag, el.vr, ctx.pseudo.station_name(_decoded(el, ctx)) or "")
 
 
-def _serial(elem: DataElement, ctx: _Context) -> DataElement | None:
-    return _copy(elem, ctx.pseudo.serial_number(str(elem.value)) if elem.value else None)
+def _serial(el: Element, ctx: _Context) -> bytes | None:
+    return text(el.tag, el.vr, ctx.pseudo.serial_number(_decoded(el, ctx)) or "")
 
 
-def _age(elem: DataElement, ctx: _Context) -> DataElement | None:
+def _age(el: Element, ctx: _Context) -> bytes | None:
     """Patient's Age kept (Retain Patient Characteristics), 90 years and over as ``090Y``."""
-    value = str(elem.value or "").strip()
+    value = string_value(el)
     if len(value) == 4 and value[:3].isdigit() and value[3] == "Y" and int(value[:3]) >= 90:
-        value = AGE_CAP
-    return _copy(elem, value or None)
+        return text(el.tag, b"AS", AGE_CAP)
+    return el.raw
 
 
-def _sequence(elem: DataElement, ctx: _Context) -> DataElement | None:
-    return _copy(elem, DicomSequence([_clean(item, ctx) for item in elem.value]))
+def _sequence(el: Element, ctx: _Context) -> bytes | None:
+    if el.items is None:
+        return None
+    return sequence(el.tag, [item([b for _, b in _clean(i, ctx)]) for i in el.items])
 
 
-def _content(elem: DataElement, ctx: _Context) -> DataElement | None:
-    """Content Sequence at the document root: see :func:`_clean_content`."""
-    return None  # replaced as a whole by :func:`deidentify` (by-reference paths span the tree)
+def _content(el: Element, ctx: _Context) -> bytes | None:
+    return None  # the content tree is rebuilt as a whole by _clean_content (by-reference paths span it)
 
 
 _KEEP = (
@@ -205,33 +223,32 @@ _UIDS = (
     "InstanceCreatorUID", "FrameOfReferenceUID", "ReferencedFrameOfReferenceUID", "IrradiationEventUID",
     "DeviceUID", "ObservationUID", "ConcatenationUID", "SynchronizationFrameOfReferenceUID",
 )
-_ACTIONS: dict[str, Action] = {
-    **{k: _keep for k in _KEEP},
-    **{k: _sequence for k in _SEQUENCES},
-    **{k: _uid for k in _UIDS},
+_ACTIONS: dict[int, Action] = {
+    **{_tag(k): _keep for k in _KEEP},
+    **{_tag(k): _sequence for k in _SEQUENCES},
+    **{_tag(k): _uid for k in _UIDS},
     # Type 2 identifiers: present, empty (Annex E action Z)
-    **{k: _empty for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                           "ReferringPhysicianName", "StudyID")},
-    "StationName": _station,
-    "DeviceSerialNumber": _serial,
-    "PatientAge": _age,
-    "UID": _content_uid,
-    "ContentSequence": _content,
+    **{_tag(k): _empty for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                                 "ReferringPhysicianName", "StudyID")},
+    _tag("StationName"): _station,
+    _tag("DeviceSerialNumber"): _serial,
+    _tag("PatientAge"): _age,
+    _tag("UID"): _content_uid,
+    _tag("ContentSequence"): _content,
 }
+_KNOWN = frozenset(_ACTIONS)
 
 
-def _clean(src: Dataset, ctx: _Context) -> Dataset:
-    """A new dataset with only the whitelisted attributes of ``src``, each treated by its action."""
-    out = Dataset()
-    for elem in src:
-        if elem.tag.is_private:
-            continue
-        action = _ACTIONS.get(elem.keyword)
+def _clean(elements: Iterable[Element], ctx: _Context) -> list[tuple[int, bytes]]:
+    """(tag, encoded element) of the whitelisted elements, each treated by its action."""
+    out = []
+    for el in elements:
+        action = _ACTIONS.get(el.tag)  # private tags (odd groups) are never in the table
         if action is None:
             continue
-        new = action(elem, ctx)
-        if new is not None:
-            out.add(new)
+        encoded = action(el, ctx)
+        if encoded is not None:
+            out.append((el.tag, encoded))
     return out
 
 
@@ -242,69 +259,90 @@ _KEEP_TEXT = frozenset({"113832", "121014", "121015", "113878", "113879"})
 #: TEXT items holding a device's name or serial: replaced by the keyed pseudonym
 _STATION_TEXT = frozenset({"121013", "113877"})
 _SERIAL_TEXT = frozenset({"121016", "113880"})
+_VALUE_TYPE, _CONCEPT_NAME = _tag("ValueType"), _tag("ConceptNameCodeSequence")
+_CODE_VALUE, _SCHEME = _tag("CodeValue"), _tag("CodingSchemeDesignator")
+_TEXT_VALUE, _CONTENT = _tag("TextValue"), _tag("ContentSequence")
+_BY_REFERENCE = _tag("ReferencedContentItemIdentifier")
 
 ItemPath = tuple[int, ...]
+Item = tuple[Element, ...]
 
 
-def _concept(item: Dataset) -> str | None:
-    seq = item.get("ConceptNameCodeSequence")
-    if not seq:
-        return None
-    code = seq[0]
-    if str(code.get("CodingSchemeDesignator", "")) != "DCM":
-        return None
-    return str(code.get("CodeValue", "")) or None
-
-
-def _text_verdict(item: Dataset, ctx: _Context) -> str | None:
-    """The TextValue a TEXT item keeps (``None``: the item is removed)."""
-    concept = _concept(item)
-    value = str(item.get("TextValue", "") or "")
-    if concept in _KEEP_TEXT:
-        return value
-    if concept in _STATION_TEXT:
-        return ctx.pseudo.station_name(value)
-    if concept in _SERIAL_TEXT:
-        return ctx.pseudo.serial_number(value)
+def _get(elements: Item, tag: int) -> Element | None:
+    for el in elements:
+        if el.tag == tag:
+            return el
     return None
 
 
-def _removed_by_rule(item: Dataset, ctx: _Context) -> bool:
-    value_type = str(item.get("ValueType", ""))
+def _value_type(it: Item) -> str:
+    el = _get(it, _VALUE_TYPE)
+    return string_value(el) if el is not None else ""
+
+
+def _concept(it: Item) -> str | None:
+    seq = _get(it, _CONCEPT_NAME)
+    if seq is None or not seq.items:
+        return None
+    code, scheme = _get(seq.items[0], _CODE_VALUE), _get(seq.items[0], _SCHEME)
+    if code is None or scheme is None or string_value(scheme) != "DCM":
+        return None
+    return string_value(code) or None
+
+
+def _text_verdict(it: Item, ctx: _Context) -> bytes | None:
+    """The TextValue element a TEXT item keeps (``None``: the item is removed)."""
+    concept = _concept(it)
+    value = _get(it, _TEXT_VALUE)
+    if concept in _KEEP_TEXT:
+        return value.raw if value is not None else None
+    if concept in _STATION_TEXT or concept in _SERIAL_TEXT:
+        original = _decoded(value, ctx) if value is not None else ""
+        to = ctx.pseudo.station_name if concept in _STATION_TEXT else ctx.pseudo.serial_number
+        return element(_TEXT_VALUE, b"UT", pad((to(original) or "").encode("ascii"), b"UT"))
+    return None
+
+
+def _removed_by_rule(it: Item, ctx: _Context) -> bool:
+    value_type = _value_type(it)
     if value_type == "PNAME":
         return True
-    return value_type == "TEXT" and _text_verdict(item, ctx) is None
+    return value_type == "TEXT" and _text_verdict(it, ctx) is None
 
 
-def _walk(seq: Iterable[Dataset], path: ItemPath) -> Iterable[tuple[ItemPath, Dataset]]:
-    for i, item in enumerate(seq, 1):
+def _children(it: Item) -> tuple[Item, ...]:
+    seq = _get(it, _CONTENT)
+    return seq.items if seq is not None and seq.items is not None else ()
+
+
+def _walk(items: Iterable[Item], path: ItemPath) -> Iterator[tuple[ItemPath, Item]]:
+    for i, it in enumerate(items, 1):
         here = (*path, i)
-        yield here, item
-        yield from _walk(item.get("ContentSequence") or (), here)
+        yield here, it
+        yield from _walk(_children(it), here)
 
 
 def _under(path: ItemPath, removed: set[ItemPath]) -> bool:
     return any(path[:n] in removed for n in range(1, len(path) + 1))
 
 
-def _reference(item: Dataset) -> ItemPath | None:
-    ref = item.get("ReferencedContentItemIdentifier")
-    if ref is None:
+def _reference(it: Item) -> ItemPath | None:
+    el = _get(it, _BY_REFERENCE)
+    if el is None:
         return None
-    values = ref if isinstance(ref, Sequence) and not isinstance(ref, (str, bytes)) else [ref]
-    return tuple(int(v) for v in values)
+    return struct.unpack(f"<{len(el.value) // 4}I", el.value[: len(el.value) // 4 * 4])
 
 
-def _removals(root: Dataset, ctx: _Context) -> set[ItemPath]:
+def _removals(root: Item, ctx: _Context) -> set[ItemPath]:
     """Paths (from the root, item 1) of the content items to remove: by rule, then every
     by-reference item whose target is gone (until nothing changes)."""
-    items = list(_walk(root.get("ContentSequence") or (), (1,)))
-    removed = {p for p, item in items if _removed_by_rule(item, ctx)}
+    items = list(_walk(_children(root), (1,)))
+    removed = {p for p, it in items if _removed_by_rule(it, ctx)}
     changed = True
     while changed:
         changed = False
-        for p, item in items:
-            target = _reference(item)
+        for p, it in items:
+            target = _reference(it)
             if target is not None and p not in removed and (_under(target, removed) or target[:1] != (1,)):
                 removed.add(p)
                 changed = True
@@ -321,22 +359,26 @@ def _new_path(path: ItemPath, removed: set[ItemPath]) -> ItemPath:
     return tuple(out)
 
 
-def _clean_content(seq: Sequence[Dataset], path: ItemPath, removed: set[ItemPath], ctx: _Context) -> DicomSequence:
-    out = DicomSequence()
-    for i, item in enumerate(seq, 1):
+def _clean_content(items: Iterable[Item], path: ItemPath, removed: set[ItemPath], ctx: _Context) -> bytes:
+    encoded_items = []
+    for i, it in enumerate(items, 1):
         here = (*path, i)
         if here in removed:
             continue
-        new = _clean(item, ctx)
-        if str(item.get("ValueType", "")) == "TEXT":
-            new.TextValue = _text_verdict(item, ctx)
-        target = _reference(item)
+        parts = _clean(it, ctx)
+        if _value_type(it) == "TEXT":
+            verdict = _text_verdict(it, ctx)
+            if verdict is not None:
+                parts.append((_TEXT_VALUE, verdict))
+        target = _reference(it)
         if target is not None:
-            new.ReferencedContentItemIdentifier = list(_new_path(target, removed))
-        if "ContentSequence" in item:
-            new.ContentSequence = _clean_content(item.ContentSequence, here, removed, ctx)
-        out.append(new)
-    return out
+            new = _new_path(target, removed)
+            parts.append((_BY_REFERENCE, element(_BY_REFERENCE, b"UL", struct.pack(f"<{len(new)}I", *new))))
+        if _get(it, _CONTENT) is not None:
+            parts.append((_CONTENT, _clean_content(_children(it), here, removed, ctx)))
+        parts.sort(key=lambda p: p[0])
+        encoded_items.append(item([b for _, b in parts]))
+    return sequence(_CONTENT, encoded_items)
 
 
 # -- the profile's own attributes --------------------------------------------------------------
@@ -356,53 +398,94 @@ def method_codes(precision: str) -> tuple[str, ...]:
     return ("113100", "113104", dates, "113108")
 
 
-def _mark(ds: Dataset, precision: str) -> None:
+def _marks(precision: str) -> list[tuple[int, bytes]]:
     codes = method_codes(precision)
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = [_METHOD_CODES[c][:64] for c in codes] + [f"dosereg: dates to {precision}"]
-    items = []
-    for c in codes:
-        item = Dataset()
-        item.CodeValue = c
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = _METHOD_CODES[c]
-        items.append(item)
-    ds.DeidentificationMethodCodeSequence = DicomSequence(items)
-    ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if precision == "day" else "MODIFIED"
+    methods = "\\".join([_METHOD_CODES[c][:64] for c in codes] + [f"dosereg: dates to {precision}"])
+    items = [item([text(_CODE_VALUE, b"SH", c), text(_SCHEME, b"SH", "DCM"),
+                   text(_tag("CodeMeaning"), b"LO", _METHOD_CODES[c])]) for c in codes]
+    return [
+        (_tag("PatientIdentityRemoved"), text(_tag("PatientIdentityRemoved"), b"CS", "YES")),
+        (_tag("DeidentificationMethod"), text(_tag("DeidentificationMethod"), b"LO", methods)),
+        (_tag("DeidentificationMethodCodeSequence"), sequence(_tag("DeidentificationMethodCodeSequence"), items)),
+        (_tag("LongitudinalTemporalInformationModified"), text(
+            _tag("LongitudinalTemporalInformationModified"), b"CS", "UNMODIFIED" if precision == "day" else "MODIFIED")),
+    ]
 
 
-def deidentify(ds: Dataset, pseudonymizer: Pseudonymizer, precision: str) -> Dataset:
-    """The de-identified copy of a dose object (``ds`` is left untouched); see the module docstring.
+_PIXELS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_VERIFYING_OBSERVERS, _VERIFICATION_FLAG = _tag("VerifyingObserverSequence"), _tag("VerificationFlag")
 
-    The copy has file meta for Explicit VR Little Endian and its pseudonymous SOP Instance
-    UID, ready to be sent or written. Raises :class:`DeidentificationError` for an object
-    this profile cannot clean (pixel data, no SOP Class or Instance UID) and
-    :class:`ValueError` for a precision that is not ``day``, ``month`` or ``year``.
-    """
-    if precision not in DATE_PRECISIONS:
-        raise ValueError(f"registry.date_precision must be one of {', '.join(DATE_PRECISIONS)}, not {precision!r}")
-    if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+
+def _deidentify(root: Item, pseudonymizer: Pseudonymizer, precision: str) -> bytes:
+    tags = {el.tag for el in root}
+    if tags & _PIXELS:
         raise DeidentificationError(
             "the object has pixel data, which may hold burned-in identifiers (the Clean Pixel Data "
             "option is not applied): send it as the original or not at all")
-    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+    sop_class, sop_instance = _get(root, _tag("SOPClassUID")), _get(root, _tag("SOPInstanceUID"))
+    if sop_class is None or sop_instance is None or not string_value(sop_instance):
         raise DeidentificationError("the object has no SOP Class UID or SOP Instance UID")
-    if "ContentSequence" not in ds or "ValueType" not in ds:
+    if _CONTENT not in tags or _VALUE_TYPE not in tags:
         # a dose screen keeps its figures in attributes (and free text) this whitelist drops
         raise DeidentificationError("the object is not a structured report: this profile cleans SR content only")
-    ctx = _Context(pseudonymizer, precision)
-    out = _clean(ds, ctx)
-    out.ContentSequence = _clean_content(ds.ContentSequence, (1,), _removals(ds, ctx), ctx)
-    if "VerifyingObserverSequence" in ds:  # the verifier is a person: the document goes out unverified
-        out.VerificationFlag = "UNVERIFIED"
-    _mark(out, precision)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = out.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out.file_meta = meta
-    out.preamble = b"\0" * 128
+    charset = _get(root, _tag("SpecificCharacterSet"))
+    encodings = pydicom.charset.convert_encodings(string_value(charset).split("\\") if charset is not None else None)
+    ctx = _Context(pseudonymizer, precision, encodings)
+    parts = _clean(root, ctx)
+    parts.append((_CONTENT, _clean_content(_children(root), (1,), _removals(root, ctx), ctx)))
+    if _VERIFYING_OBSERVERS in tags:  # the verifier is a person: the document goes out unverified
+        parts = [p for p in parts if p[0] != _VERIFICATION_FLAG]
+        parts.append((_VERIFICATION_FLAG, text(_VERIFICATION_FLAG, b"CS", "UNVERIFIED")))
+    parts += _marks(precision)
+    parts.sort(key=lambda p: p[0])
+    new_instance = pseudonymizer.uid(string_value(sop_instance)) or ""
+    return part10(b"".join(b for _, b in parts), string_value(sop_class), new_instance)
+
+
+def _check(precision: str) -> None:
+    if precision not in DATE_PRECISIONS:
+        raise ValueError(f"registry.date_precision must be one of {', '.join(DATE_PRECISIONS)}, not {precision!r}")
+
+
+def deidentify_bytes(data: bytes, pseudonymizer: Pseudonymizer, precision: str) -> bytes:
+    """The de-identified copy (a Part 10 file, Explicit VR Little Endian) of a Part 10 dose object.
+
+    Most elements are copied as encoded; an object in another transfer syntax is transcoded by
+    pydicom first. Raises :class:`DeidentificationError` (pixel data, not a structured report,
+    malformed) and :class:`ValueError` for a precision that is not ``day``, ``month`` or ``year``.
+    """
+    _check(precision)
+    try:
+        try:
+            syntax, body = split_part10(data)
+            if syntax != ExplicitVRLittleEndian:
+                raise NeedsTranscoding(syntax)
+            root = parse(body, _KNOWN)
+        except NeedsTranscoding:
+            root = parse(explicit_little_endian(data), _KNOWN)
+    except (NeedsTranscoding, MalformedObject) as exc:
+        raise DeidentificationError(f"the object cannot be read: {exc}") from None
+    except Exception as exc:  # pydicom's reading raises many types for odd input
+        raise DeidentificationError(f"the object cannot be read: {type(exc).__name__}") from None
+    return _deidentify(root, pseudonymizer, precision)
+
+
+def deidentify(ds: Dataset, pseudonymizer: Pseudonymizer, precision: str) -> Dataset:
+    """The de-identified copy of a dose object as a pydicom dataset (``ds`` is left untouched).
+
+    The same rules as :func:`deidentify_bytes` (``ds`` is encoded as Explicit VR Little Endian
+    first); the copy has file meta with its pseudonymous SOP Instance UID, ready to be sent or
+    written."""
+    _check(precision)
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    try:
+        write_dataset(buf, ds)
+        root = parse(bytes(buf.getvalue()), _KNOWN)
+    except (NeedsTranscoding, MalformedObject) as exc:
+        raise DeidentificationError(f"the dataset cannot be encoded: {exc}") from None
+    out = pydicom.dcmread(BytesIO(_deidentify(root, pseudonymizer, precision)))
     return out
 
 
-__all__ = ["DeidentificationError", "deidentify", "method_codes"]
+__all__ = ["DeidentificationError", "deidentify", "deidentify_bytes", "method_codes"]
