@@ -226,10 +226,16 @@ def test_unknown_and_private_attributes_are_not_copied() -> None:
     ds.OperatorsName = "SMITH^ANNA"
     ds.AdditionalPatientHistory = "allergic, lives at 3 Elm St"
     ds.ContentSequence[0].add_new(0x00191001, "LO", "VENDOR NOTE")
-    out = deidentify(ds, PSEUDO, "day")
+    # inside the coded entries and measured values that are otherwise copied as encoded
+    ds.ContentSequence[0].ConceptNameCodeSequence[0].add_new(0x00291010, "LO", "CODED SECRET")
+    num = next(i for i in content(ds) if i.ValueType == "NUM")
+    num.MeasuredValueSequence[0].OperatorsName = "JONES^MEASURER"
+    num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].StudyDate = "19991231"
+    out = deidentify(ds, PSEUDO, "month")
     data = encoded(out)
-    for text in (b"PRIVATE DOE", b"SMITH", b"Elm St", b"VENDOR NOTE"):
+    for text in (b"PRIVATE DOE", b"SMITH", b"Elm St", b"VENDOR NOTE", b"CODED SECRET", b"JONES", b"19991231"):
         assert text not in data
+    assert dose(extract_bytes(data)) == dose(extract_bytes(SAMPLES.joinpath("ct_siemens_single_source.dcm").read_bytes()))
     assert "OperatorsName" not in out and "AdditionalPatientHistory" not in out
 
 
@@ -246,3 +252,18 @@ def test_corpus_conformance(corpus: Path, precision: str) -> None:
     assert len(paths) >= 9
     for path in paths:
         check_object(path, precision)
+
+
+@pytest.mark.parametrize("path", [SAMPLES / f"{n}.dcm" for n in ("ct_siemens_single_source", "ct_big_endian",
+                                                                  "ct_implicit_vr", "ct_deflated", "ct_ge_enhanced_sr")],
+                         ids=lambda p: p.stem)
+def test_the_bytes_entry_point_gives_the_same_object(path: Path) -> None:
+    """What the sender uses (file bytes in, transcoded when not Explicit VR Little Endian) and
+    the dataset entry point give the same de-identified object."""
+    from dosereg.registry_export.destinations.dicom_deid import deidentify_bytes
+
+    data = deidentify_bytes(path.read_bytes(), PSEUDO, "month")
+    via_bytes = pydicom.dcmread(BytesIO(data))
+    assert via_bytes.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert via_bytes == deidentify(pydicom.dcmread(path), PSEUDO, "month")
+    assert dose(extract_bytes(data)) == dose(extract_bytes(path.read_bytes()))

@@ -59,9 +59,11 @@ from .dicom_encoding import (
     element,
     explicit_little_endian,
     item,
+    items_of,
     pad,
     parse,
     part10,
+    plain,
     sequence,
     split_part10,
     string_value,
@@ -141,7 +143,7 @@ def _decoded(el: Element, ctx: _Context) -> str:
 
 
 def _keep(el: Element, ctx: _Context) -> bytes | None:
-    if el.items is not None:  # a kept attribute encoded as a sequence: not what the whitelist names
+    if el.vr == b"SQ":  # a kept attribute encoded as a sequence: not what the whitelist names
         return None
     if el.vr in _TEMPORAL_VRS:
         return _temporal(el, ctx)
@@ -180,9 +182,11 @@ def _age(el: Element, ctx: _Context) -> bytes | None:
 
 
 def _sequence(el: Element, ctx: _Context) -> bytes | None:
-    if el.items is None:
+    if el.vr != b"SQ":
         return None
-    return sequence(el.tag, [item([b for _, b in _clean(i, ctx)]) for i in el.items])
+    if el.items is None and plain(el.value, _PLAIN, _PLAIN_SEQUENCES):
+        return el.raw  # codes and measured values: nothing in them to change, copied as encoded
+    return sequence(el.tag, [item([b for _, b in _clean(i, ctx)]) for i in items_of(el, _KNOWN, _LAZY)])
 
 
 def _content(el: Element, ctx: _Context) -> bytes | None:
@@ -237,6 +241,13 @@ _ACTIONS: dict[int, Action] = {
     _tag("ContentSequence"): _content,
 }
 _KNOWN = frozenset(_ACTIONS)
+#: what a sequence copied as encoded may hold: attributes kept unchanged, and such sequences
+_PLAIN = frozenset(_tag(k) for k in _KEEP)
+_PLAIN_SEQUENCES = frozenset(_tag(k) for k in _SEQUENCES)
+#: sequences read only when needed: coded entries and measured values, of which a report has hundreds
+_LAZY = frozenset(_tag(k) for k in ("ConceptNameCodeSequence", "ConceptCodeSequence", "MeasuredValueSequence",
+                                    "MeasurementUnitsCodeSequence", "ContentTemplateSequence",
+                                    "NumericValueQualifierCodeSequence", "EquivalentCodeSequence"))
 
 
 def _clean(elements: Iterable[Element], ctx: _Context) -> list[tuple[int, bytes]]:
@@ -282,9 +293,10 @@ def _value_type(it: Item) -> str:
 
 def _concept(it: Item) -> str | None:
     seq = _get(it, _CONCEPT_NAME)
-    if seq is None or not seq.items:
+    items = items_of(seq, _KNOWN, _LAZY) if seq is not None else ()
+    if not items:
         return None
-    code, scheme = _get(seq.items[0], _CODE_VALUE), _get(seq.items[0], _SCHEME)
+    code, scheme = _get(items[0], _CODE_VALUE), _get(items[0], _SCHEME)
     if code is None or scheme is None or string_value(scheme) != "DCM":
         return None
     return string_value(code) or None
@@ -460,14 +472,15 @@ def deidentify_bytes(data: bytes, pseudonymizer: Pseudonymizer, precision: str) 
             syntax, body = split_part10(data)
             if syntax != ExplicitVRLittleEndian:
                 raise NeedsTranscoding(syntax)
-            root = parse(body, _KNOWN)
-        except NeedsTranscoding:
-            root = parse(explicit_little_endian(data), _KNOWN)
+            return _deidentify(parse(body, _KNOWN, _LAZY), pseudonymizer, precision)
+        except NeedsTranscoding:  # (also from a sequence read only when needed)
+            return _deidentify(parse(explicit_little_endian(data), _KNOWN, _LAZY), pseudonymizer, precision)
     except (NeedsTranscoding, MalformedObject) as exc:
         raise DeidentificationError(f"the object cannot be read: {exc}") from None
+    except DeidentificationError:
+        raise
     except Exception as exc:  # pydicom's reading raises many types for odd input
         raise DeidentificationError(f"the object cannot be read: {type(exc).__name__}") from None
-    return _deidentify(root, pseudonymizer, precision)
 
 
 def deidentify(ds: Dataset, pseudonymizer: Pseudonymizer, precision: str) -> Dataset:
@@ -481,11 +494,10 @@ def deidentify(ds: Dataset, pseudonymizer: Pseudonymizer, precision: str) -> Dat
     buf.is_little_endian, buf.is_implicit_VR = True, False
     try:
         write_dataset(buf, ds)
-        root = parse(bytes(buf.getvalue()), _KNOWN)
+        data = _deidentify(parse(bytes(buf.getvalue()), _KNOWN, _LAZY), pseudonymizer, precision)
     except (NeedsTranscoding, MalformedObject) as exc:
         raise DeidentificationError(f"the dataset cannot be encoded: {exc}") from None
-    out = pydicom.dcmread(BytesIO(_deidentify(root, pseudonymizer, precision)))
-    return out
+    return pydicom.dcmread(BytesIO(data))
 
 
 __all__ = ["DeidentificationError", "deidentify", "deidentify_bytes", "method_codes"]

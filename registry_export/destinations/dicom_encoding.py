@@ -56,7 +56,7 @@ _LONG_LENGTH = struct.Struct("<I")
 
 
 def _parse(buf: bytes, pos: int, end: int, depth: int, until_item_end: bool,
-           known: frozenset[int]) -> tuple[tuple[Element, ...], int]:
+           known: frozenset[int], lazy: frozenset[int]) -> tuple[tuple[Element, ...], int]:
     """Elements from ``pos`` to ``end`` (or to an item delimiter); (elements, position after)."""
     if depth > MAX_DEPTH:
         raise MalformedObject(f"content nested deeper than {MAX_DEPTH} levels")
@@ -76,8 +76,13 @@ def _parse(buf: bytes, pos: int, end: int, depth: int, until_item_end: bool,
             start = pos + 12
         else:
             start = pos + 8
+        if vr == b"SQ" and tag in lazy and length != UNDEFINED and start + length <= end:
+            # its items are read only if they are needed (see :func:`items_of`)
+            out.append(Element(tag, vr, buf[pos:start + length], buf[start:start + length], None))
+            pos = start + length
+            continue
         if vr == b"SQ":
-            items, after = _sequence(buf, start, length, end, depth + 1, known)
+            items, after = _sequence(buf, start, length, end, depth + 1, known, lazy)
             out.append(Element(tag, vr, buf[pos:after], b"", items))
             pos = after
             continue
@@ -95,7 +100,7 @@ def _parse(buf: bytes, pos: int, end: int, depth: int, until_item_end: bool,
 
 
 def _sequence(buf: bytes, pos: int, length: int, end: int, depth: int,
-              known: frozenset[int]) -> tuple[tuple[tuple[Element, ...], ...], int]:
+              known: frozenset[int], lazy: frozenset[int]) -> tuple[tuple[tuple[Element, ...], ...], int]:
     stop = end if length == UNDEFINED else pos + length
     if stop > end:
         raise MalformedObject("a sequence runs past the end of its dataset")
@@ -110,11 +115,11 @@ def _sequence(buf: bytes, pos: int, length: int, end: int, depth: int,
         if tag != ITEM:
             raise MalformedObject(f"({group:04X},{elem:04X}) where a sequence item should be")
         if item_length == UNDEFINED:
-            elements, pos = _parse(buf, pos + 8, stop, depth, True, known)
+            elements, pos = _parse(buf, pos + 8, stop, depth, True, known, lazy)
         else:
             if pos + 8 + item_length > stop:
                 raise MalformedObject("a sequence item runs past the end of its sequence")
-            elements, _ = _parse(buf, pos + 8, pos + 8 + item_length, depth, False, known)
+            elements, _ = _parse(buf, pos + 8, pos + 8 + item_length, depth, False, known, lazy)
             pos += 8 + item_length
         items.append(elements)
     if length == UNDEFINED:
@@ -122,12 +127,49 @@ def _sequence(buf: bytes, pos: int, length: int, end: int, depth: int,
     return tuple(items), pos
 
 
-def parse(dataset: bytes, known: frozenset[int]) -> tuple[Element, ...]:
+def parse(dataset: bytes, known: frozenset[int], lazy: frozenset[int] = frozenset()) -> tuple[Element, ...]:
     """The elements of an Explicit VR Little Endian dataset (no preamble, no file meta).
 
-    ``known``: the tags whose value is used; one of them encoded as UN must be transcoded first."""
-    elements, _ = _parse(dataset, 0, len(dataset), 0, False, known)
+    ``known``: the tags whose value is used; one of them encoded as UN must be transcoded first.
+    ``lazy``: sequence tags whose items are not read now (``items`` is ``None``, ``value`` the
+    encoded items) when their length is defined: most of them are copied as they are."""
+    elements, _ = _parse(dataset, 0, len(dataset), 0, False, known, lazy)
     return elements
+
+
+def items_of(el: Element, known: frozenset[int], lazy: frozenset[int] = frozenset()) -> tuple[tuple[Element, ...], ...]:
+    """The items of a sequence element, read now if :func:`parse` left them."""
+    if el.items is not None:
+        return el.items
+    items, _ = _sequence(el.value, 0, len(el.value), len(el.value), 1, known, lazy)
+    return items
+
+
+def plain(value: bytes, allowed: frozenset[int], sequences: frozenset[int]) -> bool:
+    """True when encoded sequence items hold only ``allowed`` tags (none temporal, none UN, no
+    undefined length) and ``sequences`` of the same: the whole sequence may be copied as it is."""
+    pos, end = 0, len(value)
+    head, long_length = _HEAD.unpack_from, _LONG_LENGTH.unpack_from
+    while pos + 8 <= end:
+        group, elem, vr, length = head(value, pos)
+        if group == 0xFFFE:  # item, item delimiter, sequence delimiter: the content follows in line
+            pos += 8
+            continue
+        tag = group << 16 | elem
+        if vr in LONG_VRS:
+            (length,) = long_length(value, pos + 8)
+            header = 12
+        else:
+            header = 8
+        if vr == b"SQ":
+            if tag not in sequences:
+                return False
+            pos += header  # the items follow in line
+            continue
+        if tag not in allowed or vr in (b"DA", b"DT", b"TM", b"UN") or length == UNDEFINED:
+            return False
+        pos += header + length
+    return pos == end
 
 
 def split_part10(data: bytes) -> tuple[str, bytes]:
@@ -215,6 +257,6 @@ def part10(dataset: bytes, sop_class: str, sop_instance: str) -> bytes:
 
 
 __all__ = [
-    "Element", "MalformedObject", "NeedsTranscoding", "element", "explicit_little_endian", "item", "pad", "parse",
-    "part10", "sequence", "split_part10", "string_value", "text",
+    "Element", "MalformedObject", "NeedsTranscoding", "element", "explicit_little_endian", "item", "items_of", "pad",
+    "parse", "part10", "plain", "sequence", "split_part10", "string_value", "text",
 ]
