@@ -137,12 +137,36 @@ def synthetic_batch(root: Path, studies: int) -> Path:
     with open(folder / "submission.json", "w", encoding="utf-8") as fh:
         fh.write('{"schema": "dosereg.registry-submission/1", "studies": [\n')
         for i in rng:
-            study = {"study_instance_uid": uid[i], "study_date": f"2024-03-{1 + i % 28:02d}", "modality": "CT",
+            code = {"value": "P5-08000", "scheme": "SRT", "meaning": "Computed Tomography X-Ray"}
+            study = {"schema": "dosereg.registry-study/1", "study_instance_uid": uid[i],
+                     "study_date": f"2024-03-{1 + i % 28:02d}", "study_time": "10:15:30",
+                     "study_description": "CT CHEST ABDOMEN PELVIS WITH CONTRAST", "modality": "CT",
+                     "requested_procedure_description": "CT CHEST ABD PELVIS W", "procedure_codes": [code],
                      "patient": {"sex": "F", "age_years": i % 90, "weight_kg": 70.0, "height_m": 1.7},
-                     "events": [{"irradiation_event_uid": f"{uid[i]}.{k}", "ctdivol_mGy": 5.1 + k,
-                                 "dlp_mGycm": 200.0 + k, "phantom": "body32", "acquisition_type": "spiral",
-                                 "sources": [{"kvp_kV": 120.0, "tube_current_mA": 200.0}]} for k in range(3)],
-                     "flags": {"registry_code": "G9327", "registry_reasons": ["complete dose report"]}}
+                     "equipment": {"manufacturer": "SIEMENS", "model": "SOMATOM Definition AS+",
+                                   "station_name": f"S{i % 7:015X}", "serial_number": "SN" + "A" * 30,
+                                   "software_versions": "syngo CT VA48A", "device_observer_uid": uid[i] + ".9"},
+                     "dose_objects": [{"sop_instance_uid": uid[i] + ".3", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.67",
+                                       "kind": "rdsr", "received_at": "2024-03-05T10:20:00Z"}],
+                     "report": {"procedure_reported": code, "has_intent": code, "start_datetime": "2024-03-05T10:16:10",
+                                "end_datetime": "2024-03-05T10:19:00", "source_of_dose_information": code},
+                     "total_events": 3, "total_dlp_mGycm": 612.3, "reported_total_dlp_mGycm": 612.3,
+                     "events": [{"irradiation_event_uid": f"{uid[i]}.{k}", "acquisition_protocol": "Thorax Routine",
+                                 "target_region": code, "acquisition_type": "spiral", "acquisition_type_code": code,
+                                 "procedure_context": None, "start_datetime": "2024-03-05T10:16:10",
+                                 "exposure_time_s": 4.7, "scanning_length_mm": 420.0,
+                                 "nominal_single_collimation_mm": 0.6, "nominal_total_collimation_mm": 38.4,
+                                 "pitch_factor": 1.2, "number_of_xray_sources": 1,
+                                 "sources": [{"id": "A", "kvp_kV": 120.0, "max_tube_current_mA": 300.0,
+                                              "tube_current_mA": 200.0, "exposure_time_per_rotation_s": 0.5}],
+                                 "ctdivol_mGy": 5.1 + k, "phantom": "body32", "dlp_mGycm": 200.0 + k, "ssde_mGy": 7.0,
+                                 "water_equivalent_diameter_mm": 280.0, "effective_dose_mSv": None,
+                                 "phantom_code": code, "dose_check": None, "is_timing_run": False,
+                                 "ctdivol_mGy_body32": 5.1 + k, "dlp_mGycm_body32": 200.0 + k} for k in range(3)],
+                     "completeness": {"status": "complete", "missing": [], "invalid": [], "warnings": []},
+                     "classification": {"patient_study": True, "rt_planning": False, "reasons": []},
+                     "flags": {"registry_code": "G9327", "registry_reasons": ["complete dose report"],
+                               "nomenclature_code": "G9321", "nomenclature_reasons": ["mapped: CT CHEST ABD PELVIS"]}}
             fh.write(("," if i else "") + json.dumps(study) + "\n")
         fh.write("]}\n")
     files = []

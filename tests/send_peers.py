@@ -208,7 +208,14 @@ class _Handler(BaseHTTPRequestHandler):
         files = {}
         for f in manifest["files"]:
             p = folder / f["name"]
-            files[f["name"]] = hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else ""
+            if p.exists():
+                h = hashlib.sha256()
+                with open(p, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 16), b""):  # noqa: B023 -- consumed at once
+                        h.update(block)
+                files[f["name"]] = h.hexdigest()
+            else:
+                files[f["name"]] = ""
         if self.state.mode == "wrong" or (self.state.mode == "wrong-once" and self.state.first()):
             files[manifest["files"][0]["name"]] = "0" * 64
         receipt = "R-" + hashlib.sha256(f"{where[0]}/{where[1]}".encode()).hexdigest()[:16]

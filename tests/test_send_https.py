@@ -205,3 +205,17 @@ def test_a_batch_file_changed_after_its_manifest_is_not_committed(registry: Regi
     (f,) = d.failures
     assert f.key == "events.parquet" and not f.retryable and "differs from its manifest" in f.reason
     assert not registry.requests("POST")
+
+
+def test_uploads_stream_in_bounded_memory(registry: RegistryServer, ca_file: str, tmp_path: Path, token: str) -> None:
+    import tracemalloc
+
+    batch = make_batch(tmp_path / "big", {"submission.json": 8_000_000})
+    tracemalloc.start()
+    try:
+        d = deliver(https(registry, ca_file), sample_parcel(batch, []))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert d.state == "acknowledged"
+    assert peak < 1_000_000, peak  # an 8 MB file, client and server in this process: blocks, never the file

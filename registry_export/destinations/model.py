@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +126,11 @@ def read_manifest(parcel: Parcel) -> Manifest:
     where = parcel.registry_dir / MANIFEST_NAME
     try:
         with open(where, "rb") as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
+            if os.fstat(fh.fileno()).st_size > MAX_MANIFEST_BYTES:  # (read(n) would allocate n bytes at once)
+                raise ManifestError(f"{where}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+            data = fh.read()
     except OSError as exc:
         raise ManifestError(f"{where}: cannot read the manifest: {exc.strerror}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{where}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         doc = json.loads(data)
     except ValueError:
