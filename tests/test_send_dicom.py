@@ -181,3 +181,17 @@ def test_dicom_over_tls(tmp_path: Path) -> None:
         assert plain.state == "failed" and not gw.stored
         d = deliver(commit_dest(gw, tls_ca_certificates=str(ca_file)), parcel)
     assert d.state == "acknowledged" and len(gw.stored) == 2
+
+
+def test_originals_are_transcoded_for_a_gateway_that_takes_only_implicit_vr(tmp_path: Path) -> None:
+    paths = [SAMPLES / "ct_big_endian.dcm", SAMPLES / "ct_deflated.dcm", SAMPLES / "ct_siemens_dual_source.dcm"]
+    parcel = sample_parcel(make_batch(tmp_path / "data"), paths)
+    with StoreSCP(tmp_path / "gateway", extra=("+xi",)) as scp:  # Implicit VR Little Endian only
+        d = deliver(gateway_dest(scp.port, objects="original"), parcel)
+        received = scp.received()
+    assert d.state == "acknowledged" and len(received) == 3
+    for path in paths:
+        original = pydicom.dcmread(path)
+        got = pydicom.dcmread(BytesIO(received[str(original.SOPInstanceUID)]))
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        assert dose(extract_bytes(received[str(original.SOPInstanceUID)])) == dose(extract_bytes(path.read_bytes()))

@@ -23,6 +23,7 @@ association.
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -236,8 +238,10 @@ class _Sender:
                 self._fail_all([i.key for i in items[n - 1:]], f"association with {self._where()} ended")
                 return
             try:
-                status = assoc.send_c_store(item.path if self._accepts(assoc, item) else pydicom.dcmread(item.path),
-                                            msg_id=n % 65536 or 1)
+                status = assoc.send_c_store(self._payload(assoc, item), msg_id=n % 65536 or 1)
+            except _Refused as exc:
+                self.failures[item.key] = Failure(item.key, str(exc), retryable=False)
+                continue
             except (ValueError, AttributeError, OSError) as exc:
                 self.failures[item.key] = Failure(item.key, f"not sent: {error_text(exc)}", retryable=False)
                 continue
@@ -253,10 +257,23 @@ class _Sender:
                 self.failures[item.key] = _status_failure(item.key, code)
                 self.last_error = self.failures[item.key].reason
 
-    @staticmethod
-    def _accepts(assoc: Any, item: _Item) -> bool:
-        return any(cx.abstract_syntax == item.obj.sop_class_uid and cx.transfer_syntax[0] == item.transfer_syntax
-                   for cx in assoc.accepted_contexts)
+    def _payload(self, assoc: Any, item: _Item) -> Path | Dataset:
+        """The file itself when the gateway took its transfer syntax (streamed as stored); else the
+        object transcoded by pydicom to an uncompressed syntax the gateway took."""
+        accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                    if cx.abstract_syntax == item.obj.sop_class_uid]
+        if item.transfer_syntax in accepted:
+            return item.path
+        target = next((ts for ts in _UNCOMPRESSED if ts in accepted), None)
+        if target is None:
+            raise _Refused(f"not sent: {self._where()} accepted no transfer syntax for SOP class "
+                           f"{item.obj.sop_class_uid} that this object can be sent in")
+        ds = pydicom.dcmread(item.path)
+        buf = io.BytesIO()
+        ds.file_meta.TransferSyntaxUID = target
+        pydicom.dcmwrite(buf, ds, implicit_vr=target == ImplicitVRLittleEndian, little_endian=True,
+                         force_encoding=True)
+        return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
     def _commit(self, assoc: Any, inbox: ReportInbox) -> bool:
         keys = sorted(self.stored)
