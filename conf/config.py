@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.resources
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,64 @@ class SiteSettings:
     pseudonym_secret_env: str = "DOSEREG_SECRET"
 
 
+#: the SR storage classes (ingest's accepted classes less Secondary Capture): what a DICOM
+#: registry gateway such as the ACR DIR's DIR Link takes by default (it refuses secondary captures)
+DICOM_SR_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR
+)
+DESTINATION_KINDS = ("dicom", "https", "folder")
+DESTINATION_OBJECTS = ("deidentified", "original")
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """One ``[[registry.destinations]]`` table (docs/destinations.md): where ``send`` delivers a batch.
+
+    One type for the three kinds, so the batch lifecycle keeps a tuple of them; the keys
+    that do not belong to ``kind`` keep their defaults (a file that sets one is an error).
+    """
+
+    name: str
+    kind: str
+    timeout_s: float = 60.0  # connect, each request or DIMSE message
+    max_attempts: int = 3  # attempts within one delivery
+    retry_backoff_s: float = 2.0  # wait before the second attempt, doubled after each one
+    retry_total_s: float = 300.0  # no attempt starts later than this after the first
+    # kind = "dicom": C-STORE to a registry gateway AE
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    calling_ae_title: str = ""  # empty in the file: the listener's AE title
+    tls_certificate: str = ""  # dicom and https: our certificate (with tls_private_key)
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""  # dicom and https: CA bundle the peer's certificate must chain to
+    objects: str = "deidentified"
+    sop_classes: tuple[str, ...] = DICOM_SR_CLASSES
+    storage_commitment: bool = False
+    commitment_timeout_s: float = 60.0
+    # kind = "https"
+    url: str = ""
+    token_env: str = ""  # the NAME of the environment variable holding the bearer token
+    # kind = "folder"
+    path: str = ""
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     profile: str = "acr-dir"
     date_precision: str = "day"
+    destinations: tuple[DestinationSettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """``[review]``: whether a new batch waits for a person's approval before it may be sent."""
+
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,6 +178,7 @@ class Config:
     nomenclature: NomenclatureSettings = field(default_factory=NomenclatureSettings)
     notification: NotificationSettings = field(default_factory=NotificationSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -159,6 +215,7 @@ _SECTIONS: dict[str, type] = {
     "nomenclature": NomenclatureSettings,
     "notification": NotificationSettings,
     "extract": ExtractSettings,
+    "review": ReviewSettings,
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
@@ -225,11 +282,159 @@ def _section(cls: type, data: Any, base: Any, name: str, where: Path) -> Any:
     return cls(**kwargs)
 
 
+# -- [[registry.destinations]] (docs/destinations.md) -------------------------------------
+
+_DESTINATION_COMMON = ("name", "kind", "timeout_s", "max_attempts", "retry_backoff_s", "retry_total_s")
+_TLS_KEYS = ("tls_certificate", "tls_private_key", "tls_ca_certificates")
+_DESTINATION_KEYS: dict[str, tuple[str, ...]] = {
+    "dicom": ("ae_title", "host", "port", "calling_ae_title", *_TLS_KEYS, "objects", "sop_classes",
+              "storage_commitment", "commitment_timeout_s"),
+    "https": ("url", "token_env", *_TLS_KEYS),
+    "folder": ("path",),
+}
+_DESTINATION_REQUIRED: dict[str, tuple[str, ...]] = {
+    "dicom": ("ae_title", "host", "port"), "https": ("url", "token_env"), "folder": ("path",),
+}
+_DESTINATION_RANGES: dict[str, tuple[float, float]] = {
+    "timeout_s": (0.1, 86400), "max_attempts": (1, 100), "retry_backoff_s": (0, 3600),
+    "retry_total_s": (0, 7 * 86400), "port": (1, 65535), "commitment_timeout_s": (0.1, 86400),
+}
+_DESTINATION_CHOICES: dict[str, tuple[str, ...]] = {"objects": DESTINATION_OBJECTS}
+_DESTINATION_FIELDS = tuple(f.name for f in fields(DestinationSettings))
+
+
+def _ae_title_problem(value: str) -> str | None:
+    """Why ``value`` is not an AE title (PS3.5 AE: 1-16 characters of the default repertoire, no backslash)."""
+    text = value.strip()
+    if not text or len(value) > 16:
+        return "must be 1-16 characters"
+    if any(not 0x20 <= ord(c) < 0x7F or c == "\\" for c in value):
+        return "must be printable ASCII without a backslash"
+    return None
+
+
+def _url_problem(value: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme != "https" or not parts.hostname:
+        return "must be an https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (the token is read from token_env)"
+    if parts.query or parts.fragment:
+        return "must not have a query or a fragment"
+    return None
+
+
+def _destination_problems(d: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, what is wrong) for the values that are well typed but unusable."""
+    for key in ("ae_title", "calling_ae_title"):
+        if d.get(key):
+            problem = _ae_title_problem(d[key])
+            if problem:
+                yield key, problem
+    if "host" in d and not d["host"].strip():
+        yield "host", "must not be empty"
+    if "url" in d:
+        problem = _url_problem(d["url"])
+        if problem:
+            yield "url", problem
+    if "token_env" in d and not d["token_env"].strip():
+        yield "token_env", "must name an environment variable"
+    if "path" in d and not d["path"].strip():
+        yield "path", "must not be empty"
+    if "sop_classes" in d:
+        if not d["sop_classes"]:
+            yield "sop_classes", "must name at least one SOP class"
+        bad = [u for u in d["sop_classes"] if not _is_uid(u)]
+        if bad:
+            yield "sop_classes", f"holds a value that is not a UID: {bad[0]!r}"
+    if bool(d.get("tls_certificate")) != bool(d.get("tls_private_key")):
+        yield "tls_private_key" if d.get("tls_certificate") else "tls_certificate", \
+            "tls_certificate and tls_private_key must be set together"
+
+
+def _is_uid(value: str) -> bool:
+    parts = value.split(".")
+    return 0 < len(value) <= 64 and all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts)
+
+
+def _destination(table: Any, prefix: str, where: Path, listener_ae_title: str) -> DestinationSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {prefix} must be a table, not {table!r}")
+    kind = table.get("kind")
+    if kind is None:
+        raise ConfigError(f"{where}: {prefix}.kind is required (one of {', '.join(DESTINATION_KINDS)})")
+    if kind not in DESTINATION_KINDS:
+        raise ConfigError(f"{where}: {prefix}.kind must be one of {', '.join(DESTINATION_KINDS)}, not {kind!r}")
+    allowed = (*_DESTINATION_COMMON, *_DESTINATION_KEYS[kind])
+    template = DestinationSettings(name="", kind=kind)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}"
+        if key not in allowed:
+            what = "unknown key" if key not in _DESTINATION_FIELDS else f"not a key of kind {kind!r}:"
+            raise ConfigError(f"{where}: {what} {full} (known for kind {kind}: {', '.join(allowed)})")
+        kwargs[key] = _coerce(value, getattr(template, key), full, where)
+        choices = _DESTINATION_CHOICES.get(key)
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{where}: {full} must be one of {', '.join(choices)}, not {value!r}")
+        bounds = _DESTINATION_RANGES.get(key)
+        if bounds and not bounds[0] <= kwargs[key] <= bounds[1]:
+            raise ConfigError(f"{where}: {full} must be between {bounds[0]:g} and {bounds[1]:g}, not {value!r}")
+    for key in ("name", *_DESTINATION_REQUIRED[kind]):
+        if key not in kwargs:
+            raise ConfigError(f"{where}: {prefix}.{key} is required for kind {kind}")
+    if not kwargs["name"].strip():
+        raise ConfigError(f"{where}: {prefix}.name must not be empty")
+    for key, problem in _destination_problems(kwargs):
+        raise ConfigError(f"{where}: {prefix}.{key} {problem}, not {kwargs.get(key, '')!r}")
+    if kind == "dicom" and not kwargs.get("calling_ae_title"):
+        kwargs["calling_ae_title"] = listener_ae_title
+    return DestinationSettings(**kwargs)
+
+
+def _destinations(value: Any, where: Path, listener_ae_title: str) -> tuple[DestinationSettings, ...]:
+    """``[[registry.destinations]]``: each table checked for its kind; names unique."""
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{where}: registry.destinations must be an array of tables ([[registry.destinations]]), not {value!r}"
+        )
+    out: list[DestinationSettings] = []
+    seen: dict[str, int] = {}
+    for i, table in enumerate(value, 1):  # counted from 1, as a person counts the tables in the file
+        dest = _destination(table, f"registry.destinations[{i}]", where, listener_ae_title)
+        if dest.name in seen:
+            raise ConfigError(
+                f"{where}: registry.destinations[{i}].name {dest.name!r} is already the name of "
+                f"registry.destinations[{seen[dest.name]}]; names must be unique"
+            )
+        seen[dest.name] = i
+        out.append(dest)
+    return tuple(out)
+
+
+def _registry(value: Any, base: RegistrySettings, where: Path, listener_ae_title: str) -> RegistrySettings:
+    if not isinstance(value, dict) or "destinations" not in value:
+        section: RegistrySettings = _section(RegistrySettings, value, base, "registry", where)
+        return section
+    rest = {k: v for k, v in value.items() if k != "destinations"}
+    section = _section(RegistrySettings, rest, base, "registry", where)
+    return replace(section, destinations=_destinations(value["destinations"], where, listener_ae_title))
+
+
 def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) -> Config:
     base = base or Config()
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == "registry":
+            listener = kwargs.get("listener") or _listener_of(data, base, where)
+            kwargs[key] = _registry(value, base.registry, where, listener.ae_title)
+        elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":
             if not isinstance(value, dict):
@@ -255,6 +460,14 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
             )
     merged = {name: kwargs.get(name, getattr(base, name)) for name in Config.__dataclass_fields__ if name != "path"}
     return Config(**merged, path=where)
+
+
+def _listener_of(data: dict[str, Any], base: Config, where: Path) -> ListenerSettings:
+    """The listener settings this file makes (a destination's calling AE title defaults to its AE title)."""
+    if "listener" in data:
+        listener: ListenerSettings = _section(ListenerSettings, data["listener"], base.listener, "listener", where)
+        return listener
+    return base.listener
 
 
 def read_toml(path: Path, what: str = "configuration", key: str | None = None) -> dict[str, Any]:
@@ -298,7 +511,5 @@ def load_config(path: str | os.PathLike[str] | None = None, data_dir: str | None
         p = Path(path)
         cfg = parse_config(read_toml(p), p, base=defaults)
     if data_dir is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, storage=replace(cfg.storage, data_dir=str(data_dir)))
     return cfg
