@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -543,8 +544,12 @@ def test_max_associations(tmp_path: Path, data_dir: Path) -> None:
         assert third.is_established
         third.release()
         assert lst.terminate() == 0
-        assert "refused association from SECOND" in lst.log()
-        assert "too many associations (listener.max_associations = 1)" in lst.log()
+        # Refusals are logged once per address and reason within LOG_EVERY_S: when FIRST was
+        # itself refused while the readiness probe still held the slot, that line stands for
+        # SECOND's too (same address, same reason).
+        log_text = lst.log()
+        assert re.search(r"refused association from (SECOND|FIRST)\b", log_text), log_text
+        assert "too many associations (listener.max_associations = 1)" in log_text
 
 
 def check_import_while_listening_then_resend(dose: DoseSet, listener: Listener, data_dir: Path) -> None:
