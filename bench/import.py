@@ -173,7 +173,8 @@ def _tree(pid: int) -> tuple[int, float]:
                     rss += int(line.split()[1])
             stat = Path(f"/proc/{p}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            cpu += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+            # utime, stime, and cutime, cstime (the children it has reaped: pool workers that ended)
+            cpu += sum(int(v) for v in fields[11:15]) / _TICK
             for task in Path(f"/proc/{p}/task").iterdir():
                 pids += [int(x) for x in (task / "children").read_text().split()]
         except (OSError, ValueError):

@@ -26,6 +26,7 @@ The catalog file and its -wal/-shm are owner-only (0600): they hold patient data
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -39,7 +40,16 @@ from typing import Any
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, utc_now
 from dosereg.extract import StudyRecord, merge_study
 
-from .catalog_codec import content_key, pack, record_text, unpack, unpack_text, version_key
+from .catalog_codec import (
+    StoredRecord,
+    content_key,
+    pack,
+    record_text,
+    stored_record,
+    unpack,
+    unpack_text,
+    version_key,
+)
 from .catalog_schema import SCHEMA_VERSION, add_functions, apply, compact_after_migration, create_in_memory
 
 log = logging.getLogger("dosereg.ingest.catalog")
@@ -267,12 +277,15 @@ class Catalog:
         return self._dicts("SELECT * FROM quarantine ORDER BY received_at, name")
 
     def known_sha256(self, sha256: str) -> str | None:
-        """``"object"`` or ``"quarantine"`` when bytes with this hash are already kept."""
-        if self._conn.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
-            return "object"
-        if self._conn.execute("SELECT 1 FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone():
-            return "quarantine"
-        return None
+        """``"object"`` or ``"quarantine"`` when bytes with this hash are already kept.
+
+        Safe while another thread writes (an import's take-in threads ask while it stores).
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 'object' FROM objects WHERE sha256 = ?1 UNION ALL "
+                "SELECT 'quarantine' FROM quarantine WHERE sha256 = ?1 LIMIT 1", (sha256,)).fetchone()
+        return str(row[0]) if row else None
 
     def quarantine_path(self, sha256: str) -> str | None:
         row = self._conn.execute("SELECT path FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone()
@@ -348,13 +361,15 @@ class Catalog:
         return outcome
 
     def add_object(self, record: StudyRecord, raw_path: str | None = None,
-                   content_sha256: str | None = None, received_id: int | None = None) -> str:
+                   content_sha256: str | None = None, received_id: int | None = None,
+                   stored: StoredRecord | None = None) -> str:
         """Add one extracted object and re-merge its study: ``new``, ``duplicate`` or ``replaced``.
 
         Same SOP Instance UID with identical content (same SHA-256, or the same record but
         for when and where it was received) changes nothing; different content replaces the
         earlier object (last received wins, logged). The merge is computed before the write
         lock is taken and the write re-checks that the study did not change meanwhile.
+        ``stored``: ``stored_record(record)``, when the caller has it already.
         """
         if record.error is not None:
             raise ValueError(f"cannot catalog an error record ({record.error.code}); quarantine it")
@@ -363,37 +378,40 @@ class Catalog:
             raise ValueError("record has no Study Instance UID")
         sop_uid = object_uid(record)
         ref = record.dose_objects[0]
-        text = record_text(record)
-        blob = pack(text)
+        if stored is None:
+            stored = stored_record(record)
         with self._lock:
             for _attempt in range(50):
-                row = self._object_row(sop_uid)
+                # the object itself (when it was received before, maybe in another study) and its study's objects
+                found = self._conn.execute(
+                    "SELECT seq, sop_instance_uid, study_instance_uid, sha256, record FROM objects "
+                    "WHERE sop_instance_uid = ? OR study_instance_uid = ? ORDER BY seq", (sop_uid, study),
+                ).fetchall()
+                row = next((f for f in found if f[1] == sop_uid), None)
                 if row is not None and self._same_content(row, record, content_sha256):
                     if received_id is not None:
                         self.mark_processed(received_id, "duplicate")
                     return "duplicate"
                 # Merge outside the write lock (decoding the others and merging is the slow part).
-                members = self._conn.execute(
-                    "SELECT seq, sop_instance_uid, sha256, record FROM objects WHERE study_instance_uid = ? "
-                    "ORDER BY seq", (study,)).fetchall()
-                others = [unpack(m[3]) for m in members if m[1] != sop_uid]
+                others = [unpack(f[4]) for f in found if f is not row]
                 merged = merge_study([*others, record])
                 rows = self._study_rows(study, len(others) + 1, merged,
-                                        (None, version_key(text)) if merged is record and not others else None)
+                                        (None, stored.version) if merged is record and not others else None)
                 try:
                     with self._transaction() as conn:
-                        if self._object_row(sop_uid) != row or self._members(study) != [m[:3] for m in members]:
+                        if self._neighbours(sop_uid, study) != [f[:4] for f in found]:
                             raise _StudyChanged
                         if row is not None:
                             conn.execute("DELETE FROM objects WHERE seq = ?", (row[0],))
                         conn.execute(
                             "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
                             "raw_path, received_at, record) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at, blob),
+                            (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at,
+                             stored.blob),
                         )
                         self._put_study(study, *rows)
-                        if row is not None and row[3] != study:
-                            self._remerge(row[3])  # the object moved to another study (rare)
+                        if row is not None and row[2] != study:
+                            self._remerge(row[2])  # the object moved to another study (rare)
                         if received_id is not None:
                             conn.execute("UPDATE received SET state = 'done', outcome = ? WHERE id = ?",
                                          ("new" if row is None else "replaced", received_id))
@@ -406,28 +424,20 @@ class Catalog:
                 return "replaced"
         raise CatalogError(f"{self.path}: study {study} kept changing while object {sop_uid} was merged")
 
-    def _object_row(self, sop_uid: str) -> tuple[Any, ...] | None:
-        """(seq, sha256, record, study) of the object with this SOP Instance UID."""
-        row: tuple[Any, ...] | None = self._conn.execute(
-            "SELECT seq, sha256, record, study_instance_uid FROM objects WHERE sop_instance_uid = ?", (sop_uid,),
-        ).fetchone()
-        return row
-
-    def _members(self, study: str) -> list[tuple[Any, ...]]:
-        """(seq, SOP Instance UID, sha256) of a study's objects in received order."""
+    def _neighbours(self, sop_uid: str, study: str) -> list[tuple[Any, ...]]:
+        """(seq, SOP Instance UID, study, sha256) of the object and of its study's objects, in received order."""
         return self._conn.execute(
-            "SELECT seq, sop_instance_uid, sha256 FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study,),
+            "SELECT seq, sop_instance_uid, study_instance_uid, sha256 FROM objects "
+            "WHERE sop_instance_uid = ? OR study_instance_uid = ? ORDER BY seq", (sop_uid, study),
         ).fetchall()
 
     @staticmethod
     def _same_content(row: tuple[Any, ...], record: StudyRecord, content_sha256: str | None) -> bool:
-        """Whether ``record`` is the content of the stored object ``row`` (same bytes, or same record
-        but for when and where it was received)."""
-        if content_sha256 is not None and row[1] == content_sha256:
+        """Whether ``record`` is the content of the stored object ``row`` (seq, SOP, study, sha256, record):
+        the same bytes, or the same record but for when and where it was received."""
+        if content_sha256 is not None and row[3] == content_sha256:
             return True
-        import json
-
-        return content_key(json.loads(unpack_text(row[2]))) == content_key(record.to_dict())
+        return content_key(json.loads(unpack_text(row[4]))) == content_key(record.to_dict())
 
     @staticmethod
     def _study_rows(uid: str, n: int, merged: StudyRecord, own: tuple[None, str] | None = None,

@@ -11,6 +11,7 @@
   where it was received (a re-send through another sender is the same content).
 * :func:`version_key` -- 16 hex digits of the merged study's JSON: changes whenever that
   record changes (``Catalog.study_versions``).
+* :class:`StoredRecord` (:func:`stored_record`) -- both of a record, computed once.
 
 A stored format is never changed: a new one gets a new format byte, and :func:`unpack` keeps
 reading the old ones.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from dosereg.extract import StudyRecord
@@ -67,6 +69,23 @@ def dumps(d: dict[str, Any]) -> str:
 def record_text(record: StudyRecord) -> str:
     """The JSON the catalog keeps of ``record``."""
     return dumps(record.to_dict())
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One record as the catalog keeps it: :func:`pack` of its JSON and that JSON's :func:`version_key`.
+
+    Computed where the record is made when that is another process (an import's workers),
+    so that the one process writing the catalog does not serialise every record itself.
+    """
+
+    blob: bytes
+    version: str
+
+
+def stored_record(record: StudyRecord) -> StoredRecord:
+    text = record_text(record)
+    return StoredRecord(pack(text), version_key(text))
 
 
 def pack(text: str) -> bytes:
