@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +33,23 @@ from .catalog import Catalog, catalog_path
 from .catalog_codec import StoredRecord, stored_record
 from .classes import ACCEPTED_SOP_CLASSES, meta_sop_class
 from .locking import DataDirLock
-from .pipeline import Pipeline, Received, Spooled, TransientError, content_sha256, extract_limits
+from .pipeline import (
+    Pipeline,
+    Received,
+    RemoteTraceback,
+    Spooled,
+    TransientError,
+    content_sha256,
+    describe,
+    extract_limits,
+)
 
 log = logging.getLogger("dosereg.ingest.import")
 
 _POOL_MIN_FILES = 16  # below this, parsing in-process is quicker than starting workers
+# Objects per task of the pool: each task costs two messages between processes (about half a
+# millisecond of CPU on both sides), more than reading a small object does.
+CHUNK = 4
 # Files taken into the spool at once: each thread spends most of its time waiting for its
 # fsync, which the file system commits together with the others' (one at a time, a disk
 # that takes 4 ms per fsync would cap an import at 250 objects/s, two per object at 125).
@@ -155,6 +167,30 @@ def extract_spooled(path: str, source: str, received_at: str, limits: ExtractLim
     return record, None, stored_record(record)
 
 
+@dataclass(frozen=True)
+class _Raised:
+    """An exception extraction raised in a worker, with that worker's traceback (as text)."""
+
+    exc: BaseException
+    traceback: str
+
+    def here(self) -> BaseException:
+        self.exc.__cause__ = RemoteTraceback(self.traceback)
+        return self.exc
+
+
+def extract_chunk(tasks: list[tuple[str, str, str, ExtractLimits]]) -> list[Extracted | _Raised]:
+    """:func:`extract_spooled` of each task (runs in a worker process); an exception is the
+    object's own result, so that one object never costs the others theirs."""
+    out: list[Extracted | _Raised] = []
+    for task in tasks:
+        try:
+            out.append(extract_spooled(*task))
+        except Exception as exc:
+            out.append(_Raised(exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+    return out
+
+
 def _ready() -> None:
     """A task that does nothing: makes the pool start its workers."""
 
@@ -193,8 +229,9 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
             # (a file descriptor a fork would copy into a worker: see locking.py).
             pool.submit(_ready).result()
         takers = ThreadPoolExecutor(TAKE_IN_THREADS, thread_name_prefix="dosereg-take-in")
-        inflight: deque[tuple[Received, Future[Extracted] | None]] = deque()
-        limit = jobs * 8
+        inflight: deque[tuple[list[Received], Future[list[Extracted | _Raised]] | None]] = deque()
+        chunk: list[Received] = []
+        limit = jobs * 3  # chunks in flight: every worker has the next one waiting
         todo = iter(files)
         while True:
             for path, named in todo:  # keep a few files being taken in ahead of the one applied next
@@ -209,10 +246,13 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
                 _not_taken(item, summary)
                 tick()
                 continue
-            fut = pool.submit(extract_spooled, str(item.path), item.source, item.received_at,
-                              pipeline.limits) if pool else None
-            inflight.append((item, fut))
-            _drain(inflight, limit, pipeline, summary, tick)
+            chunk.append(item)
+            if len(chunk) >= CHUNK or pool is None:
+                inflight.append((chunk, _submit(pool, chunk, pipeline.limits)))
+                chunk = []
+                _drain(inflight, limit, pipeline, summary, tick)
+        if chunk:
+            inflight.append((chunk, _submit(pool, chunk, pipeline.limits)))
         _drain(inflight, 0, pipeline, summary, tick)
     finally:
         if takers is not None:
@@ -303,29 +343,37 @@ def _not_taken(item: _NotTaken, summary: ImportSummary) -> None:
         summary.fail(item.message)
 
 
-def _drain(inflight: deque[tuple[Received, Future[Extracted] | None]], n: int,
+def _submit(pool: ProcessPoolExecutor | None, items: list[Received],
+            limits: ExtractLimits) -> Future[list[Extracted | _Raised]] | None:
+    if pool is None:
+        return None
+    return pool.submit(extract_chunk, [(str(i.path), i.source, i.received_at, limits) for i in items])
+
+
+def _drain(inflight: deque[tuple[list[Received], Future[list[Extracted | _Raised]] | None]], n: int,
            pipeline: Pipeline, summary: ImportSummary, tick: Callable[[], object]) -> None:
-    """Finish the oldest objects in flight until at most ``n`` remain: results are applied in
-    file order (deterministic re-runs) while the pool parses up to ``n`` objects ahead."""
+    """Finish the oldest chunks in flight until at most ``n`` remain: results are applied in
+    file order (deterministic re-runs) while the pool parses the next chunks."""
     while len(inflight) > n:
-        item, fut = inflight.popleft()
-        _finish(pipeline, item, _worker_result(item, fut), summary)
-        tick()
+        items, fut = inflight.popleft()
+        for item, result in zip(items, _worker_results(items, fut), strict=True):
+            _finish(pipeline, item, result, summary)
+            tick()
 
 
-def _worker_result(item: Received, fut: Future[Extracted] | None) -> Extracted | BaseException | None:
-    """What the worker made of ``item``: its extraction, or the exception extraction raised
-    there (the object's doing); None when there is no worker result (no pool, or a worker
-    died), so that :func:`_finish` parses it here."""
+def _worker_results(items: list[Received], fut: Future[list[Extracted | _Raised]] | None,
+                    ) -> list[Extracted | BaseException | None]:
+    """What the worker made of each of ``items``: its extraction, or the exception extraction
+    raised there (the object's doing); None when there is no worker result (no pool, or a
+    worker died), so that :func:`_finish` parses it here."""
     if fut is None:
-        return None
+        return [None] * len(items)
     try:
-        return fut.result()
-    except BrokenProcessPool as exc:  # a worker died: parse here instead
-        log.debug("worker failed on %s: %s", item.source, exc)
-        return None
-    except Exception as exc:  # extraction raised in the worker: the object's doing
-        return exc
+        results = fut.result()
+    except Exception as exc:  # a worker died (BrokenProcessPool), or a result could not be sent: parse here
+        log.debug("worker failed on %s: %s", ", ".join(i.source for i in items), describe(exc))
+        return [None] * len(items)
+    return [r.here() if isinstance(r, _Raised) else r for r in results]
 
 
 def _finish(pipeline: Pipeline, item: Received, result: Extracted | BaseException | None,

@@ -141,14 +141,20 @@ def describe(exc: BaseException) -> str:
 _REMOTE_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in another process (an import's worker),
+    attached to that exception as its ``__cause__`` where it is handled."""
+
+
 def _where(exc: BaseException) -> str:
     """The innermost frame of the traceback (``extract/sr.py:120 in read_item``): no data, just code.
 
     For an exception raised in a worker process, the frame is read from the worker's
-    traceback (which ``concurrent.futures`` attaches as the cause).
+    traceback (which ``concurrent.futures``, or the import, attaches as the cause).
     """
-    remote = _REMOTE_FRAME.findall(str(exc.__cause__)) if exc.__cause__ is not None else []
-    if remote and type(exc.__cause__).__name__ == "_RemoteTraceback":
+    cause = exc.__cause__
+    remote = _REMOTE_FRAME.findall(str(cause)) if cause is not None else []
+    if remote and (isinstance(cause, RemoteTraceback) or type(cause).__name__ == "_RemoteTraceback"):
         filename, lineno, name = remote[-1]
     else:
         frames = traceback.extract_tb(exc.__traceback__)
