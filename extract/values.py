@@ -349,9 +349,8 @@ _FACTORS: dict[tuple[str, str], float | None] = {}
 
 
 def _factor(unit: str, target: str) -> float | None:
-    found = _FACTORS.get((unit, target), False)
-    if found is not False:
-        return found  # type: ignore[return-value]
+    if (unit, target) in _FACTORS:
+        return _FACTORS[(unit, target)]
     table = _UNITS[target]
     key = _unit_key(unit)
     factor = table.get(key)
