@@ -43,26 +43,55 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 _TUCKED = ("HAS PROPERTIES", "HAS CONCEPT MOD")
 
 
+# Codes whose encoded value, scheme and meaning are plain ASCII (no ESC) read the same in
+# every character set: one instance per distinct triple serves every object a process reads
+# (the few hundred codes of the templates repeat in every report). Bounded: cleared when full.
+_ASCII_CODES: dict[tuple[Any, Any, Any], Code] = {}
+_MAX_SHARED_CODES = 65536
+
+
+def _plain_ascii(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, bytes) and raw.isascii() and 0x1B not in raw)
+
+
 def read_code(item: Dataset, text: TextDecoder) -> Code:
     """A Code Sequence item -> :class:`Code` (Code Value, Long Code Value or URN Code Value).
 
     Reports repeat the same few hundred codes in every event: each distinct encoded triple is
-    decoded once per object (codes are immutable, so one instance serves them all).
+    decoded once (codes are immutable, so one instance serves them all): per process when it
+    is plain ASCII, else per object (its character set decides how it reads).
     """
     raw = item.get(CODE_VALUE) or item.get(LONG_CODE_VALUE) or item.get(URN_CODE_VALUE)
     scheme_raw = item.get(CODING_SCHEME_DESIGNATOR)
     meaning_raw = item.get(CODE_MEANING)
     key = (raw[1] if raw else None, scheme_raw[1] if scheme_raw else None, meaning_raw[1] if meaning_raw else None)
-    cache = text.codes
     try:
-        code = cache.get(key)
+        code = _ASCII_CODES.get(key) or text.codes.get(key)
     except TypeError:  # a sequence where a value belongs (unhashable): decode it without the cache
         return Code(*(clean_text(text(v)) if v is not None else None for v in key))
     if code is None:
         code = Code(*(clean_text(text(v)) if v is not None else None for v in key))
-        if len(cache) < 65536:
-            cache[key] = code
+        if _plain_ascii(key[0]) and _plain_ascii(key[1]) and _plain_ascii(key[2]):
+            if len(_ASCII_CODES) >= _MAX_SHARED_CODES:
+                _ASCII_CODES.clear()
+            _ASCII_CODES[key] = code
+        elif len(text.codes) < 65536:
+            text.codes[key] = code
     return code
+
+
+# Relationship Type and Value Type values as read: a few defined terms, in every item.
+_TERMS: dict[bytes, str] = {}
+
+
+def _term(raw: Any) -> str:
+    """A CS value of a content item (ASCII), decoded once per distinct encoding."""
+    term = _TERMS.get(raw) if isinstance(raw, bytes) else None
+    if term is None:
+        term = ascii_text(raw)
+        if isinstance(raw, bytes) and len(_TERMS) < 1024:
+            _TERMS[raw] = term
+    return term
 
 
 def first_code(ds: Dataset, tag: int, text: TextDecoder) -> Code | None:
@@ -79,7 +108,7 @@ class ContentItem:
     makes each lookup one dict access instead of a walk over the children.
     """
 
-    __slots__ = ("ds", "text", "little", "_concept", "_children", "_index")
+    __slots__ = ("ds", "text", "little", "_concept", "_children", "_index", "_relationship", "_value_type")
 
     def __init__(self, ds: Dataset, text: TextDecoder, little: bool = True) -> None:
         self.ds = ds
@@ -88,17 +117,25 @@ class ContentItem:
         self._concept: Code | None | bool = False
         self._children: list[ContentItem] | None = None
         self._index: dict[str | None, list[ContentItem]] | None = None
+        self._relationship: str | None | bool = False  # False: not read yet
+        self._value_type: str | None | bool = False
 
     # -- structure ---------------------------------------------------------------
     @property
     def relationship(self) -> str | None:
-        el = self.ds.get(RELATIONSHIP_TYPE)
-        return ascii_text(el[1]) if el and el[0] != "SQ" else None
+        rel = self._relationship
+        if rel is False:
+            el = self.ds.get(RELATIONSHIP_TYPE)
+            rel = self._relationship = _term(el[1]) if el and el[0] != "SQ" else None
+        return rel  # type: ignore[return-value]
 
     @property
     def value_type(self) -> str | None:
-        el = self.ds.get(VALUE_TYPE)
-        return ascii_text(el[1]) if el and el[0] != "SQ" else None
+        vt = self._value_type
+        if vt is False:
+            el = self.ds.get(VALUE_TYPE)
+            vt = self._value_type = _term(el[1]) if el and el[0] != "SQ" else None
+        return vt  # type: ignore[return-value]
 
     @property
     def concept(self) -> Code | None:
@@ -156,13 +193,15 @@ class ContentItem:
         index = self._index
         if index is None:
             index = {}
-            children = self.children
-            for child in children:
+            tucked = []
+            for child in self.children:
                 index.setdefault(child.code_value, []).append(child)
-            for child in children:
-                if child.relationship in _TUCKED or child.value_type != "CONTAINER":
-                    for grandchild in child.children:
-                        index.setdefault(grandchild.code_value, []).append(grandchild)
+                # only a child with children of its own can have any tucked under it
+                if CONTENT_SEQUENCE in child.ds and (child.relationship in _TUCKED or child.value_type != "CONTAINER"):
+                    tucked.append(child)
+            for child in tucked:
+                for grandchild in child.children:
+                    index.setdefault(grandchild.code_value, []).append(grandchild)
             self._index = index
         return index
 

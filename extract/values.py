@@ -344,6 +344,24 @@ _UNITS: dict[str, dict[str, float]] = {
 UNITLESS = "1"
 
 
+# (stated unit, target) -> factor, None when there is none: the same few spellings in every event
+_FACTORS: dict[tuple[str, str], float | None] = {}
+
+
+def _factor(unit: str, target: str) -> float | None:
+    if (unit, target) in _FACTORS:
+        return _FACTORS[(unit, target)]
+    table = _UNITS[target]
+    key = _unit_key(unit)
+    factor = table.get(key)
+    if factor is None:
+        # tolerate case differences (MGY, mgy.cm): each table is unambiguous in lower case
+        factor = {k.lower(): f for k, f in table.items()}.get(key.lower())
+    if len(_FACTORS) < 4096:
+        _FACTORS[(unit, target)] = factor
+    return factor
+
+
 def convert(value: float, unit: str | None, target: str) -> float:
     """Convert ``value`` stated in ``unit`` to ``target``. No unit stated: taken as stated.
 
@@ -351,12 +369,7 @@ def convert(value: float, unit: str | None, target: str) -> float:
     """
     if target == UNITLESS or unit is None or not unit.strip():
         return value
-    table = _UNITS[target]
-    key = _unit_key(unit)
-    factor = table.get(key)
-    if factor is None:
-        # tolerate case differences (MGY, mgy.cm): each table is unambiguous in lower case
-        factor = {k.lower(): f for k, f in table.items()}.get(key.lower())
+    factor = _factor(unit, target)
     if factor is None:
         raise ValueProblem(f"unit {unit!r} cannot be converted to {target}")
     if factor == 1:

@@ -1,17 +1,20 @@
 """The study catalog: embedded SQLite (WAL), versioned schema, merge on arrival.
 
-Tables (schema version 2; a catalog of version 1 is migrated when the listener or an import opens it):
+Tables (schema version 3, :mod:`.catalog_schema`; an older catalog is migrated in place when
+the listener or an import opens it):
 
 * ``received``   -- one row per object taken into the spool (listener or import), in
   received order; ``state`` is ``spooled`` until processed, then ``done``
   (``importing`` while an ``import`` run processes it itself).
-* ``objects``    -- one row per usable dose object (key: SOP Instance UID) with its
-  extracted record as JSON, the SHA-256 of its bytes and where its bytes are kept, and
-  (since version 2) ``record_key``, a hash of the extracted record, so that a re-send whose
-  bytes differ but whose content is the same changes nothing.
+* ``objects``    -- one row per usable dose object (unique: SOP Instance UID; ``seq``, the
+  rowid, is the received order) with its extracted record (compressed JSON,
+  :mod:`.catalog_codec`), the SHA-256 of its dataset and where its bytes are kept.
 * ``quarantine`` -- objects that could not be used (key: SHA-256 of the bytes).
-* ``studies``    -- the merged study record (JSON) per Study Instance UID, re-merged
-  from its objects in received order (``dosereg.extract.merge_study``) on every change.
+* ``studies``    -- per Study Instance UID: how many objects, when it last changed, the
+  ``version`` key of its merged record, and the merged record itself when the study has
+  several objects (a study of one object *is* that object's record: stored once, in
+  ``objects``). Re-merged from its objects in received order (``dosereg.extract.merge_study``)
+  on every change.
 * ``events``     -- the merged study's events, one row each, for ad-hoc SQL.
 
 Verdicts (completeness, flags) are not stored: they are computed when a record is read.
@@ -23,7 +26,6 @@ The catalog file and its -wal/-shm are owner-only (0600): they hold patient data
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,99 +33,39 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import fields, is_dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, utc_now
 from dosereg.extract import StudyRecord, merge_study
-from dosereg.extract.model import _Record
 
-_GENERIC_TO_DICT = _Record.to_dict
+from .catalog_codec import (
+    StoredRecord,
+    content_key,
+    pack,
+    record_text,
+    stored_record,
+    unpack,
+    unpack_text,
+    version_key,
+)
+from .catalog_schema import SCHEMA_VERSION, add_functions, apply, compact_after_migration, create_in_memory
 
 log = logging.getLogger("dosereg.ingest.catalog")
 
-SCHEMA_VERSION = 2
 CATALOG_NAME = "catalog.sqlite"
+# Page cache of a writing connection (KiB): the indexes a write touches stay in memory for
+# longer (SQLite's default is 2 MiB).
+_WRITER_CACHE_KIB = 32 * 1024
+# A study's record: its own (several objects), else its one object's.
+_STUDY_RECORD = (
+    "COALESCE(s.record, (SELECT o.record FROM objects o WHERE o.study_instance_uid = s.study_instance_uid "
+    "ORDER BY o.seq DESC LIMIT 1))"
+)
 
-# Each entry migrates the schema from version i to i + 1.
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS schema_version (
-        version INTEGER NOT NULL,
-        applied_at TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS received (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        sha256 TEXT NOT NULL,
-        sop_instance_uid TEXT,
-        sop_class_uid TEXT,
-        calling_ae_title TEXT,
-        source TEXT,
-        received_at TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'spooled',
-        outcome TEXT
-    );
-    CREATE INDEX IF NOT EXISTS received_state ON received(state, id);
-    CREATE INDEX IF NOT EXISTS received_sop ON received(sop_instance_uid);
-    CREATE TABLE IF NOT EXISTS objects (
-        sop_instance_uid TEXT PRIMARY KEY,
-        study_instance_uid TEXT NOT NULL,
-        sop_class_uid TEXT,
-        sha256 TEXT,
-        raw_path TEXT,
-        received_at TEXT,
-        seq INTEGER NOT NULL,
-        record_json TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS objects_study ON objects(study_instance_uid, seq);
-    CREATE INDEX IF NOT EXISTS objects_sha ON objects(sha256);
-    CREATE INDEX IF NOT EXISTS objects_seq ON objects(seq);
-    CREATE TABLE IF NOT EXISTS quarantine (
-        sha256 TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        sop_instance_uid TEXT,
-        error_code TEXT NOT NULL,
-        message TEXT NOT NULL,
-        received_at TEXT,
-        path TEXT
-    );
-    CREATE TABLE IF NOT EXISTS studies (
-        study_instance_uid TEXT PRIMARY KEY,
-        n_objects INTEGER NOT NULL,
-        updated_at TEXT NOT NULL,
-        record_json TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS events (
-        study_instance_uid TEXT NOT NULL,
-        position INTEGER NOT NULL,
-        irradiation_event_uid TEXT,
-        acquisition_protocol TEXT,
-        acquisition_type TEXT,
-        ctdivol_mGy REAL,
-        dlp_mGycm REAL,
-        PRIMARY KEY (study_instance_uid, position)
-    ) WITHOUT ROWID;
-    """,
-    # 2: identical content = identical extracted record (a re-send through another
-    # sender re-encodes the file meta and may re-encode the dataset)
-    """
-    ALTER TABLE objects ADD COLUMN record_key TEXT;
-    """,
-]
-
-
-def _fill_record_keys(conn: sqlite3.Connection) -> None:
-    rows = conn.execute("SELECT sop_instance_uid, record_json FROM objects WHERE record_key IS NULL").fetchall()
-    conn.executemany(
-        "UPDATE objects SET record_key = ? WHERE sop_instance_uid = ?",
-        [(_key(json.loads(text)), uid) for uid, text in rows],
-    )
-
-
-# Data migrations run after the schema script of the same version (Python, same transaction).
-_FILLS: dict[int, tuple[Any, ...]] = {2: (_fill_record_keys,)}
+__all__ = ["CATALOG_NAME", "SCHEMA_VERSION", "Catalog", "CatalogBusyError", "CatalogError", "catalog_path",
+           "object_uid"]
 
 
 class CatalogError(Exception):
@@ -134,45 +76,8 @@ class CatalogBusyError(CatalogError):
     """Another writer held the catalog's write lock for too long: worth retrying later."""
 
 
-def _dumps(d: dict[str, Any]) -> str:
-    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
-_SCALARS = frozenset({type(None), str, int, float, bool})
-
-
-def _as_dict(obj: Any) -> Any:
-    """``record.to_dict()``, faster: field names cached per class (bulk loads are dominated by it).
-
-    Same result as the model's generic ``to_dict``; a class with its own ``to_dict`` is asked.
-    """
-    cls = type(obj)
-    if cls in _SCALARS:
-        return obj
-    names = _FIELDS.get(cls)
-    if names is None:
-        if is_dataclass(obj) and getattr(cls, "to_dict", None) is _GENERIC_TO_DICT:
-            names = _FIELDS[cls] = tuple(f.name for f in fields(obj))
-        elif isinstance(obj, (list, tuple)):
-            return [_as_dict(v) for v in obj]
-        elif hasattr(obj, "to_dict"):
-            return obj.to_dict()
-        else:
-            return obj
-    return {n: _as_dict(getattr(obj, n)) for n in names}
-
-
-def _key(d: dict[str, Any]) -> str:
-    plain = dict(d)
-    plain["source_file"] = None
-    plain["dose_objects"] = [{**ref, "received_at": None} for ref in d.get("dose_objects") or ()]
-    return hashlib.sha256(_dumps(plain).encode("utf-8")).hexdigest()
-
-
-def record_key(record: StudyRecord) -> str:
-    """Identity of an object's content: its record without when/where it was received."""
-    return _key(_as_dict(record))
+class _StudyChanged(Exception):
+    """Another writer changed the study between the merge and the write: merge again."""
 
 
 def object_uid(record: StudyRecord) -> str:
@@ -193,8 +98,8 @@ class Catalog:
             if readonly:
                 if not self.path.exists():
                     # Nothing received yet: an empty catalog, not an error.
-                    self._conn = sqlite3.connect(":memory:", check_same_thread=False)
-                    self._conn.executescript(_MIGRATIONS[0])
+                    self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                    create_in_memory(self._conn)
                 else:
                     self._conn = sqlite3.connect(
                         f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -212,6 +117,7 @@ class Catalog:
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute(f"PRAGMA cache_size = -{_WRITER_CACHE_KIB}")
                 if not autocheckpoint:  # the listener: WAL checkpoints (with fsync) happen elsewhere
                     self._conn.execute("PRAGMA wal_autocheckpoint = 0")
                 self._conn.execute("PRAGMA foreign_keys = ON")
@@ -219,6 +125,7 @@ class Catalog:
         except sqlite3.Error as exc:
             raise CatalogError(f"{self.path}: cannot open the catalog: {exc}") from None
 
+    # -- transactions -------------------------------------------------------------------
     def _rollback(self) -> None:
         """Undo the open transaction, if there still is one; never raises over the real error.
 
@@ -249,6 +156,27 @@ class Catalog:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.005)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back when it raises.
+
+        Holds the connection's lock throughout; a failed COMMIT is rolled back too (unless
+        SQLite already did, see :meth:`_rollback`) and its error raised.
+        """
+        with self._lock:
+            self._begin()
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """One statement in its own transaction; the number of rows it changed."""
+        with self._transaction() as conn:
+            return conn.execute(sql, args).rowcount
+
     # -- schema -----------------------------------------------------------------------
     def _user_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -266,6 +194,7 @@ class Catalog:
             )
 
     def _migrate(self) -> None:
+        add_functions(self._conn)
         with self._lock:
             version = self._user_version()
             if version > SCHEMA_VERSION:
@@ -273,60 +202,56 @@ class Catalog:
                     f"{self.path}: catalog schema version {version} is newer than this dosereg "
                     f"({SCHEMA_VERSION})"
                 )
+            migrated = False
             while version < SCHEMA_VERSION:
-                self._begin()
-                version = self._user_version()  # another process may have migrated meanwhile
-                if version >= SCHEMA_VERSION:
-                    self._conn.execute("COMMIT")
-                    break
-                script = _MIGRATIONS[version]
-                try:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    for fill in _FILLS.get(version + 1, ()):
-                        fill(self._conn)
-                    version += 1
-                    self._conn.execute(
-                        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, utc_now())
-                    )
-                    self._conn.execute(f"PRAGMA user_version = {version}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
+                with self._transaction() as conn:
+                    version = self._user_version()  # another process may have migrated meanwhile
+                    if version >= SCHEMA_VERSION:
+                        break
+                    version = apply(conn, version)
+                migrated = True
                 log.info("catalog %s migrated to schema version %d", self.path, version)
+            if migrated:
+                compact_after_migration(self._conn, self.path)
 
     @property
     def schema_version(self) -> int:
         return self._user_version()
 
-    def _next_seq(self) -> int:
-        row = self._conn.execute("SELECT MAX(seq) FROM objects").fetchone()
-        return int(row[0] or 0) + 1
-
     # -- reading ----------------------------------------------------------------------
-    def iter_studies(self) -> Iterator[StudyRecord]:
-        """Merged study records ordered by Study Instance UID."""
-        cur = self._conn.execute("SELECT record_json FROM studies ORDER BY study_instance_uid")
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, fetched a few hundred at a time (constant memory)."""
+        cur = self._conn.execute(sql, args)
         try:
             while True:
                 rows = cur.fetchmany(500)
                 if not rows:
                     break
-                for (text,) in rows:
-                    yield StudyRecord.from_dict(json.loads(text))
+                yield from rows
         finally:
             try:
                 cur.close()
             except sqlite3.ProgrammingError:  # the catalog was closed before the iterator
                 pass
 
+    def iter_studies(self) -> Iterator[StudyRecord]:
+        """Merged study records ordered by Study Instance UID."""
+        for (blob,) in self._rows(f"SELECT {_STUDY_RECORD} FROM studies s ORDER BY s.study_instance_uid"):
+            yield unpack(blob)
+
     def get_study(self, uid: str) -> StudyRecord | None:
-        row = self._conn.execute(
-            "SELECT record_json FROM studies WHERE study_instance_uid = ?", (uid,)
-        ).fetchone()
-        return StudyRecord.from_dict(json.loads(row[0])) if row else None
+        row = self._conn.execute(f"SELECT {_STUDY_RECORD} FROM studies s WHERE s.study_instance_uid = ?",
+                                 (uid,)).fetchone()
+        return unpack(row[0]) if row else None
+
+    def study_versions(self) -> Iterator[tuple[str, str]]:
+        """(Study Instance UID, version key) of every study, ordered by UID, no record decoded.
+
+        The key is 16 hex digits of the merged record's JSON: it changes whenever the study's
+        merged record changes (an object added or replaced), and only then.
+        """
+        for uid, version in self._rows("SELECT study_instance_uid, version FROM studies ORDER BY study_instance_uid"):
+            yield str(uid), str(version)
 
     def count_studies(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
@@ -334,33 +259,33 @@ class Catalog:
     def count_objects(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
 
-    def object_rows(self) -> list[dict[str, Any]]:
-        """Every usable object (without its record JSON), in received order."""
-        cur = self._conn.execute(
-            "SELECT sop_instance_uid, study_instance_uid, sop_class_uid, sha256, raw_path, received_at, seq "
-            "FROM objects ORDER BY seq"
-        )
+    def _dicts(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        cur = self._conn.execute(sql, args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def object_rows(self) -> list[dict[str, Any]]:
+        """Every usable object (without its record), in received order."""
+        return self._dicts("SELECT sop_instance_uid, study_instance_uid, sop_class_uid, sha256, raw_path, "
+                           "received_at, seq FROM objects ORDER BY seq")
 
     def received_rows(self) -> list[dict[str, Any]]:
         """Everything taken into the spool, in received order."""
-        cur = self._conn.execute("SELECT * FROM received ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return self._dicts("SELECT * FROM received ORDER BY id")
 
     def quarantine_rows(self) -> list[dict[str, Any]]:
-        cur = self._conn.execute("SELECT * FROM quarantine ORDER BY received_at, name")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return self._dicts("SELECT * FROM quarantine ORDER BY received_at, name")
 
     def known_sha256(self, sha256: str) -> str | None:
-        """``"object"`` or ``"quarantine"`` when bytes with this hash are already kept."""
-        if self._conn.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
-            return "object"
-        if self._conn.execute("SELECT 1 FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone():
-            return "quarantine"
-        return None
+        """``"object"`` or ``"quarantine"`` when bytes with this hash are already kept.
+
+        Safe while another thread writes (an import's take-in threads ask while it stores).
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 'object' FROM objects WHERE sha256 = ?1 UNION ALL "
+                "SELECT 'quarantine' FROM quarantine WHERE sha256 = ?1 LIMIT 1", (sha256,)).fetchone()
+        return str(row[0]) if row else None
 
     def quarantine_path(self, sha256: str) -> str | None:
         row = self._conn.execute("SELECT path FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone()
@@ -376,28 +301,20 @@ class Catalog:
         ``importing`` (an ``import`` run processes it itself; if that run dies, the next
         start finds the file in the spool and notes it ``spooled`` again).
         """
-        with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(
-                    "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
-                    "source, received_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET state = excluded.state RETURNING id",
-                    (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at, state),
-                )
-                row = cur.fetchone()
-                cur.close()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            return int(row[0])
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO received (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, "
+                "source, received_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state RETURNING id",
+                (name, sha256, sop_instance_uid, sop_class_uid, calling_ae_title, source, received_at, state),
+            )
+            row = cur.fetchone()
+            cur.close()
+        return int(row[0])
 
     def pending(self) -> list[dict[str, Any]]:
         """Received but not yet processed, in received order."""
-        cur = self._conn.execute("SELECT * FROM received WHERE state = 'spooled' ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return self._dicts("SELECT * FROM received WHERE state = 'spooled' ORDER BY id")
 
     def received_state_by_name(self, name: str) -> str | None:
         row = self._conn.execute("SELECT state FROM received WHERE name = ?", (name,)).fetchone()
@@ -405,51 +322,20 @@ class Catalog:
 
     def importing(self) -> list[dict[str, Any]]:
         """Objects an ``import`` run took in and is processing itself (or was, until it died)."""
-        cur = self._conn.execute("SELECT * FROM received WHERE state = 'importing' ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return self._dicts("SELECT * FROM received WHERE state = 'importing' ORDER BY id")
 
     def adopt(self, received_id: int) -> bool:
         """An ``importing`` object whose import is gone becomes ``spooled``; False if it changed meanwhile."""
-        with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(
-                    "UPDATE received SET state = 'spooled' WHERE id = ? AND state = 'importing'", (received_id,)
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            return cur.rowcount == 1
-
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._begin()
-            try:
-                self._conn.execute(sql, args)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        return self._write("UPDATE received SET state = 'spooled' WHERE id = ? AND state = 'importing'",
+                           (received_id,)) == 1
 
     def mark_processed(self, received_id: int, outcome: str) -> None:
         self._write("UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id))
 
     def mark_lost(self, received_id: int) -> bool:
         """A spooled object whose file is gone; False when another process finished it meanwhile."""
-        with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(
-                    "UPDATE received SET state = 'done', outcome = 'lost' WHERE id = ? AND state != 'done'",
-                    (received_id,),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            return cur.rowcount == 1
+        return self._write("UPDATE received SET state = 'done', outcome = 'lost' WHERE id = ? AND state != 'done'",
+                           (received_id,)) == 1
 
     def received_state(self, received_id: int) -> str | None:
         row = self._conn.execute("SELECT state FROM received WHERE id = ?", (received_id,)).fetchone()
@@ -460,34 +346,30 @@ class Catalog:
                         message: str, received_at: str | None, path: str | None,
                         received_id: int | None = None) -> str:
         """Record an unusable object; ``"new"`` or ``"duplicate"`` (same bytes already kept)."""
-        with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(
-                    "INSERT INTO quarantine (sha256, name, sop_instance_uid, error_code, message, received_at, "
-                    "path) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
-                    (sha256, name, sop_instance_uid, error_code, message, received_at, path),
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO quarantine (sha256, name, sop_instance_uid, error_code, message, received_at, "
+                "path) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                (sha256, name, sop_instance_uid, error_code, message, received_at, path),
+            )
+            outcome = "new" if cur.rowcount == 1 else "duplicate"
+            if received_id is not None:
+                conn.execute(
+                    "UPDATE received SET state = 'done', outcome = ? WHERE id = ?",
+                    (f"quarantined:{error_code}" if outcome == "new" else "duplicate", received_id),
                 )
-                outcome = "new" if cur.rowcount == 1 else "duplicate"
-                if received_id is not None:
-                    self._conn.execute(
-                        "UPDATE received SET state = 'done', outcome = ? WHERE id = ?",
-                        (f"quarantined:{error_code}" if outcome == "new" else "duplicate", received_id),
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
         return outcome
 
     def add_object(self, record: StudyRecord, raw_path: str | None = None,
-                   content_sha256: str | None = None, received_id: int | None = None) -> str:
+                   content_sha256: str | None = None, received_id: int | None = None,
+                   stored: StoredRecord | None = None) -> str:
         """Add one extracted object and re-merge its study: ``new``, ``duplicate`` or ``replaced``.
 
-        Same SOP Instance UID with identical content (same SHA-256, or the same record
-        when no hash is given) changes nothing; different content replaces the earlier
-        object (last received wins, logged). The merge is computed before the write lock
-        is taken and the write re-checks that the study did not change meanwhile.
+        Same SOP Instance UID with identical content (same SHA-256, or the same record but
+        for when and where it was received) changes nothing; different content replaces the
+        earlier object (last received wins, logged). The merge is computed before the write
+        lock is taken and the write re-checks that the study did not change meanwhile.
+        ``stored``: ``stored_record(record)``, when the caller has it already.
         """
         if record.error is not None:
             raise ValueError(f"cannot catalog an error record ({record.error.code}); quarantine it")
@@ -496,89 +378,83 @@ class Catalog:
             raise ValueError("record has no Study Instance UID")
         sop_uid = object_uid(record)
         ref = record.dose_objects[0]
-        d = _as_dict(record)
-        text, key = _dumps(d), _key(d)
+        if stored is None:
+            stored = stored_record(record)
         with self._lock:
             for _attempt in range(50):
-                row = self._conn.execute(
-                    "SELECT sha256, record_key, study_instance_uid, seq FROM objects WHERE sop_instance_uid = ?",
-                    (sop_uid,),
-                ).fetchone()
-                if row is not None:
-                    same = (content_sha256 is not None and row[0] == content_sha256) or row[1] == key
-                    if not same and row[1] is None:  # bulk-loaded: no key stored yet
-                        stored = self._conn.execute(
-                            "SELECT record_json FROM objects WHERE sop_instance_uid = ?", (sop_uid,)
-                        ).fetchone()
-                        same = stored is not None and _key(json.loads(stored[0])) == key
-                    if same:
-                        if received_id is not None:
-                            self._write("UPDATE received SET state = 'done', outcome = 'duplicate' WHERE id = ?",
-                                        (received_id,))
-                        return "duplicate"
-                outcome = "new" if row is None else "replaced"
-                # Merge outside the write lock (parsing JSON and merging is the slow part).
-                snapshot = self._study_snapshot(study)
-                others = [
-                    StudyRecord.from_dict(json.loads(t))
-                    for (t,) in self._conn.execute(
-                        "SELECT record_json FROM objects WHERE study_instance_uid = ? AND sop_instance_uid != ? "
-                        "ORDER BY seq", (study, sop_uid),
-                    )
-                ]
-                merged = merge_study([*others, record])
-                study_row, event_rows = self._study_rows(study, len(others) + 1, merged,
-                                                         text if merged is record else None)
-                self._begin()
-                try:
-                    again = self._conn.execute(
-                        "SELECT sha256, record_key, study_instance_uid, seq FROM objects "
-                        "WHERE sop_instance_uid = ?", (sop_uid,),
-                    ).fetchone()
-                    if again != row or self._study_snapshot(study) != snapshot:
-                        self._rollback()
-                        continue  # another writer changed this study: merge again
-                    seq = self._next_seq()
-                    self._conn.execute(
-                        "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
-                        "raw_path, received_at, seq, record_json, record_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT(sop_instance_uid) DO UPDATE SET study_instance_uid = excluded.study_instance_uid, "
-                        "sop_class_uid = excluded.sop_class_uid, sha256 = excluded.sha256, "
-                        "raw_path = excluded.raw_path, received_at = excluded.received_at, seq = excluded.seq, "
-                        "record_json = excluded.record_json, record_key = excluded.record_key",
-                        (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at, seq, text,
-                         key),
-                    )
-                    self._put_study(study, study_row, event_rows)
-                    if row is not None and row[2] != study:
-                        self._remerge(row[2])  # the object moved to another study (rare)
+                # the object itself (when it was received before, maybe in another study) and its study's objects
+                found = self._conn.execute(
+                    "SELECT seq, sop_instance_uid, study_instance_uid, sha256, record FROM objects "
+                    "WHERE sop_instance_uid = ? OR study_instance_uid = ? ORDER BY seq", (sop_uid, study),
+                ).fetchall()
+                row = next((f for f in found if f[1] == sop_uid), None)
+                if row is not None and self._same_content(row, record, content_sha256):
                     if received_id is not None:
-                        self._conn.execute(
-                            "UPDATE received SET state = 'done', outcome = ? WHERE id = ?", (outcome, received_id)
+                        self.mark_processed(received_id, "duplicate")
+                    return "duplicate"
+                # Merge outside the write lock (decoding the others and merging is the slow part).
+                others = [unpack(f[4]) for f in found if f is not row]
+                merged = merge_study([*others, record])
+                rows = self._study_rows(study, len(others) + 1, merged,
+                                        (None, stored.version) if merged is record and not others else None)
+                try:
+                    with self._transaction() as conn:
+                        if self._neighbours(sop_uid, study) != [f[:4] for f in found]:
+                            raise _StudyChanged
+                        if row is not None:
+                            conn.execute("DELETE FROM objects WHERE seq = ?", (row[0],))
+                        conn.execute(
+                            "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, "
+                            "raw_path, received_at, record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (sop_uid, study, ref.sop_class_uid, content_sha256, raw_path, ref.received_at,
+                             stored.blob),
                         )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-                if outcome == "replaced":
-                    log.warning("object %s received again with different content: the newer replaces the older",
-                                sop_uid)
-                return outcome
+                        self._put_study(study, *rows)
+                        if row is not None and row[2] != study:
+                            self._remerge(row[2])  # the object moved to another study (rare)
+                        if received_id is not None:
+                            conn.execute("UPDATE received SET state = 'done', outcome = ? WHERE id = ?",
+                                         ("new" if row is None else "replaced", received_id))
+                except _StudyChanged:
+                    continue  # another writer changed this study: merge again
+                if row is None:
+                    return "new"
+                log.warning("object %s received again with different content: the newer replaces the older",
+                            sop_uid)
+                return "replaced"
         raise CatalogError(f"{self.path}: study {study} kept changing while object {sop_uid} was merged")
 
-    def _study_snapshot(self, study: str) -> list[tuple[Any, ...]]:
+    def _neighbours(self, sop_uid: str, study: str) -> list[tuple[Any, ...]]:
+        """(seq, SOP Instance UID, study, sha256) of the object and of its study's objects, in received order."""
         return self._conn.execute(
-            "SELECT sop_instance_uid, seq, sha256 FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study,)
+            "SELECT seq, sop_instance_uid, study_instance_uid, sha256 FROM objects "
+            "WHERE sop_instance_uid = ? OR study_instance_uid = ? ORDER BY seq", (sop_uid, study),
         ).fetchall()
 
     @staticmethod
-    def _study_rows(uid: str, n: int, rec: StudyRecord,
-                    text: str | None = None) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-        study_row = (uid, n, utc_now(), text if text is not None else _dumps(_as_dict(rec)))
+    def _same_content(row: tuple[Any, ...], record: StudyRecord, content_sha256: str | None) -> bool:
+        """Whether ``record`` is the content of the stored object ``row`` (seq, SOP, study, sha256, record):
+        the same bytes, or the same record but for when and where it was received."""
+        if content_sha256 is not None and row[3] == content_sha256:
+            return True
+        return content_key(json.loads(unpack_text(row[4]))) == content_key(record.to_dict())
+
+    @staticmethod
+    def _study_rows(uid: str, n: int, merged: StudyRecord, own: tuple[None, str] | None = None,
+                    ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """The ``studies`` row and ``events`` rows of a merged study. ``own``: (no record, version)
+        for a study of one object, whose record is that object's (not stored twice)."""
+        if own is None:
+            text = record_text(merged)
+            blob: bytes | None = pack(text)
+            version = version_key(text)
+        else:
+            blob, version = own
+        study_row = (uid, n, utc_now(), version, blob)
         event_rows = [
             (uid, i, ev.irradiation_event_uid, ev.acquisition_protocol, ev.acquisition_type, ev.ctdivol_mGy,
              ev.dlp_mGycm)
-            for i, ev in enumerate(rec.events)
+            for i, ev in enumerate(merged.events)
         ]
         return study_row, event_rows
 
@@ -588,9 +464,10 @@ class Catalog:
 
     def _put_rows(self, study_rows: list[tuple[Any, ...]], event_rows: list[tuple[Any, ...]]) -> None:
         self._conn.executemany(
-            "INSERT INTO studies (study_instance_uid, n_objects, updated_at, record_json) VALUES (?, ?, ?, ?) "
+            "INSERT INTO studies (study_instance_uid, n_objects, updated_at, version, record) "
+            "VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(study_instance_uid) DO UPDATE SET n_objects = excluded.n_objects, "
-            "updated_at = excluded.updated_at, record_json = excluded.record_json",
+            "updated_at = excluded.updated_at, version = excluded.version, record = excluded.record",
             study_rows,
         )
         self._conn.executemany(
@@ -602,14 +479,16 @@ class Catalog:
     def _remerge(self, study_uid: str) -> None:
         """Re-merge a study from its objects (inside a write transaction)."""
         rows = self._conn.execute(
-            "SELECT record_json FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study_uid,)
+            "SELECT record FROM objects WHERE study_instance_uid = ? ORDER BY seq", (study_uid,)
         ).fetchall()
         if not rows:
             self._conn.execute("DELETE FROM events WHERE study_instance_uid = ?", (study_uid,))
             self._conn.execute("DELETE FROM studies WHERE study_instance_uid = ?", (study_uid,))
             return
-        records = [StudyRecord.from_dict(json.loads(r[0])) for r in rows]
-        self._put_study(study_uid, *self._study_rows(study_uid, len(records), merge_study(records)))
+        records = [unpack(r[0]) for r in rows]
+        merged = merge_study(records)
+        own = (None, version_key(unpack_text(rows[0][0]))) if len(records) == 1 and merged is records[0] else None
+        self._put_study(study_uid, *self._study_rows(study_uid, len(records), merged, own))
 
     def add_objects(self, records: Iterable[StudyRecord]) -> None:
         """Bulk load in one transaction (no per-object fsync); last one wins per SOP Instance UID."""
@@ -617,43 +496,44 @@ class Catalog:
         for r in records:
             if r.error is not None or not r.study_instance_uid or not r.dose_objects:
                 raise ValueError("add_objects takes usable single-object records with a study and SOP UID")
-        groups: dict[str, list[StudyRecord]] = {}
+        last: dict[str, StudyRecord] = {}
         for r in records:
+            uid = object_uid(r)
+            last.pop(uid, None)
+            last[uid] = r  # received order: the last of a SOP Instance UID, where it came
+        groups: dict[str, list[StudyRecord]] = {}
+        for r in last.values():
             groups.setdefault(str(r.study_instance_uid), []).append(r)
-        texts = [_dumps(_as_dict(r)) for r in records]
-        with self._lock:
-            self._begin()
-            try:
-                seq = self._next_seq()
-                rows = []
-                # record_key is left NULL (computed on demand when the object is sent again)
-                for i, (r, text) in enumerate(zip(records, texts, strict=True)):
-                    ref = r.dose_objects[0]
-                    rows.append((ref.sop_instance_uid, r.study_instance_uid, ref.sop_class_uid, None, None,
-                                 ref.received_at, seq + i, text, None))
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, "
-                    "sha256, raw_path, received_at, seq, record_json, record_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                existing = {uid for (uid,) in self._conn.execute("SELECT study_instance_uid FROM studies")}
-                texts_by_id = {id(r): t for r, t in zip(records, texts, strict=True)}
-                study_rows: list[tuple[Any, ...]] = []
-                event_rows: list[tuple[Any, ...]] = []
-                for uid, group in groups.items():
-                    if uid in existing or len(group) > 1:
-                        self._remerge(uid)
-                    else:
-                        merged = merge_study(group)
-                        srow, erows = self._study_rows(uid, 1, merged, texts_by_id.get(id(merged)))
-                        study_rows.append(srow)
-                        event_rows += erows
-                self._put_rows(study_rows, event_rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        texts = {id(r): record_text(r) for r in last.values()}
+        with self._transaction() as conn:
+            existing = {uid for (uid,) in conn.execute("SELECT study_instance_uid FROM studies")}
+            moved: set[str] = set()  # studies an object was replaced in (or moved away from)
+            for uid in last:
+                old = conn.execute("SELECT study_instance_uid FROM objects WHERE sop_instance_uid = ?",
+                                   (uid,)).fetchone()
+                if old is not None:
+                    conn.execute("DELETE FROM objects WHERE sop_instance_uid = ?", (uid,))
+                    moved.add(old[0])
+            conn.executemany(
+                "INSERT INTO objects (sop_instance_uid, study_instance_uid, sop_class_uid, sha256, raw_path, "
+                "received_at, record) VALUES (?, ?, ?, NULL, NULL, ?, ?)",
+                [(uid, r.study_instance_uid, r.dose_objects[0].sop_class_uid, r.dose_objects[0].received_at,
+                  pack(texts[id(r)])) for uid, r in last.items()],
+            )
+            study_rows: list[tuple[Any, ...]] = []
+            event_rows: list[tuple[Any, ...]] = []
+            for uid, group in groups.items():
+                if uid in existing or uid in moved or len(group) > 1:
+                    self._remerge(uid)
+                    continue
+                merged = merge_study(group)
+                own = (None, version_key(texts[id(group[0])])) if merged is group[0] else None
+                srow, erows = self._study_rows(uid, 1, merged, own)
+                study_rows.append(srow)
+                event_rows += erows
+            self._put_rows(study_rows, event_rows)
+            for uid in moved - groups.keys():
+                self._remerge(uid)  # an object moved away from a study
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database (PASSIVE: never waits for readers or writers)."""

@@ -43,6 +43,7 @@ from dosereg.conf.fsutil import fsync_dir, private_dir, private_file, utc_now
 from dosereg.extract import ExtractLimits, StudyRecord, extract_bytes
 
 from .catalog import Catalog, CatalogBusyError
+from .catalog_codec import StoredRecord
 from .locking import drop_claim, hold_claim, is_claimed
 
 log = logging.getLogger("dosereg.ingest")
@@ -67,6 +68,16 @@ class Received:
     received_at: str
     source: str
     sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """An object's bytes durable in the spool, not noted in the catalog yet (:meth:`Pipeline.note`)."""
+
+    name: str
+    path: Path
+    sha256: str
+    received_at: str
 
 
 def content_sha256(data: bytes) -> str:
@@ -130,14 +141,20 @@ def describe(exc: BaseException) -> str:
 _REMOTE_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in another process (an import's worker),
+    attached to that exception as its ``__cause__`` where it is handled."""
+
+
 def _where(exc: BaseException) -> str:
     """The innermost frame of the traceback (``extract/sr.py:120 in read_item``): no data, just code.
 
     For an exception raised in a worker process, the frame is read from the worker's
-    traceback (which ``concurrent.futures`` attaches as the cause).
+    traceback (which ``concurrent.futures``, or the import, attaches as the cause).
     """
-    remote = _REMOTE_FRAME.findall(str(exc.__cause__)) if exc.__cause__ is not None else []
-    if remote and type(exc.__cause__).__name__ == "_RemoteTraceback":
+    cause = exc.__cause__
+    remote = _REMOTE_FRAME.findall(str(cause)) if cause is not None else []
+    if remote and (isinstance(cause, RemoteTraceback) or type(cause).__name__ == "_RemoteTraceback"):
         filename, lineno, name = remote[-1]
     else:
         frames = traceback.extract_tb(exc.__traceback__)
@@ -211,11 +228,11 @@ class Pipeline:
         self._claims: dict[str, int] = {}  # spool file name -> fd holding this process's claim
 
     # -- 1. receive ---------------------------------------------------------------------
-    def _name(self, sha256: str) -> str:
+    def _name(self, sha256: str, received_at: str) -> str:
         with self._counter_lock:
             self._counter += 1
             n = self._counter
-        stamp = utc_now().replace("-", "").replace(":", "").replace(".", "")[:-1]  # 20261125T195000123456
+        stamp = received_at.replace("-", "").replace(":", "").replace(".", "")[:-1]  # 20261125T195000123456
         return f"{stamp}-{os.getpid()}-{n:06d}-{sha256[:12]}.dcm"
 
     def _write_durable(self, directory: Path, name: str, data: bytes, claim: bool = False) -> Path:
@@ -262,33 +279,56 @@ class Pipeline:
 
     def receive(self, data: bytes, *, source: str | None = None, sop_instance_uid: str | None = None,
                 sop_class_uid: str | None = None, calling_ae_title: str | None = None,
-                state: str = "spooled") -> Received:
+                state: str = "spooled", sha256: str | None = None) -> Received:
         """Make ``data`` durable in the spool and note it; raises OSError (nothing kept) on failure.
 
         ``state="importing"``: this process processes the object itself and claims it until
-        :meth:`release` (or its death: then the next run takes it over at once).
+        :meth:`release` (or its death: then the next run takes it over at once). ``sha256``:
+        :func:`content_sha256` of ``data``, when the caller has it already. The two steps
+        are :meth:`spool` and :meth:`note`.
         """
-        sha = content_sha256(data)
+        spooled = self.spool(data, sha256=sha256, claim=state == "importing")
+        return self.note(spooled, source=source, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
+                         calling_ae_title=calling_ae_title, state=state)
+
+    def spool(self, data: bytes, *, sha256: str | None = None, claim: bool = False) -> Spooled:
+        """Step 1 of :meth:`receive`: ``data`` durable in the spool (claimed by this process with
+        ``claim``), not yet noted. Safe to call from several threads at once (an import writes
+        several objects at a time); OSError when nothing could be kept."""
+        sha = sha256 or content_sha256(data)
         received_at = utc_now()
-        name = self._name(sha)
-        path = self._write_durable(self.spool_dir, name, data, claim=state == "importing")
+        name = self._name(sha, received_at)
+        path = self._write_durable(self.spool_dir, name, data, claim=claim)
+        return Spooled(name, path, sha, received_at)
+
+    def note(self, spooled: Spooled, *, source: str | None = None, sop_instance_uid: str | None = None,
+             sop_class_uid: str | None = None, calling_ae_title: str | None = None,
+             state: str = "spooled") -> Received:
+        """Step 2 of :meth:`receive`: the ledger row of a spooled object. When it cannot be written
+        the file is removed again (nothing kept) and OSError raised."""
+        name, path, sha = spooled.name, spooled.path, spooled.sha256
         try:
             rid = self.catalog.record_received(
                 name=name, sha256=sha, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
-                calling_ae_title=calling_ae_title, source=source or name, received_at=received_at, state=state,
+                calling_ae_title=calling_ae_title, source=source or name, received_at=spooled.received_at,
+                state=state,
             )
         except (sqlite3.Error, OSError) as exc:
-            try:
-                os.unlink(path)
-                if self.fsync:
-                    fsync_dir(self.spool_dir)
-            except OSError:
-                pass
-            self._release_name(name)
+            self.discard(spooled)
             if isinstance(exc, OSError):
                 raise
             raise OSError(errno.EIO, f"catalog write failed: {exc}") from exc
-        return Received(rid, name, path, sha, received_at, source or name, sop_instance_uid)
+        return Received(rid, name, path, sha, spooled.received_at, source or name, sop_instance_uid)
+
+    def discard(self, spooled: Spooled) -> None:
+        """Remove a spooled object that was never noted (and give up its claim)."""
+        try:
+            os.unlink(spooled.path)
+            if self.fsync:
+                fsync_dir(self.spool_dir)
+        except OSError:
+            pass
+        self._release_name(spooled.name)
 
     def release(self, item: Received) -> None:
         """Give up this process's claim on ``item`` (processed, or left for the next run)."""
@@ -309,26 +349,33 @@ class Pipeline:
         data = item.path.read_bytes()
         return extract_bytes(data, source=item.source, received_at=item.received_at, limits=self.limits)
 
+    @staticmethod
+    def object_relpath(sha256: str) -> str:
+        """Where a usable object's bytes are kept, relative to the data directory (``objects.raw_path``)."""
+        return f"objects/{sha256[:2]}/{sha256}.dcm"
+
     def object_path(self, sha256: str) -> Path:
-        return self.objects_dir / sha256[:2] / f"{sha256}.dcm"
+        return self.data_dir / self.object_relpath(sha256)
 
     def _place(self, src: Path, dst: Path) -> None:
         """Move the spooled file to its final place, idempotently (same bytes: keep one)."""
-        if dst.exists():
+        if os.path.exists(dst):
             src.unlink(missing_ok=True)
             return
-        private_dir(dst.parent)
         try:
             os.replace(src, dst)
         except FileNotFoundError:
-            if not dst.exists():
+            if os.path.exists(dst):
+                return  # another process placed it meanwhile
+            if os.path.isdir(dst.parent) or not os.path.exists(src):
                 raise
-            return  # another process placed it meanwhile
+            private_dir(dst.parent)  # the first object of this folder
+            os.replace(src, dst)
         # No fsync here: the bytes are already durable, and a rename lost in a power cut
         # leaves the file in the spool, where the next start processes it again (idempotent).
 
     def process_safely(self, item: Received, record: StudyRecord | None = None,
-                       header_sop_uid: str | None = None) -> str:
+                       header_sop_uid: str | None = None, stored: StoredRecord | None = None) -> str:
         """:meth:`process` that always ends the object, or raises :class:`TransientError`.
 
         An exception that is not :func:`is_transient` is the object's: it is quarantined
@@ -336,7 +383,7 @@ class Pipeline:
         (the object stays in the spool and the caller retries).
         """
         try:
-            return self.process(item, record, header_sop_uid)
+            return self.process(item, record, header_sop_uid, stored)
         except Exception as exc:
             if is_transient(exc):
                 raise TransientError(exc) from exc
@@ -347,8 +394,8 @@ class Pipeline:
             raise TransientError(exc) from exc
 
     def process(self, item: Received, record: StudyRecord | None = None,
-                header_sop_uid: str | None = None) -> str:
-        """Extract (unless ``record`` is given) and store: returns the outcome.
+                header_sop_uid: str | None = None, stored: StoredRecord | None = None) -> str:
+        """Extract (unless ``record`` is given, with its ``stored`` form if known) and store: the outcome.
 
         ``new`` | ``replaced`` | ``duplicate`` for usable objects, ``quarantined:<code>`` for
         an unusable one (``duplicate`` when the same bytes are already quarantined), ``done
@@ -369,8 +416,8 @@ class Pipeline:
             return self._quarantine(item, record.error.code, record.error.message, sop_uid)
         final = self.object_path(item.sha256)
         outcome = self.catalog.add_object(
-            record, raw_path=str(final.relative_to(self.data_dir)), content_sha256=item.sha256,
-            received_id=item.id,
+            record, raw_path=self.object_relpath(item.sha256), content_sha256=item.sha256,
+            received_id=item.id, stored=stored,
         )
         self._place(item.path, final)
         uid = record.dose_objects[0].sop_instance_uid if record.dose_objects else None

@@ -12,6 +12,7 @@ import pytest
 from dosereg.conf.config import Config, StorageSettings
 from dosereg.extract import DoseObjectRef, Event, Patient, StudyRecord, error_record
 from dosereg.ingest import SCHEMA_VERSION, Catalog, CatalogError, open_catalog
+from dosereg.ingest.catalog_codec import unpack_text
 
 RDSR = "1.2.840.10008.5.1.4.1.1.88.67"
 
@@ -121,7 +122,7 @@ def test_schema_version_and_migration(cfg: Config, catalog: Catalog) -> None:
     assert catalog.schema_version == SCHEMA_VERSION
     conn = sqlite3.connect(catalog.path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     catalog.close()
@@ -138,12 +139,13 @@ def test_schema_version_and_migration(cfg: Config, catalog: Catalog) -> None:
 
 
 def test_migrates_a_version_1_catalog(cfg: Config) -> None:
-    from dosereg.ingest.catalog import _MIGRATIONS, catalog_path
+    from dosereg.ingest.catalog import catalog_path
+    from dosereg.ingest.catalog_schema import MIGRATIONS
 
     path = catalog_path(cfg.data_dir)
     path.parent.mkdir(parents=True)
     conn = sqlite3.connect(path)
-    conn.executescript(_MIGRATIONS[0])
+    conn.executescript(";".join(MIGRATIONS[0]))
     a = record("1.5.1", "1.5.1.1", [("9.1", 1.0)])
     conn.execute("INSERT INTO objects (sop_instance_uid, study_instance_uid, seq, record_json) VALUES (?, ?, 1, ?)",
                  ("1.5.1.1", "1.5.1", json.dumps(a.to_dict())))
@@ -201,6 +203,6 @@ def test_record_json_round_trip(catalog: Catalog) -> None:
     a = record("1.4.1", "1.4.1.1", [("9.1", 3.5)])
     catalog.add_object(a)
     conn = sqlite3.connect(catalog.path)
-    (text,) = conn.execute("SELECT record_json FROM objects").fetchone()
+    (blob,) = conn.execute("SELECT record FROM objects").fetchone()
     conn.close()
-    assert json.loads(text) == a.to_dict()
+    assert json.loads(unpack_text(blob)) == a.to_dict()

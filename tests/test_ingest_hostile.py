@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -210,6 +211,9 @@ def test_failed_transaction_reports_the_real_error(data_dir: Path) -> None:
     catalog, pipe = make(data_dir)
     item = pipe.receive((SAMPLES / GOOD).read_bytes())
     record = extract_bytes(item.path.read_bytes(), source=item.source)
+    # a record that needs pages the file does not have (a compressed record of a few hundred
+    # bytes fits in the pages an empty catalog already has)
+    record = record.with_changes(study_description=random.Random(0).randbytes(64_000).hex())
     pages = catalog._conn.execute("PRAGMA page_count").fetchone()[0]
     catalog._conn.execute(f"PRAGMA max_page_count = {pages}")  # the catalog file cannot grow
     with pytest.raises(sqlite3.OperationalError, match="^database or disk is full$"):

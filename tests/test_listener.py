@@ -8,7 +8,6 @@ with the other listener test modules.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -143,6 +142,18 @@ def db_rows(data_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[
         conn.close()
 
 
+def study_records(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every merged study record of the catalog (read-only, as ``dosereg studies`` reads it), by UID."""
+    from dosereg.conf.config import Config, StorageSettings
+    from dosereg.ingest import open_catalog
+
+    catalog = open_catalog(Config(storage=StorageSettings(data_dir=str(data_dir))), readonly=True)
+    try:
+        return {str(r.study_instance_uid): r.to_dict() for r in catalog.iter_studies()}
+    finally:
+        catalog.close()
+
+
 def _spooled_files(data_dir: Path) -> list[Path]:
     spool = data_dir / "spool"
     return [p for p in spool.iterdir() if not p.name.startswith(".")] if spool.is_dir() else []
@@ -253,9 +264,9 @@ def check_storescu_twice(dose: DoseSet, listener: Listener, data_dir: Path) -> N
     r = storescu(listener.port, files)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_processed(data_dir, len(files))
-    studies = dict(db_rows(data_dir, "SELECT study_instance_uid, record_json FROM studies"))
+    studies = study_records(data_dir)
     assert len(studies) == dose.n_studies  # several objects of one study make one study
-    multi = json.loads(studies[dose.multi_study])
+    multi = studies[dose.multi_study]
     assert multi["total_events"] == dose.multi_events
     assert len(multi["events"]) == dose.multi_events
     assert len(multi["dose_objects"]) == dose.multi_objects
@@ -275,7 +286,7 @@ def check_storescu_twice(dose: DoseSet, listener: Listener, data_dir: Path) -> N
     r = storescu(listener.port, files)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_processed(data_dir, 2 * len(files))
-    assert dict(db_rows(data_dir, "SELECT study_instance_uid, record_json FROM studies")) == studies
+    assert study_records(data_dir) == studies
     assert db_rows(data_dir, "SELECT sop_instance_uid, sha256, seq FROM objects ORDER BY seq") == objects_before
     assert len(db_rows(data_dir, "SELECT * FROM quarantine")) == len(dose.refused)
     outcomes = [o for (o,) in db_rows(data_dir, "SELECT outcome FROM received ORDER BY id")]
@@ -321,8 +332,7 @@ def test_transfer_syntaxes(tmp_path: Path, listener: Listener, data_dir: Path, s
     kept = pydicom.dcmread(data_dir / raw_path)
     assert kept.file_meta.TransferSyntaxUID == syntax
     assert kept.SOPInstanceUID == sop
-    record = json.loads(db_rows(data_dir, "SELECT record_json FROM studies WHERE study_instance_uid = ?",
-                                (study,))[0][0])
+    record = study_records(data_dir)[study]
     assert record["total_events"] == SAMPLE_EVENTS
     assert record["dose_objects"][0]["sop_instance_uid"] == sop
 
