@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dosereg.conf.config import Config
 from dosereg.extract import Event
@@ -32,6 +32,17 @@ class ReportTarget:
 class Written:
     registry_rows: dict[str, int] | None  # rows per registry data file; None: no study submitted, no file
     report_paths: list[Path]
+
+
+class StudyWriter(Protocol):
+    """What the export feeds its evaluated studies to (:class:`BatchWriter`, or
+    :func:`.writer_process.open_writer`'s)."""
+
+    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None: ...
+
+    def finish(self, report_to: ReportTarget | None) -> Written: ...
+
+    def abort(self) -> None: ...
 
 
 class BatchWriter:

@@ -21,6 +21,7 @@ from typing import Any
 from dosereg.extract import StudyRecord
 
 from . import legacy
+from .batch_writer import StudyWriter
 from .decision import REGISTRY_CODE, Decision, decide, settled
 from .fingerprint import content_fingerprint, flags_key, input_key
 from .rules import Rules, with_verdicts
@@ -90,13 +91,13 @@ class Scan:
     rules: Rules
     rules_key: str
     batch_id: str
-    writer: Any  # batch_writer.BatchWriter
+    writer: StudyWriter
     flags_dir: Path
     state: ExportState | None
-    counts: Counts = field(default_factory=Counts)
-    _flags: FlagsWriter | None = None
-    _members: list[Member] = field(default_factory=list)
-    _settled: list[tuple[str, Evaluated]] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts, init=False)
+    _flags: FlagsWriter | None = field(default=None, init=False)
+    _members: list[Member] = field(default_factory=list, init=False)
+    _settled: list[tuple[str, Evaluated]] = field(default_factory=list, init=False)
 
     def run(self, source: StudySource, lookup: Callable[[], StudyLookup]) -> Counts:
         versions = versions_of(source)

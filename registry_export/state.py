@@ -496,12 +496,15 @@ class ExportState:
 
     # -- studies -----------------------------------------------------------------------------
     def study(self, uid: str) -> StudyState | None:
-        row = self._db.execute(f"SELECT {_STUDY_COLUMNS} FROM studies WHERE study_uid=?", (uid,)).fetchone()
+        if self.version < 1:
+            return None
+        row = self._db.execute(f"SELECT {_study_columns(self.version)} FROM studies WHERE study_uid=?",
+                               (uid,)).fetchone()
         return _study_state(row) if row else None
 
     def lookup(self) -> StudyLookup:
         """The recorded state of each study, for a pass over the catalog (:class:`StudyLookup`)."""
-        return StudyLookup(self.path if self.version >= 1 else None)
+        return StudyLookup(self.path if self.version >= 1 else None, self.version)
 
     def settle(self, rows: Iterable[tuple[str, Evaluated]]) -> None:
         """Record what studies (uid, evaluated) with nothing to send were evaluated with."""
@@ -524,11 +527,20 @@ class ExportState:
         }
 
 
-_STUDY_COLUMNS = "registry_fingerprint, flags_key, input_key, last_code, source_version, rules_key"
+def _study_columns(version: int) -> str:
+    """The columns of a :class:`StudyState` in a state of schema ``version`` (a read-only state, as
+    a preview opens it, is not migrated)."""
+    if version >= 4:
+        return "registry_fingerprint, flags_key, input_key, last_code, source_version, rules_key"
+    if version >= 2:
+        return "registry_fingerprint, flags_key, input_key, NULL, NULL, NULL"
+    return "registry_fingerprint, flags_key, NULL, NULL, NULL, NULL"
 
 
 def _study_state(row: tuple[str | None, ...]) -> StudyState:
     fp, key, ikey, code, version, rkey = row
+    if ikey is not None and ikey.endswith(_SUBMITTED_SUFFIX_3):  # an unmigrated schema 3 state
+        ikey, code = ikey[: -len(_SUBMITTED_SUFFIX_3)], "G9327"
     evaluated = NOT_EVALUATED if ikey is None and code is None and version is None and rkey is None else (
         Evaluated(ikey, code, version, rkey))
     return StudyState(fp, key, evaluated)
@@ -546,13 +558,14 @@ class StudyLookup:
     disturb the scan. A UID asked for out of order is looked up by itself.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, version: int = SCHEMA_VERSION) -> None:
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) if path is not None else None
+        self._columns = _study_columns(version)
         self._rows: Iterator[tuple[Any, ...]] = iter(())
         self._row: tuple[Any, ...] | None = None
         self._last: str | None = None
         if self._db is not None:
-            cur = self._db.execute(f"SELECT study_uid, {_STUDY_COLUMNS} FROM studies ORDER BY study_uid")
+            cur = self._db.execute(f"SELECT study_uid, {self._columns} FROM studies ORDER BY study_uid")
             self._rows = iter(cur)
             self._row = next(self._rows, None)
 
@@ -560,7 +573,7 @@ class StudyLookup:
         if self._db is None:
             return None
         if self._last is not None and uid < self._last:  # out of order: by itself
-            row = self._db.execute(f"SELECT {_STUDY_COLUMNS} FROM studies WHERE study_uid=?", (uid,)).fetchone()
+            row = self._db.execute(f"SELECT {self._columns} FROM studies WHERE study_uid=?", (uid,)).fetchone()
             return _study_state(row) if row else None
         self._last = uid
         while self._row is not None and self._row[0] < uid:

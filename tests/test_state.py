@@ -171,3 +171,18 @@ def test_settled_studies_record_what_they_were_evaluated_with(cfg: Config) -> No
     key = rules_key(rules_from_config(cfg))
     assert dump(path, "SELECT DISTINCT rules_key FROM studies") == [(key,)]
     assert dump(path, "SELECT COUNT(*) FROM studies WHERE input_key = 'from-other-rules'") == [(0,)]
+
+
+def test_a_preview_reads_a_schema_3_state_without_migrating_it(cfg: Config, tmp_path: Path) -> None:
+    records = corpus(8)
+    first = export_batch(cfg, lambda: iter(records))
+    path = state_path(cfg)
+    as_schema_3(path)
+    before = dump(path, "SELECT * FROM studies ORDER BY 1")
+    preview = export_batch(cfg, lambda: iter(records), out_dir=tmp_path / "preview")
+    assert preview.batch_id is None and preview.already_submitted == first.registry_studies
+    records[1] = synthetic_study(1, objects=2)
+    preview = export_batch(cfg, lambda: iter(records), out_dir=tmp_path / "preview")
+    assert (preview.registry_studies, preview.registry_resubmitted, preview.flag_rows) == (1, 1, 0)
+    assert dump(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert dump(path, "SELECT * FROM studies ORDER BY 1") == before
