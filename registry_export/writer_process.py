@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from dosereg.extract import Event
 
@@ -75,7 +75,7 @@ class _Forked:
             self._fail(value)
         return value
 
-    def _fail(self, message: str = "exited without a word") -> Any:
+    def _fail(self, message: str = "exited without a word") -> NoReturn:
         try:
             if self._conn.poll(5):
                 _, message = self._conn.recv()

@@ -66,3 +66,24 @@ def test_two_process_export_matches_one_process(tmp_path: Path, monkeypatch: pyt
     assert single["flags"] == forked["flags"]
     assert single["row_counts"] == forked["row_counts"]
     assert single["report_csv_lines"] == forked["report_csv_lines"]
+
+
+def test_a_failing_second_process_fails_the_export_with_its_reason(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from dosereg.registry_export import export_marks
+    from dosereg.registry_export.registry_files import RegistryFiles
+
+    monkeypatch.setenv("DOSEREG_SECRET", SECRET)
+    monkeypatch.setattr(export_module, "PARALLEL_AFTER", 5)
+
+    def boom(self: RegistryFiles, d: dict[str, object], events: object = None) -> None:
+        raise ValueError("disk says no")
+
+    monkeypatch.setattr(RegistryFiles, "add", boom)  # inherited by the forked process
+    cfg = load_config(None, data_dir=str(tmp_path / "data"))
+    records = [synthetic_study(i) for i in range(20)]
+    with pytest.raises(RuntimeError, match="second export process failed: ValueError: disk says no"):
+        export_batch(cfg, lambda: iter(records))
+    assert export_marks(cfg) == {}
+    assert not (cfg.data_dir / "registry").exists() and not (cfg.data_dir / "flags").exists()
+    assert not [p for p in cfg.data_dir.iterdir() if p.name.startswith(".staging")]
