@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CHUNK_ROWS = 8192  # rows per row group
+CHUNK_ROWS = 8192  # rows per row group, at most
+CHUNK_BYTES = 4 << 20  # Arrow bytes per row group, at most (large rows: fewer rows)
 CONVERT_ROWS = 512  # unflattened rows held as Python dicts before Arrow takes them (ChunkedParquet)
 log = logging.getLogger("dosereg.export")
 
@@ -225,8 +226,9 @@ class ChunkedParquet:
     Rows are flat dicts (:meth:`append`) or, with ``groups`` (see :func:`nested_schema`),
     the unflattened dicts (:meth:`append_nested`), which Arrow flattens. Nested rows are held
     as Python dicts only :data:`CONVERT_ROWS` at a time, then kept as an Arrow record batch
-    (columnar, several times smaller) until their row group is written, so what a writer holds
-    stays small whatever the row group size. Rows keep their order.
+    (columnar, several times smaller) until their row group is written: at ``chunk_rows`` rows
+    or :data:`CHUNK_BYTES` bytes, so what a writer holds stays small whatever the rows are like.
+    Rows keep their order.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int | None = None,
@@ -239,6 +241,7 @@ class ChunkedParquet:
         self._nested_rows: list[dict[str, Any]] = []
         self._nested = nested_schema(schema, groups) if groups is not None else None
         self._batches: list[pa.RecordBatch] = []  # converted rows waiting for their row group
+        self._batch_bytes = 0
         self._pending = 0
         self._chunk = chunk_rows or CHUNK_ROWS
         self._writer: pq.ParquetWriter | None = None
@@ -265,8 +268,12 @@ class ChunkedParquet:
     def _added(self) -> None:
         self._pending += 1
         self.rows += 1
-        if self._pending >= self._chunk:
+        if self._pending >= self._chunk or self._batch_bytes >= CHUNK_BYTES:
             self.flush()
+
+    def _keep(self, batch: pa.RecordBatch) -> None:
+        self._batches.append(batch)
+        self._batch_bytes += batch.nbytes
 
     def _convert_nested(self) -> None:
         rows, self._nested_rows = self._nested_rows, []
@@ -274,7 +281,7 @@ class ChunkedParquet:
             return
         try:
             table = pa.Table.from_batches([pa.RecordBatch.from_pylist(rows, schema=self._nested)])
-            self._batches.append(_flatten_batch(table, self.schema))
+            self._keep(_flatten_batch(table, self.schema))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
             # a value of the wrong type: the flat path converts or nulls it value by value (logged)
             cols = self._cols
@@ -292,7 +299,7 @@ class ChunkedParquet:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             batch = pa.RecordBatch.from_pydict(
                 {f.name: [_coerce(v, f) for v in self._cols[f.name]] for f in self.schema}, schema=self.schema)
-        self._batches.append(batch)
+        self._keep(batch)
         self._cols = {n: [] for n in self._names}
 
     def flush(self) -> None:
@@ -306,6 +313,7 @@ class ChunkedParquet:
             table = pa.Table.from_batches(self._batches, schema=self.schema)
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self._batches = []
+        self._batch_bytes = 0
         self._pending = 0
 
     def close(self) -> None:
