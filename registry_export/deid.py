@@ -96,24 +96,48 @@ def secret_fingerprint(secret: bytes) -> str:
     return hmac.new(secret, SECRET_FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()
 
 
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with the secret once, copied for each value (OpenSSL keeps the key schedule)."""
+    return hmac.new(secret, digestmod="sha256")
+
+
+def _uid_pseudonym(keyed: hmac.HMAC, uid: str) -> str:
+    """``2.25.<decimal of the first 16 bytes of HMAC-SHA256(secret, uid)>`` (``uid`` stripped)."""
+    h = keyed.copy()
+    h.update(uid.strip().encode("ascii", "replace"))
+    return "2.25." + str(int.from_bytes(h.digest()[:16], "big"))
+
+
+#: device identifier -> (the domain its HMAC is separated by, the pseudonym's prefix, its hex digits)
+_DEVICE_FORMS = {
+    "station_name": (b"station_name:", "S", _STATION_DIGITS),  # S + 15: SH, 16 characters
+    "serial_number": (b"serial_number:", "SN", _SERIAL_DIGITS),  # SN + 30: within LO's 64
+}
+
+
+def _device_pseudonym(keyed: hmac.HMAC, kind: str, value: str) -> str:
+    """The prefix + the first hex digits (upper case) of HMAC-SHA256(secret, domain + value)."""
+    domain, prefix, digits = _DEVICE_FORMS[kind]
+    h = keyed.copy()
+    h.update(domain + value.strip().encode("utf-8"))
+    return prefix + h.hexdigest()[:digits].upper()
+
+
 def pseudonym_uid(secret: bytes, uid: str) -> str:
     """``2.25.<decimal of the first 16 bytes of HMAC-SHA256(secret, uid)>``."""
-    digest = hmac.new(secret, uid.strip().encode("ascii", "replace"), hashlib.sha256).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+    return _uid_pseudonym(_keyed(secret), uid)
 
 
 def pseudonym_station_name(secret: bytes, name: str) -> str:
     """``S`` + the first 15 hex digits (upper case) of HMAC-SHA256(secret, "station_name:" + name):
     16 characters, a valid Station Name (SH)."""
-    digest = hmac.new(secret, b"station_name:" + name.strip().encode("utf-8"), hashlib.sha256).hexdigest()
-    return "S" + digest[:_STATION_DIGITS].upper()
+    return _device_pseudonym(_keyed(secret), "station_name", name)
 
 
 def pseudonym_serial_number(secret: bytes, serial: str) -> str:
     """``SN`` + the first 30 hex digits (upper case) of HMAC-SHA256(secret, "serial_number:" + serial):
     a valid Device Serial Number (LO)."""
-    digest = hmac.new(secret, b"serial_number:" + serial.strip().encode("utf-8"), hashlib.sha256).hexdigest()
-    return "SN" + digest[:_SERIAL_DIGITS].upper()
+    return _device_pseudonym(_keyed(secret), "serial_number", serial)
 
 
 class Pseudonymizer:
@@ -126,8 +150,7 @@ class Pseudonymizer:
             raise MissingSecretError("the pseudonym secret is empty; refusing to export")
         if len(secret) < MIN_SECRET_LENGTH:
             raise WeakSecretError(f"the pseudonym secret must be at least {MIN_SECRET_LENGTH} characters")
-        self._secret = secret
-        self._keyed = hmac.new(secret, digestmod="sha256")  # OpenSSL HMAC, copied per UID: keyed once
+        self._keyed = _keyed(secret)
         self._cache: dict[str, str] = {}
         self._text_cache: dict[str, str] = {}
         self._devices: dict[tuple[str, str], str | None] = {}  # few scanners: never cleared
@@ -148,12 +171,7 @@ class Pseudonymizer:
         key = (kind, text)
         if key in self._devices:
             return self._devices[key]
-        if not text.strip():
-            out = None
-        elif kind == "station_name":
-            out = pseudonym_station_name(self._secret, text)
-        else:
-            out = pseudonym_serial_number(self._secret, text)
+        out = _device_pseudonym(self._keyed, kind, text) if text.strip() else None
         if len(self._devices) >= self.CACHE_SIZE:
             self._devices.clear()
         self._devices[key] = out
@@ -181,12 +199,9 @@ class Pseudonymizer:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        key = text.strip()
-        if not key:
+        if not text.strip():
             return None
-        h = self._keyed.copy()
-        h.update(key.encode("ascii", "replace"))
-        out = "2.25." + str(int.from_bytes(h.digest()[:16], "big"))  # = pseudonym_uid(secret, uid)
+        out = _uid_pseudonym(self._keyed, text)
         if len(self._cache) >= self.CACHE_SIZE:
             self._cache.clear()
         self._cache[text] = out

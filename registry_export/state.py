@@ -1,7 +1,7 @@
 """Export state: the batches, what each holds, what was submitted, and what billing was told.
 
 Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog), owner-only.
-Tables (schema 3; :data:`SCHEMA` below is the reference):
+Tables (schema 4; :data:`SCHEMA` below is the reference):
 
 ``meta``
     ``schema_version``, ``secret_fingerprint`` (HMAC of a fixed message with the pseudonym
@@ -22,7 +22,11 @@ Tables (schema 3; :data:`SCHEMA` below is the reference):
     is completed or adopted only with files that verify.
 ``studies``
     per study, what the registry and billing last *received* (the fingerprints of the last
-    completed batch that carried it): the next export compares against these.
+    completed batch that carried it): the next export compares against these. And what the
+    study was last evaluated with, once it had nothing more to send (``input_key``: record and
+    rules; ``source_version`` and ``rules_key``: the source's version of the study and the rules
+    key; ``last_code``: the registry code it got), so that an export can pass over a study
+    nothing changed for without evaluating it (:func:`.decision.settled`).
 ``audit_log``
     append-only: time, action, person (``actor``), operating-system user, comment.
 
@@ -45,11 +49,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, private_file
 
-SCHEMA_VERSION = 3  # 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint
+#: 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint;
+#: 4: last_code, source_version and rules_key columns (the ":G9327" suffix of input keys becomes last_code)
+SCHEMA_VERSION = 4
 STATE_FILE = "export-state.sqlite"
 LOCK_FILE = "export-state.lock"
 
@@ -84,6 +91,9 @@ CREATE TABLE IF NOT EXISTS batch_studies (
     registry_fingerprint TEXT,     -- content fingerprint submitted (when to_registry)
     flags_key TEXT,                -- key of the flags row (when to_flags)
     input_key TEXT,                -- record + rules it was evaluated with
+    last_code TEXT,                -- the registry code that evaluation gave
+    source_version TEXT,           -- the source's version key of the record, when the source has them
+    rules_key TEXT,                -- the rules it was evaluated with
     PRIMARY KEY (batch_id, study_uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS batch_studies_study ON batch_studies (study_uid);
@@ -103,7 +113,10 @@ CREATE TABLE IF NOT EXISTS studies (
     flags_batch_id TEXT,
     batch_id TEXT,               -- the last batch the study was part of (registry or flags)
     exported_at TEXT,
-    input_key TEXT               -- record + rules the study was last evaluated with, once settled
+    input_key TEXT,              -- record + rules the study was last evaluated with, once settled
+    last_code TEXT,              -- the registry code of that evaluation (NULL: not known)
+    source_version TEXT,         -- the source's version key of that record (NULL: none given)
+    rules_key TEXT               -- the rules key of that evaluation
 );
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -124,6 +137,9 @@ _BATCH_COLUMNS_3 = (  # added to `batches` by the migration to schema 3
     "state TEXT NOT NULL DEFAULT 'exported'", "state_changed_at TEXT", "staging_dir TEXT", "registry_dir TEXT",
     "secret_fingerprint TEXT", "pseudonyms_changed_at TEXT",
 )
+_EVALUATED_COLUMNS_4 = ("last_code TEXT", "source_version TEXT", "rules_key TEXT")  # studies, batch_studies
+#: what schema 3 appended to an input key when the study's code was G9327 (schema 4: last_code)
+_SUBMITTED_SUFFIX_3 = ":G9327"
 
 
 class ExportBusyError(RuntimeError):
@@ -158,12 +174,38 @@ def export_lock(cfg: Config) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Evaluated:
+    """What a study was evaluated with, and the code it got, in the export that settled it
+    (after which its registry fingerprint and flags key are what that evaluation gives)."""
+
+    input_key: str | None = None  # record + rules (fingerprint.input_key)
+    last_code: str | None = None  # its registry code (None: not known, e.g. migrated from schema 3)
+    source_version: str | None = None  # the source's version key of the record, when it has them
+    rules_key: str | None = None
+
+
+NOT_EVALUATED = Evaluated()
+
+
+@dataclass(frozen=True)
 class StudyState:
+    """What the registry and billing last received for a study, and what it was last evaluated with."""
+
     registry_fingerprint: str | None
     flags_key: str | None
-    #: the record and rules the study was last evaluated with, in an export that settled it
-    #: (afterwards its registry fingerprint and flags key are what that evaluation gives)
-    input_key: str | None = None
+    evaluated: Evaluated = NOT_EVALUATED
+
+
+@dataclass(frozen=True)
+class Member:
+    """One study of the batch being written: what the batch does for it and what it then records."""
+
+    uid: str
+    to_registry: bool
+    to_flags: bool
+    registry_fingerprint: str | None  # the content fingerprint submitted (when to_registry)
+    flags_key: str | None  # the key of its flags row (when to_flags)
+    evaluated: Evaluated
 
 
 @dataclass(frozen=True)
@@ -205,6 +247,23 @@ def _tighten(path: Path) -> None:
                 os.chmod(p, PRIVATE_FILE_MODE)
         except FileNotFoundError:
             pass
+
+
+def _add_columns(db: sqlite3.Connection, table: str, columns: Iterable[str]) -> None:
+    """``ALTER TABLE table ADD COLUMN`` for each of ``columns`` (``"name TYPE"``) it lacks."""
+    present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    for column in columns:
+        if column.split()[0] not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _suffix_to_last_code(db: sqlite3.Connection) -> None:
+    """Schema 3 marked the input key of a study whose code was G9327 with a ``:G9327`` suffix;
+    schema 4 keeps the key bare and the code in ``last_code``."""
+    n = len(_SUBMITTED_SUFFIX_3)
+    for table in ("studies", "batch_studies"):
+        db.execute(f"UPDATE {table} SET last_code = 'G9327', input_key = substr(input_key, 1, length(input_key) - ?) "
+                   f"WHERE input_key LIKE ?", (n, "%" + _SUBMITTED_SUFFIX_3))
 
 
 class ExportState:
@@ -254,18 +313,26 @@ class ExportState:
         self.version = SCHEMA_VERSION
 
     def _migrate(self, version: int) -> None:
+        """An older schema brought to :data:`SCHEMA_VERSION` step by step (one audit entry)."""
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if version < 3:
+            self._migrate_to_3()
+        _add_columns(db, "studies", _EVALUATED_COLUMNS_4)
+        _add_columns(db, "batch_studies", _EVALUATED_COLUMNS_4)
+        _suffix_to_last_code(db)
+        self.log(None, "migrate", f"export state schema {version} -> {SCHEMA_VERSION}"
+                 + (f"; earlier batches are '{EXPORTED}', membership known for each study's last registry and "
+                    "flags batch" if version < 3 else "")
+                 + ("; the ':G9327' mark of input keys is last_code" if version < 4 else ""))
+
+    def _migrate_to_3(self) -> None:
         """Schema 1 or 2 -> 3: the batches get a state (``exported``: they were placed and recorded),
         the membership of each study's last registry and flags batch is filled in from ``studies``
         (what earlier versions kept; older memberships were not recorded)."""
         db = self._db
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        columns = {r[1] for r in db.execute("PRAGMA table_info(studies)")}
-        if "input_key" not in columns:  # 1 -> 2
-            db.execute("ALTER TABLE studies ADD COLUMN input_key TEXT")
-        columns = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
-        for column in _BATCH_COLUMNS_3:
-            if column.split()[0] not in columns:
-                db.execute(f"ALTER TABLE batches ADD COLUMN {column}")
+        _add_columns(db, "studies", ("input_key TEXT",))  # 1 -> 2
+        _add_columns(db, "batches", _BATCH_COLUMNS_3)
         _run_script(db, SCHEMA)
         db.execute("""UPDATE batches SET registry_dir = out_dir || '/registry/' || facility_id || '/' || batch_id
                       WHERE registry_studies > 0 AND registry_dir IS NULL""")
@@ -278,8 +345,6 @@ class ExportState:
                       SELECT flags_batch_id, study_uid, 0, 1, NULL, flags_key, NULL
                       FROM studies WHERE flags_batch_id IS NOT NULL AND true
                       ON CONFLICT (batch_id, study_uid) DO UPDATE SET to_flags = 1, flags_key = excluded.flags_key""")
-        self.log(None, "migrate", f"export state schema {version} -> {SCHEMA_VERSION}; earlier batches are "
-                 f"'{EXPORTED}', membership known for each study's last registry and flags batch")
 
     def close(self) -> None:
         self._db.close()
@@ -345,14 +410,13 @@ class ExportState:
             return {}
         return dict(self._db.execute("SELECT batch_id, state FROM batches ORDER BY seq"))
 
-    def add_members(self, batch_id: str, rows: Iterable[tuple[str, bool, bool, str | None, str | None,
-                                                                 str | None]]) -> None:
-        """Studies of the batch being written: (uid, to registry, to flags, registry fingerprint,
-        flags key, input key)."""
+    def add_members(self, batch_id: str, members: Iterable[Member]) -> None:
+        """Studies of the batch being written (recorded with its intent)."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO batch_studies (batch_id, study_uid, to_registry, to_flags, "
-            "registry_fingerprint, flags_key, input_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((batch_id, uid, int(reg), int(flags), fp, key, ik) for uid, reg, flags, fp, key, ik in rows))
+            "INSERT OR REPLACE INTO batch_studies (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, "
+            "flags_key, input_key, last_code, source_version, rules_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((batch_id, m.uid, int(m.to_registry), int(m.to_flags), m.registry_fingerprint, m.flags_key,
+              *_evaluated_row(m.evaluated)) for m in members))
 
     def record_intent(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: Path,
                       staging_dir: Path, counts: tuple[int, int, int, int], files: Iterable[BatchFile],
@@ -391,20 +455,28 @@ class ExportState:
         ``registry`` / ``flags`` False: that part of an interrupted batch could not be placed or did
         not verify, so its studies are not marked as having received it (and are evaluated again).
         """
+        # a study whose part of the batch was not delivered forgets what it was evaluated with
+        # (so it is evaluated, and offered, again)
+        undelivered = "(m.to_registry AND NOT ?2) OR (m.to_flags AND NOT ?3)"
         self._db.execute(
-            """INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
-                                    flags_batch_id, batch_id, exported_at, input_key)
+            f"""INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
+                                    flags_batch_id, batch_id, exported_at, input_key, last_code, source_version,
+                                    rules_key)
                SELECT m.study_uid,
                       CASE WHEN m.to_registry AND ?2 THEN m.registry_fingerprint END,
                       CASE WHEN m.to_registry AND ?2 THEN m.batch_id END,
                       CASE WHEN m.to_flags AND ?3 THEN m.flags_key END,
                       CASE WHEN m.to_flags AND ?3 THEN m.batch_id END,
                       m.batch_id, b.created_at,
-                      CASE WHEN (m.to_registry AND NOT ?2) OR (m.to_flags AND NOT ?3) THEN NULL ELSE m.input_key END
+                      CASE WHEN {undelivered} THEN NULL ELSE m.input_key END,
+                      CASE WHEN {undelivered} THEN NULL ELSE m.last_code END,
+                      CASE WHEN {undelivered} THEN NULL ELSE m.source_version END,
+                      CASE WHEN {undelivered} THEN NULL ELSE m.rules_key END
                FROM batch_studies m JOIN batches b ON b.batch_id = m.batch_id
                WHERE m.batch_id = ?1 AND ((m.to_registry AND ?2) OR (m.to_flags AND ?3))
                ON CONFLICT (study_uid) DO UPDATE SET
-                 input_key = excluded.input_key,
+                 input_key = excluded.input_key, last_code = excluded.last_code,
+                 source_version = excluded.source_version, rules_key = excluded.rules_key,
                  registry_fingerprint = COALESCE(excluded.registry_fingerprint, registry_fingerprint),
                  registry_batch_id = COALESCE(excluded.registry_batch_id, registry_batch_id),
                  flags_key = COALESCE(excluded.flags_key, flags_key),
@@ -424,21 +496,21 @@ class ExportState:
 
     # -- studies -----------------------------------------------------------------------------
     def study(self, uid: str) -> StudyState | None:
-        row = self._db.execute(
-            "SELECT registry_fingerprint, flags_key, input_key FROM studies WHERE study_uid=?", (uid,)
-        ).fetchone()
-        return StudyState(row[0], row[1], row[2]) if row else None
-
-    def studies(self) -> dict[str, StudyState]:
-        """Every study's state at once (an export looks up each study of the catalog)."""
         if self.version < 1:
-            return {}
-        return {uid: StudyState(fp, key, ik) for uid, fp, key, ik in self._db.execute(
-            "SELECT study_uid, registry_fingerprint, flags_key, input_key FROM studies")}
+            return None
+        row = self._db.execute(f"SELECT {_study_columns(self.version)} FROM studies WHERE study_uid=?",
+                               (uid,)).fetchone()
+        return _study_state(row) if row else None
 
-    def settle(self, rows: list[tuple[str, str]]) -> None:
-        """Set the input key of studies (uid, input key) evaluated with nothing to send."""
-        self._db.executemany("UPDATE studies SET input_key = ?2 WHERE study_uid = ?1", rows)
+    def lookup(self) -> StudyLookup:
+        """The recorded state of each study, for a pass over the catalog (:class:`StudyLookup`)."""
+        return StudyLookup(self.path if self.version >= 1 else None, self.version)
+
+    def settle(self, rows: Iterable[tuple[str, Evaluated]]) -> None:
+        """Record what studies (uid, evaluated) with nothing to send were evaluated with."""
+        self._db.executemany(
+            "UPDATE studies SET input_key = ?2, last_code = ?3, source_version = ?4, rules_key = ?5 "
+            "WHERE study_uid = ?1", ((uid, *_evaluated_row(e)) for uid, e in rows))
 
     def members(self, batch_id: str) -> list[tuple[str, bool, bool]]:
         """(study uid, to registry, to flags) of a batch."""
@@ -453,3 +525,70 @@ class ExportState:
                 "SELECT study_uid, batch_id, exported_at FROM studies WHERE batch_id IS NOT NULL"
             )
         }
+
+
+def _study_columns(version: int) -> str:
+    """The columns of a :class:`StudyState` in a state of schema ``version`` (a read-only state, as
+    a preview opens it, is not migrated)."""
+    if version >= 4:
+        return "registry_fingerprint, flags_key, input_key, last_code, source_version, rules_key"
+    if version >= 2:
+        return "registry_fingerprint, flags_key, input_key, NULL, NULL, NULL"
+    return "registry_fingerprint, flags_key, NULL, NULL, NULL, NULL"
+
+
+def _study_state(row: tuple[str | None, ...]) -> StudyState:
+    fp, key, ikey, code, version, rkey = row
+    if ikey is not None and ikey.endswith(_SUBMITTED_SUFFIX_3):  # an unmigrated schema 3 state
+        ikey, code = ikey[: -len(_SUBMITTED_SUFFIX_3)], "G9327"
+    evaluated = NOT_EVALUATED if ikey is None and code is None and version is None and rkey is None else (
+        Evaluated(ikey, code, version, rkey))
+    return StudyState(fp, key, evaluated)
+
+
+def _evaluated_row(e: Evaluated) -> tuple[str | None, str | None, str | None, str | None]:
+    return e.input_key, e.last_code, e.source_version, e.rules_key
+
+
+class StudyLookup:
+    """The recorded state of studies asked for one by one in study UID order, as the catalog
+    yields them: one forward scan of ``studies`` (ordered by ``study_uid``, SQLite's byte order,
+    which is Python's string order) on a read-only connection of its own, so memory does not grow
+    with the number of studies, and the export's own writes in its open transaction never
+    disturb the scan. A UID asked for out of order is looked up by itself.
+    """
+
+    def __init__(self, path: Path | None, version: int = SCHEMA_VERSION) -> None:
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) if path is not None else None
+        self._columns = _study_columns(version)
+        self._rows: Iterator[tuple[Any, ...]] = iter(())
+        self._row: tuple[Any, ...] | None = None
+        self._last: str | None = None
+        if self._db is not None:
+            cur = self._db.execute(f"SELECT study_uid, {self._columns} FROM studies ORDER BY study_uid")
+            self._rows = iter(cur)
+            self._row = next(self._rows, None)
+
+    def get(self, uid: str) -> StudyState | None:
+        if self._db is None:
+            return None
+        if self._last is not None and uid < self._last:  # out of order: by itself
+            row = self._db.execute(f"SELECT {self._columns} FROM studies WHERE study_uid=?", (uid,)).fetchone()
+            return _study_state(row) if row else None
+        self._last = uid
+        while self._row is not None and self._row[0] < uid:
+            self._row = next(self._rows, None)
+        if self._row is not None and self._row[0] == uid:
+            return _study_state(self._row[1:])
+        return None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> StudyLookup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

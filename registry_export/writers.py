@@ -1,17 +1,19 @@
-"""Explicit Arrow schemas of the files ``export`` writes, and chunked writers for them.
+"""Explicit Arrow schemas of the files ``export`` writes, and streaming writers for them.
 
 Parquet columns are the de-identified record's fields flattened with ``_``
 (``patient.age_years`` -> ``patient_age_years``, a code ``target_region`` ->
 ``target_region_value`` / ``_scheme`` / ``_meaning``); lists of objects stay lists of
 structs (``sources``, ``procedure_codes``, ``dose_objects``). Units are in the names.
 Rows are buffered column-wise and written as record batches of ``CHUNK_ROWS`` rows, so
-memory does not grow with the number of studies.
+memory does not grow with the number of studies. ``submission.json`` is written one study at
+a time (:class:`JsonStudies`), the billing flags one row at a time (:class:`FlagsWriter`).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 8192  # rows per row group, at most
+CHUNK_BYTES = 4 << 20  # Arrow bytes per row group, at most (large rows: fewer rows)
+CONVERT_ROWS = 512  # unflattened rows held as Python dicts before Arrow takes them (ChunkedParquet)
 log = logging.getLogger("dosereg.export")
 
 _STR = pa.string()
@@ -216,10 +220,15 @@ def _flatten_batch(table: pa.Table, flat: pa.Schema) -> pa.RecordBatch:
 
 
 class ChunkedParquet:
-    """Rows in, record batches of ``chunk_rows`` out to one Parquet file (opened on first row).
+    """Rows in, one row group of ``chunk_rows`` rows at a time out to one Parquet file (opened on
+    the first flush).
 
     Rows are flat dicts (:meth:`append`) or, with ``groups`` (see :func:`nested_schema`),
-    the unflattened dicts (:meth:`append_nested`), which Arrow flattens per batch.
+    the unflattened dicts (:meth:`append_nested`), which Arrow flattens. Nested rows are held
+    as Python dicts only :data:`CONVERT_ROWS` at a time, then kept as an Arrow record batch
+    (columnar, several times smaller) until their row group is written: at ``chunk_rows`` rows
+    or :data:`CHUNK_BYTES` bytes, so what a writer holds stays small whatever the rows are like.
+    Rows keep their order.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int | None = None,
@@ -231,38 +240,48 @@ class ChunkedParquet:
         self._cols: dict[str, list[Any]] = {n: [] for n in self._names}
         self._nested_rows: list[dict[str, Any]] = []
         self._nested = nested_schema(schema, groups) if groups is not None else None
+        self._batches: list[pa.RecordBatch] = []  # converted rows waiting for their row group
+        self._batch_bytes = 0
         self._pending = 0
         self._chunk = chunk_rows or CHUNK_ROWS
         self._writer: pq.ParquetWriter | None = None
 
     def append(self, row: dict[str, Any]) -> None:
         if self._nested_rows:
-            self.flush()  # one kind of row per record batch
+            self._convert_nested()  # the rows before it first, so the order is kept
         cols = self._cols
         for name in self._names:
             cols[name].append(row.get(name))
-        self._pending += 1
-        self.rows += 1
-        if self._pending >= self._chunk:
-            self.flush()
+        self._added()
 
     def append_nested(self, row: dict[str, Any]) -> None:
         """One unflattened row (``flatten(row)`` would be the flat row); needs ``groups``."""
         if self._nested is None:
             raise ValueError("append_nested needs the nested groups of the schema")
+        if self._cols[self._names[0]]:
+            self._convert_flat()  # the rows before it first, so the order is kept
         self._nested_rows.append(row)
+        if len(self._nested_rows) >= CONVERT_ROWS:
+            self._convert_nested()
+        self._added()
+
+    def _added(self) -> None:
         self._pending += 1
         self.rows += 1
-        if self._pending >= self._chunk:
+        if self._pending >= self._chunk or self._batch_bytes >= CHUNK_BYTES:
             self.flush()
 
-    def _convert_nested(self) -> pa.RecordBatch | None:
+    def _keep(self, batch: pa.RecordBatch) -> None:
+        self._batches.append(batch)
+        self._batch_bytes += batch.nbytes
+
+    def _convert_nested(self) -> None:
         rows, self._nested_rows = self._nested_rows, []
         if not rows:
-            return None
+            return
         try:
             table = pa.Table.from_batches([pa.RecordBatch.from_pylist(rows, schema=self._nested)])
-            return _flatten_batch(table, self.schema)
+            self._keep(_flatten_batch(table, self.schema))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
             # a value of the wrong type: the flat path converts or nulls it value by value (logged)
             cols = self._cols
@@ -270,26 +289,32 @@ class ChunkedParquet:
                 flat = flatten(row)
                 for name in self._names:
                     cols[name].append(flat.get(name))
-            return None
+            self._convert_flat()
+
+    def _convert_flat(self) -> None:
+        if not self._cols[self._names[0]]:
+            return
+        try:
+            batch = pa.RecordBatch.from_pydict(self._cols, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            batch = pa.RecordBatch.from_pydict(
+                {f.name: [_coerce(v, f) for v in self._cols[f.name]] for f in self.schema}, schema=self.schema)
+        self._keep(batch)
+        self._cols = {n: [] for n in self._names}
 
     def flush(self) -> None:
+        """Write the rows held as one row group (and open the file, also when there are none)."""
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
-        if self._pending:
-            nested = self._convert_nested()
-            if nested is not None:
-                self._writer.write_batch(nested)
-            elif self._cols[self._names[0]]:
-                try:
-                    batch = pa.RecordBatch.from_pydict(self._cols, schema=self.schema)
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
-                    batch = pa.RecordBatch.from_pydict(
-                        {f.name: [_coerce(v, f) for v in self._cols[f.name]] for f in self.schema},
-                        schema=self.schema)
-                self._writer.write_batch(batch)
-            self._cols = {n: [] for n in self._names}
-            self._pending = 0
+        self._convert_nested()
+        self._convert_flat()
+        if self._batches:
+            table = pa.Table.from_batches(self._batches, schema=self.schema)
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._batches = []
+        self._batch_bytes = 0
+        self._pending = 0
 
     def close(self) -> None:
         """Write what is buffered and close; an empty file (schema only) when there were no rows."""
@@ -297,6 +322,21 @@ class ChunkedParquet:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def flags_row(d: dict[str, Any]) -> dict[str, Any]:
+    """The billing row of an evaluated study (:data:`FLAG_COLUMNS`, reasons in words)."""
+    flags = d.get("flags") or {}
+    reasons = [*(flags.get("registry_reasons") or ()), *(flags.get("nomenclature_reasons") or ())]
+    return {
+        "accession_number": d.get("accession_number"),
+        "study_instance_uid": d.get("study_instance_uid"),
+        "patient_id": (d.get("patient") or {}).get("id"),
+        "study_date": d.get("study_date"),
+        "registry_code": flags.get("registry_code"),
+        "nomenclature_code": flags.get("nomenclature_code"),
+        "reasons": "; ".join(str(r) for r in reasons),
+    }
 
 
 class FlagsWriter:
@@ -319,6 +359,33 @@ class FlagsWriter:
     def close(self) -> None:
         self._fh.close()
         self._parquet.close()
+
+
+# = json.dumps(study, ensure_ascii=False), built once; study dicts are trees (no cycle check needed)
+_STUDY_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False)
+
+
+class JsonStudies:
+    """A JSON object of ``header``'s members and a ``studies`` array, written one study at a time
+    (``submission.json``). NaN and Infinity are refused (not JSON)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "w", encoding="utf-8")
+        head = json.dumps(header, ensure_ascii=False, indent=1, allow_nan=False)
+        self._fh.write(head[:-2] + ',\n "studies": [')
+        self._first = True
+        self.rows = 0
+
+    def append(self, study: dict[str, Any]) -> None:
+        self._fh.write(("\n  " if self._first else ",\n  ") + _STUDY_JSON.encode(study))
+        self._first = False
+        self.rows += 1
+
+    def close(self) -> None:
+        self._fh.write("\n ]\n}\n")
+        self._fh.close()
 
 
 def sha256_file(path: Path) -> str:

@@ -428,7 +428,10 @@ def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -
     old = sqlite3.connect(path)
     batches = old.execute("SELECT seq, batch_id, created_at, facility_id, out_dir, studies_seen, registry_studies, "
                           "registry_events, flag_rows FROM batches").fetchall()
-    studies = old.execute("SELECT * FROM studies").fetchall()
+    # schema 2's columns; its input keys carried ":G9327" when the study's code was G9327
+    studies = old.execute("SELECT study_uid, registry_fingerprint, registry_batch_id, flags_key, flags_batch_id, "
+                          "batch_id, exported_at, input_key || CASE WHEN last_code = 'G9327' THEN ':G9327' "
+                          "ELSE '' END FROM studies").fetchall()
     old.close()
     for p in path.parent.glob("export-state.sqlite*"):
         p.unlink()
@@ -451,7 +454,7 @@ def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -
     assert again.batch_id is None and "nothing new" in again.summary()
     state = ExportState(path, readonly=True)
     try:
-        assert state.version == SCHEMA_VERSION == 3
+        assert state.version == SCHEMA_VERSION == 4
         assert state.batch_states() == {first.batch_id: "exported"}
         members = state.members(str(first.batch_id))
         assert len(members) == 6 and sum(r for _, r, _ in members) == first.registry_studies
@@ -468,11 +471,11 @@ def test_a_non_finite_number_fails_the_export_loudly(cfg: Config, monkeypatch: p
     """The rules find a non-finite value implausible and the registry files carry null in its
     place; should that ever regress (simulated here by skipping the blanking), the writers'
     allow_nan=False fails the export loudly, with nothing written or recorded."""
-    import dosereg.registry_export.export as export_module
+    import dosereg.registry_export.registry_files as registry_files
 
     bad = synthetic_study(1, extra={"total_dlp_mGycm": float("inf")})
     with monkeypatch.context() as m:
-        m.setattr(export_module, "without_implausible", lambda d: d)
+        m.setattr(registry_files, "without_implausible", lambda d: d)
         with pytest.raises(ValueError, match="JSON compliant"):
             export_batch(cfg, source([synthetic_study(0), bad]))
     assert not (cfg.data_dir / "registry").exists() and not (cfg.data_dir / "flags").exists()

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dosereg.conf.config import Config, load_config
-from dosereg.registry_export import export as export_module
 from dosereg.registry_export import export_batch
+from dosereg.registry_export import writer_process as export_module
 from tests.synthetic import synthetic_study
 
 SECRET = "parallel-test-secret-0123456789abcdef"
@@ -49,13 +49,13 @@ def _without_batch(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 def test_two_process_export_matches_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOSEREG_SECRET", SECRET)
     forked_sinks: list[bool] = []
-    start = export_module._BatchSink._start
+    hand_over = export_module._HandOff._hand_over
 
-    def spy(self: export_module._BatchSink, parallel: bool) -> None:
-        start(self, parallel)
-        forked_sinks.append(self._proc is not None)
+    def spy(self: export_module._HandOff, fork: bool) -> None:
+        hand_over(self, fork)
+        forked_sinks.append(self.forked)
 
-    monkeypatch.setattr(export_module._BatchSink, "_start", spy)
+    monkeypatch.setattr(export_module._HandOff, "_hand_over", spy)
     single = _export(tmp_path, "single", 10_000, monkeypatch)
     forked = _export(tmp_path, "forked", 5, monkeypatch)
     assert forked_sinks == [False, True]  # the second export really ran its writer in a forked process
@@ -66,3 +66,24 @@ def test_two_process_export_matches_one_process(tmp_path: Path, monkeypatch: pyt
     assert single["flags"] == forked["flags"]
     assert single["row_counts"] == forked["row_counts"]
     assert single["report_csv_lines"] == forked["report_csv_lines"]
+
+
+def test_a_failing_second_process_fails_the_export_with_its_reason(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from dosereg.registry_export import export_marks
+    from dosereg.registry_export.registry_files import RegistryFiles
+
+    monkeypatch.setenv("DOSEREG_SECRET", SECRET)
+    monkeypatch.setattr(export_module, "PARALLEL_AFTER", 5)
+
+    def boom(self: RegistryFiles, d: dict[str, object], events: object = None) -> None:
+        raise ValueError("disk says no")
+
+    monkeypatch.setattr(RegistryFiles, "add", boom)  # inherited by the forked process
+    cfg = load_config(None, data_dir=str(tmp_path / "data"))
+    records = [synthetic_study(i) for i in range(20)]
+    with pytest.raises(RuntimeError, match="second export process failed: ValueError: disk says no"):
+        export_batch(cfg, lambda: iter(records))
+    assert export_marks(cfg) == {}
+    assert not (cfg.data_dir / "registry").exists() and not (cfg.data_dir / "flags").exists()
+    assert not [p for p in cfg.data_dir.iterdir() if p.name.startswith(".staging")]
