@@ -42,7 +42,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +96,8 @@ class ExportResult:
     preview: bool = False  # `export --out DIR`: nothing recorded
 
     def count(self, counts: Counts) -> None:
-        for name in ("studies_seen", "registry_studies", "registry_resubmitted", "registry_events", "flag_rows",
-                     "skipped_no_uid", "already_submitted"):
-            setattr(self, name, getattr(counts, name))
+        for f in fields(counts):  # the result carries every count of the pass under the same name
+            setattr(self, f.name, getattr(counts, f.name))
 
     @property
     def paths(self) -> list[Path]:

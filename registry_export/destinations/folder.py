@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from dosereg.conf.config import DestinationSettings
-from dosereg.conf.fsutil import fsync_dir, private_dir, private_file
+from dosereg.conf.fsutil import fsync_dir, private_dir, private_file, write_private
 
 from ..writers import sha256_file
 from .common import BLOCK, HashingReader, attempts, error_text, log
@@ -52,22 +52,6 @@ def _copy(source: Path, final: Path, sha256: str, size: int) -> None:
     os.replace(tmp, final)
 
 
-def _write_manifest(manifest: Manifest, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    fd = private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(manifest.data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, final)
-
-
 def _in_place(path: Path, sha256: str, size: int) -> bool:
     try:
         return path.stat().st_size == size and sha256_file(path) == sha256
@@ -101,8 +85,7 @@ class _Attempt:
         if MANIFEST_NAME in todo and files_done and not self.failures:
             final = self.target / MANIFEST_NAME
             if not _in_place(final, self.manifest.sha256, len(self.manifest.data)):
-                _write_manifest(self.manifest, final)
-                fsync_dir(self.target)
+                write_private(final, self.manifest.data)  # temporary name, fsync, rename, fsync folder
             if self._check(MANIFEST_NAME, self.manifest.sha256, len(self.manifest.data)):
                 done.add(MANIFEST_NAME)
         return done
