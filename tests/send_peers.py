@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,21 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 
 from dosereg.conf.config import DestinationSettings
 from dosereg.registry_export.deid import Pseudonymizer
 from dosereg.registry_export.destinations import Parcel, ParcelObject
 
+from .test_listener import free_port, need
+
 # deterministic: the byte-level searches below never meet a chance match with this secret
 SECRET = b"destination-tests-secret-0123456789abcdef"
 FACILITY, BATCH = "FAC-0001", "20240305T101530Z-0001"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -351,13 +345,6 @@ class CommitGateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed (Debian package dcmtk; .ci/run installs it)")
-    return path
 
 
 class StoreSCP:

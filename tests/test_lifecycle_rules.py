@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dosereg.registry_export.lifecycle import (
-    ACKNOWLEDGED, APPROVED, FAILED, PENDING_REVIEW, REJECTED, SENDING, TransitionError, after_export,
-    submission_state, transition,
+    ACKNOWLEDGED,
+    APPROVED,
+    FAILED,
+    PENDING_REVIEW,
+    REJECTED,
+    SENDING,
+    TransitionError,
+    after_export,
+    submission_state,
+    transition,
 )
 
 
