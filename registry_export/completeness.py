@@ -128,29 +128,66 @@ def completeness_check(profile: Profile) -> Callable[[StudyRecord], Completeness
 
 
 def _element_check(rule: ElementRule) -> Check:
-    """One element's own check: the path walked on the record (or on each event where the
+    """One element's own check: its path walked on the record (or on each event where the
     element's condition holds), each value found tested for presence and validity."""
-    valid, level, when, path = validator(rule), rule.level, rule.when, rule.path
     if rule.in_events:
-        rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
-        when_text = when.text if when is not None else ""
+        return _event_element(rule)
+    if len(rule.alternatives) > 1:  # (a date with bounds has one path)
+        return _any_of_check(rule)
+    return _study_element(rule)
 
-        def event_element(record: StudyRecord, out: Collector, cache: EventCache) -> None:
-            for i, ev in events_where(record, when, when_text, cache):
-                for concrete, value, found in instances(ev, rest, f"events[{i}]"):
-                    if not found or absent(value):
-                        out.add_missing(concrete, event_label(ev), level)
-                        continue
-                    why = valid(value)
-                    if why is not None:
-                        out.add_invalid(concrete, value, why, event_label(ev), level)
 
-        return event_element
+def _event_element(rule: ElementRule) -> Check:
+    """An event element the one-pass run does not take (``events[].sources[]``, the items)."""
+    valid, level, when = validator(rule), rule.level, rule.when
+    rest = rule.alternatives[0].split(".")[1:]  # below "events[]"
+    when_text = when.text if when is not None else ""
 
-    alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
+    def event_element(record: StudyRecord, out: Collector, cache: EventCache) -> None:
+        for i, ev in events_where(record, when, when_text, cache):
+            for concrete, value, found in instances(ev, rest, f"events[{i}]"):
+                if not found or absent(value):
+                    out.add_missing(concrete, event_label(ev), level)
+                    continue
+                why = valid(value)
+                if why is not None:
+                    out.add_invalid(concrete, value, why, event_label(ev), level)
+
+    return event_element
+
+
+def _study_element(rule: ElementRule) -> Check:
+    """A study-level element with one path (``patient.sex``); a date's bounds are resolved on
+    each record (:func:`.validity.date_bounds`)."""
+    valid, level, when, path = validator(rule), rule.level, rule.when, rule.path
     within = date_bounds(rule)
+    names = tuple(path.split("."))
 
     def study_element(record: StudyRecord, out: Collector, cache: EventCache) -> None:
+        if when is not None and not when.holds(record):
+            return
+        value: Any = record
+        for name in names:  # paths.value_at, inlined: this runs for every element of every record
+            value = getattr(value, name, None)
+        if absent(value):
+            out.add_missing(path, "", level)
+            return
+        why = valid(value)
+        if why is None and within is not None:
+            why = within(value, record)
+        if why is not None:
+            out.add_invalid(path, value, why, "", level)
+
+    return study_element
+
+
+def _any_of_check(rule: ElementRule) -> Check:
+    """A study-level element with alternatives (``a|b``): one present and valid is enough;
+    none present is the element missing; else each present one is invalid."""
+    valid, level, when, path = validator(rule), rule.level, rule.when, rule.path
+    alternatives = tuple((alt, tuple(alt.split("."))) for alt in rule.alternatives)
+
+    def any_of(record: StudyRecord, out: Collector, cache: EventCache) -> None:
         if when is not None and not when.holds(record):
             return
         problems = []
@@ -159,17 +196,15 @@ def _element_check(rule: ElementRule) -> Check:
             if absent(value):
                 continue
             why = valid(value)
-            if why is None and within is not None:
-                why = within(value, record)
             if why is None:
-                return  # (one alternative) present and valid
+                return  # one alternative present and valid
             problems.append((alt, value, why))
         if not problems:
             out.add_missing(path, "", level)
         for alt, value, why in problems:
             out.add_invalid(alt, value, why, "", level)
 
-    return study_element
+    return any_of
 
 
 def events_where(record: StudyRecord, when: Condition | None, text: str,
