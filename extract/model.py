@@ -256,13 +256,11 @@ class Event(_Record):
         ``is_timing_run`` verdict the JSON record carries (and catalogs written before it
         left the model hold)."""
         names = _field_names(cls)[0]
-        keys = tuple(d)
         # the keys of a catalog's event are the fields in order: copy it and replace the nested values
-        if keys == names:
+        n = len(d)
+        stored = n == len(_STORED_EVENT_KEYS) and tuple(d) == _STORED_EVENT_KEYS
+        if stored or (n == len(names) and tuple(d) == names):
             kw: dict[str, Any] = dict(d)
-        elif keys == _STORED_EVENT_KEYS:  # catalogs written while the model held is_timing_run
-            kw = dict(d)
-            del kw["is_timing_run"]
         else:
             kw = {name: d[name] for name in names if name in d}
         for key in ("target_region", "acquisition_type_code", "procedure_context", "phantom_code"):
@@ -270,7 +268,15 @@ class Event(_Record):
         kw["sources"] = tuple(_build(Source, s) for s in d.get("sources") or ())
         kw["dose_check"] = _build(DoseCheck, d["dose_check"]) if d.get("dose_check") else None
         kw["acquisition_type"] = d.get("acquisition_type") or "unknown"
-        return _build(cls, kw)
+        if not stored:
+            return _build(cls, kw)
+        # Written while the model held is_timing_run (catalogs of earlier versions): filled in
+        # whole and the key dropped after, since a dict with a key deleted is copied item by
+        # item (the instance's __dict__.update would be, for every event read), not cloned.
+        event = object.__new__(cls)
+        event.__dict__.update(kw)
+        del event.__dict__["is_timing_run"]
+        return event
 
 
 _EVENT_NAMES = tuple(f.name for f in fields(Event))

@@ -182,7 +182,8 @@ def evaluate(record: StudyRecord, rules: Rules) -> Evaluation:
 # The JSON event keeps ``is_timing_run`` where the record model once held it, after
 # ``dose_check``: key order is part of the bytes export state fingerprints a submitted
 # study by, so moving it would make every submitted study look changed.
-_AFTER_TIMING = tuple(f.name for f in fields(Event)[[f.name for f in fields(Event)].index("dose_check") + 1:])
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
+_AFTER_TIMING = _EVENT_FIELDS[_EVENT_FIELDS.index("dose_check") + 1:]
 
 
 def study_dict(record: StudyRecord, evaluation: Evaluation, export: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -216,7 +217,7 @@ def _fill(d: dict[str, Any], record: StudyRecord, evaluation: Evaluation,
 def evaluated_dict(record: StudyRecord, rules: Rules, export: dict[str, Any] | None = None) -> dict[str, Any]:
     """The contract's JSON study record with the verdicts filled in:
     ``study_dict(record, evaluate(record, rules), export)``."""
-    return _fill(record.to_dict(), record, evaluate(record, rules), export)
+    return study_dict(record, evaluate(record, rules), export)
 
 
 def with_verdicts(d: dict[str, Any], record: StudyRecord, rules: Rules,
