@@ -25,14 +25,6 @@ SCHEMA_ID = "dosereg.study/1"
 _R = TypeVar("_R")
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # Field annotations whose values are plain JSON scalars (copied as they are by ``to_dict``).
 _SCALAR_ANNOTATIONS = frozenset({"str", "str | None", "int", "int | None", "float", "float | None", "bool"})
 _FIELD_NAMES: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -95,21 +87,32 @@ def _build(cls: type[_R], values: dict[str, Any]) -> _R:
 
 
 class _Record:
-    """Mixin: ordered ``to_dict`` over the dataclass fields."""
+    """Mixin: ordered ``to_dict`` over the dataclass fields (the one record-to-dict of the model)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (docs/study-record.md): the fields in declaration order, records below
+        as their dicts and lists of them as lists."""
         # Hot path (export, catalog): the instance dict holds exactly the fields, in declaration
-        # order (the dataclass __init__ sets them in that order), so copy it and convert only the
-        # fields that can hold records or lists.
+        # order (the dataclass __init__ and _build set them in that order), so copy it and
+        # convert only the fields that can hold records or lists.
         all_names, nested = _field_names(type(self))
         d = self.__dict__.copy()
-        if len(d) != len(all_names):  # something else was stored on the instance: by the book
-            return {name: _plain(getattr(self, name)) for name in all_names}
+        if len(d) != len(all_names):  # something else was stored on the instance: the fields only
+            d = {name: getattr(self, name) for name in all_names}
         for name in nested:
             value = d[name]
             if value is not None:
                 d[name] = _plain(value)
         return d
+
+
+def _plain(value: Any) -> Any:
+    """A field value in its JSON form: a record as its :meth:`_Record.to_dict`, a list as a list."""
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ class Event(_Record):
     water_equivalent_diameter_mm: float | None = None  # (113987 / 113980)
     effective_dose_mSv: float | None = None  # (113839)
     dose_check: DoseCheck | None = None
-    is_timing_run: bool = False  # set by registry_export.rules when the record is read
+    # (the JSON event's is_timing_run is a registry verdict: registry_export.rules fills it in)
     comment: str | None = None  # (121106)
     # Extra (the contract allows additions): Philips dose screens have no event UID and
     # are keyed by the series number of the acquisition (docs/merging.md).
@@ -249,16 +252,37 @@ class Event(_Record):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
+        """The event of a JSON study record. Keys that are no field are ignored: the
+        ``is_timing_run`` verdict the JSON record carries (and catalogs written before it
+        left the model hold)."""
         names = _field_names(cls)[0]
         # the keys of a catalog's event are the fields in order: copy it and replace the nested values
-        kw: dict[str, Any] = dict(d) if tuple(d) == names else {name: d[name] for name in names if name in d}
+        n = len(d)
+        stored = n == len(_STORED_EVENT_KEYS) and tuple(d) == _STORED_EVENT_KEYS
+        if stored or (n == len(names) and tuple(d) == names):
+            kw: dict[str, Any] = dict(d)
+        else:
+            kw = {name: d[name] for name in names if name in d}
         for key in ("target_region", "acquisition_type_code", "procedure_context", "phantom_code"):
             kw[key] = Code.from_dict(d.get(key))
         kw["sources"] = tuple(_build(Source, s) for s in d.get("sources") or ())
         kw["dose_check"] = _build(DoseCheck, d["dose_check"]) if d.get("dose_check") else None
-        kw["is_timing_run"] = bool(d.get("is_timing_run", False))
         kw["acquisition_type"] = d.get("acquisition_type") or "unknown"
-        return _build(cls, kw)
+        if not stored:
+            return _build(cls, kw)
+        # Written while the model held is_timing_run (catalogs of earlier versions): filled in
+        # whole and the key dropped after, since a dict with a key deleted is copied item by
+        # item (the instance's __dict__.update would be, for every event read), not cloned.
+        event = object.__new__(cls)
+        event.__dict__.update(kw)
+        del event.__dict__["is_timing_run"]
+        return event
+
+
+_EVENT_NAMES = tuple(f.name for f in fields(Event))
+# An event as catalogs stored it while the model held is_timing_run (after dose_check).
+_STORED_EVENT_KEYS = (*_EVENT_NAMES[:_EVENT_NAMES.index("dose_check") + 1], "is_timing_run",
+                      *_EVENT_NAMES[_EVENT_NAMES.index("dose_check") + 1:])
 
 
 @dataclass(frozen=True)

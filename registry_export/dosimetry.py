@@ -13,13 +13,14 @@ change the event and never raise for missing values: what cannot be worked out i
   (factor 2.3: stated on 32 cm and compared on 16 cm -> multiply; 16 -> 32 -> divide).
 * :func:`ssde_mGy` -- the scanner's stated SSDE, else AAPM Report 220 (water-equivalent
   diameter) with the AAPM Report 204 conversion factors, for body exams.
-* :func:`is_timing_run` -- bolus-tracking / test-bolus scans, excluded from dose comparisons.
+* :func:`is_timing_run` -- bolus-tracking / test-bolus scans, excluded from dose comparisons
+  (the evaluation's ``timing_runs``, the JSON event's ``is_timing_run``, docs/study-record.md).
 * :func:`notification_value_mGy` -- the AAPM Dose Check notification value (CTDIvol, mGy)
   that applies to the event, expressed on the phantom its CTDIvol is stated on.
 
 Worked example (a body exam whose CTDIvol the scanner stated on the 16 cm phantom)::
 
-    >>> from dosereg.extract import Event
+    >>> from dosereg.extract import Code, Event
     >>> e = Event(acquisition_type="spiral", ctdivol_mGy=23.0, dlp_mGycm=46.0, phantom="head16",
     ...           target_region=Code("51185008", "SCT", "Chest"))
     >>> is_head_exam(e), standard_phantom(e), normalised_dose(e)

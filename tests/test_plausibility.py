@@ -20,12 +20,18 @@ import pytest
 
 from dosereg.conf.config import ConfigError, default_config
 from dosereg.extract import DoseCheck, Event, Patient, Source, StudyRecord, extract_file
-from dosereg.registry_export import Rules, evaluate, evaluated_dict, rules_from_config
-from dosereg.registry_export import rules as rules_module
-from dosereg.registry_export.rules import load_profile, without_implausible
+from dosereg.registry_export import (
+    Rules,
+    evaluate,
+    evaluated_dict,
+    load_profile,
+    rules_from_config,
+    without_implausible,
+)
+from dosereg.registry_export import profile as profile_module
 from tests.conftest import CORPUS, SAMPLES, corpus_present, validate_record
 
-PROFILE_PATH = Path(rules_module.__file__).resolve().parent.parent / "conf" / "registry_profiles" / "acr-dir.toml"
+PROFILE_PATH = Path(profile_module.__file__).resolve().parent.parent / "conf" / "registry_profiles" / "acr-dir.toml"
 SIEMENS = SAMPLES / "ct_siemens_single_source.dcm"
 UID = "2.25.229470105366121905937414201137460843181.5"
 TOPOGRAM = f"protocol 'Topogram', event {UID}.1"
@@ -50,8 +56,8 @@ def siemens() -> StudyRecord:
 @pytest.fixture(autouse=True)
 def fixed_today(monkeypatch: pytest.MonkeyPatch) -> None:
     """Today is 2026-05-01 for every test (the study-date bound reads the clock)."""
-    monkeypatch.setattr(rules_module, "_today", lambda: TODAY)
-    monkeypatch.setattr(rules_module, "_today_cache", [-math.inf, {}])
+    monkeypatch.setattr(profile_module, "_today", lambda: TODAY)
+    monkeypatch.setattr(profile_module, "_today_cache", [-math.inf, {}])
 
 
 def with_event(record: StudyRecord, index: int, **changes: Any) -> StudyRecord:
@@ -311,8 +317,8 @@ def test_study_date_before_the_first_ct_scan(siemens: StudyRecord, rules: Rules)
 def test_today_follows_the_clock(siemens: StudyRecord, rules: Rules, monkeypatch: pytest.MonkeyPatch) -> None:
     record = replace(siemens, study_date="2026-05-03")
     assert evaluate(record, rules).flags.registry_code == "G9326"
-    monkeypatch.setattr(rules_module, "_today", lambda: dt.date(2026, 5, 2))
-    monkeypatch.setattr(rules_module, "_today_cache", [-math.inf, {}])  # as 10 s later
+    monkeypatch.setattr(profile_module, "_today", lambda: dt.date(2026, 5, 2))
+    monkeypatch.setattr(profile_module, "_today_cache", [-math.inf, {}])  # as 10 s later
     assert evaluate(record, rules).flags.registry_code == "G9327"
 
 
@@ -464,8 +470,7 @@ def test_implausible_values_reach_no_registry_file(tmp_path: Path, monkeypatch: 
 
     from dosereg.conf.config import default_config
     from dosereg.extract import extract_file
-    from dosereg.registry_export import export_batch, rules_from_config
-    from dosereg.registry_export.rules import evaluated_dict
+    from dosereg.registry_export import evaluated_dict, export_batch, rules_from_config
 
     monkeypatch.setenv("DOSEREG_SECRET", "plausibility-test-secret-0123456789abcdef")
     cfg = dataclasses.replace(default_config(), storage=dataclasses.replace(default_config().storage,
