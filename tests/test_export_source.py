@@ -130,3 +130,34 @@ def test_sources_and_the_version_cursor() -> None:
     cursor = VersionCursor([("1.1", "a"), ("1.3", "c"), ("1.5", "e")])
     assert [cursor.get(u) for u in ("1.0", "1.1", "1.2", "1.3", "1.3", "1.2", "1.5", "1.6")] == [
         None, "a", None, "c", "c", None, "e", None]
+
+
+def test_the_catalog_as_a_source_skips_decoding_when_nothing_is_new(cfg: Config) -> None:
+    """Catalog.study_versions() is what CatalogSource reads: a second export reads no record."""
+    from dosereg.ingest import open_catalog
+
+    records = corpus(12)
+    catalog = open_catalog(cfg)
+    try:
+        catalog.add_objects(records)
+    finally:
+        catalog.close()
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        source = CatalogSource(catalog)
+        assert isinstance(source, VersionedSource)
+        first = export_batch(cfg, source)
+        assert first.flag_rows == 12
+        read: list[StudyRecord] = []
+        plain_records = source.records
+
+        def counted() -> Iterator[StudyRecord]:
+            for r in plain_records():
+                read.append(r)
+                yield r
+
+        source.records = counted  # type: ignore[method-assign]
+        again = export_batch(cfg, source)
+        assert again.batch_id is None and again.studies_seen == 12 and read == []
+    finally:
+        catalog.close()
