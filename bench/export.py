@@ -16,9 +16,10 @@ The studies (``--studies-from``):
 
 ``--writer inline|fork|both`` runs the export with its registry files and report written in
 this process or in a second one (and ``both``: each, on the same catalog), to see whether the
-second process pays. ``--versions`` runs both exports a second time, on the same catalog, from
-a source with per-study version keys (``Catalog.study_versions`` when the catalog has it, else
-the SHA-256 of each study's stored JSON text, read without decoding it).
+second process pays. The CLI reads the catalog with its per-study version keys
+(``Catalog.study_versions``); ``--versions`` runs both exports a second time through the
+benchmark's own source (the same versions, or for a catalog without them the SHA-256 of each
+study's stored JSON text, read without decoding it).
 
     python bench/export.py                       # 100,000 vendor-like studies
     python bench/export.py --studies 5000        # quick run
@@ -208,7 +209,7 @@ def measure(data_dir: Path, n: int, writer: str, versions: bool) -> bool:
     again_s, _, again_out, again_cpu = run_export(data_dir, writer, versions)
     projected = elapsed * 100_000 / n  # export time grows linearly with the studies
     ok_time = projected < TARGET_S
-    source = "catalog with version keys" if versions else "records only (the CLI)"
+    source = "the bench's own versioned source" if versions else "the CLI: the catalog with its study versions"
     print(f"export of {n:,} studies (writer: {writer}; source: {source})")
     print(f"  {first_line}")
     print(f"  export time      {elapsed:8.1f} s   (target < {TARGET_S:.0f} s for 100,000 studies; "

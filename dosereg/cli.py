@@ -178,13 +178,17 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.registry_export import export_batch
-    from dosereg.registry_export.state import ExportBusyError
+    from dosereg.ingest import open_catalog
+    from dosereg.registry_export import CatalogSource, ExportBusyError, export_batch
 
+    catalog = open_catalog(cfg, readonly=True)
     try:
-        result = _with_catalog(cfg, lambda studies: export_batch(cfg, studies, out_dir=_out_dir(args)))
+        # the catalog's study versions let an export with nothing new decide so reading no record
+        result = export_batch(cfg, CatalogSource(catalog), out_dir=_out_dir(args))
     except ExportBusyError as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        catalog.close()
     print(result.summary())
     return 0
 
@@ -207,7 +211,7 @@ SECRET_CHANGE_WARNING = (
 
 
 def cmd_secret(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.registry_export.export import change_secret, recorded_secret
+    from dosereg.registry_export import change_secret, recorded_secret
 
     name = cfg.site.pseudonym_secret_env
     _, same = recorded_secret(cfg)  # refuses a missing or short secret first

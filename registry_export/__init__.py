@@ -18,8 +18,9 @@ Public API:
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
   :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
   :func:`studies_table`, :func:`write_report`
-* :func:`change_secret` (``dosereg secret change``); :class:`SecretChangedError` when the
-  configured secret is not the one export state recorded
+* :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
+  configured secret is not the one export state recorded; :class:`ExportBusyError` when
+  another export holds the export state
 """
 
 from .export import export_batch, export_marks
@@ -35,13 +36,15 @@ from .rules import (
     study_dict,
     without_implausible,
 )
-from .secret import SecretChangedError, change_secret
+from .secret import SecretChangedError, change_secret, recorded_secret
 from .source import CatalogSource, StudySource, VersionedSource
+from .state import ExportBusyError
 from .table import studies_table
 
 __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
-    "export_batch", "export_marks", "studies_table", "write_report", "change_secret", "SecretChangedError",
+    "export_batch", "export_marks", "studies_table", "write_report", "change_secret", "recorded_secret",
+    "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
 ]

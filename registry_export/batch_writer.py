@@ -9,16 +9,16 @@ second process for large batches, behind the same three methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from dosereg.conf.config import Config
-from dosereg.extract import Event
+from dosereg.extract import StudyRecord
 
 from .deid import Pseudonymizer
 from .registry_files import RegistryFiles
+from .rules import Evaluation, study_dict
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class StudyWriter(Protocol):
     """What the export feeds its evaluated studies to (:class:`BatchWriter`, or
     :func:`.writer_process.open_writer`'s)."""
 
-    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None: ...
+    def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
+            d: dict[str, Any] | None = None) -> None: ...
 
     def finish(self, report_to: ReportTarget | None) -> Written: ...
 
@@ -54,13 +55,13 @@ class BatchWriter:
         self.report = ReportBuilder(cfg)
         self.registry = RegistryFiles(registry_folder, header, pseudo)
 
-    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None:
-        """One evaluated study ``d`` (``events``: its Event objects, rebuilt from ``d`` when None)."""
-        if events is None or len(events) != len(d.get("events") or ()):
-            events = [Event.from_dict(e) for e in d.get("events") or ()]
-        self.report.add(None, d, events)
+    def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
+            d: dict[str, Any] | None = None) -> None:
+        """One evaluated study (``d``: its JSON study record, :func:`.rules.study_dict`, made here
+        when not given and the study goes to the registry)."""
+        self.report.add_evaluated(record, evaluation)
         if to_registry:
-            self.registry.add(d, events)
+            self.registry.add(d if d is not None else study_dict(record, evaluation), record.events)
 
     def finish(self, report_to: ReportTarget | None) -> Written:
         """Close the registry files and write the report into ``report_to`` (None: no report)."""

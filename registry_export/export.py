@@ -52,7 +52,6 @@ from dosereg.extract import StudyRecord
 from .batch_writer import BatchWriter, ReportTarget
 from .clock import Stamps, now_stamps
 from .deid import Pseudonymizer
-from .fingerprint import rules_key
 from .placement import STAGING_PREFIX, Staging, crash_point, place, remove_stale_staging, repair
 from .registry_files import submission_header, write_manifest
 from .rules import Rules, rules_from_config
@@ -209,7 +208,7 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
                           previous_batch=previous[0] if previous else None, repaired=repaired)
     remove_stale_staging(out)
     rules = rules_from_config(cfg)
-    rkey = rules_key(rules)
+    rkey = rules.key
     settled = anything_new(source, state.lookup, rkey)
     if settled is not None:
         return _nothing_new(result, settled, state)
@@ -271,7 +270,7 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
         result = ExportResult(batch_id=batch.batch_id, created_at=batch.created_at, out_dir=out,
                               previous_batch=previous[0] if previous else None, preview=True)
         rules = rules_from_config(cfg)
-        rkey = rules_key(rules)
+        rkey = rules.key
         settled = anything_new(source, lookup, rkey)
         if settled is not None:
             result.count(settled)

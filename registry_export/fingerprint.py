@@ -9,7 +9,8 @@ evaluation saw.
   wording of its reasons).
 * :func:`input_key` -- the record as read and the rules: a study whose input key is the one
   recorded when it was last settled needs no evaluation to know it has nothing to send.
-* :func:`rules_key` -- what an evaluation depends on besides the record.
+  The rules' part is :attr:`.rules.Rules.key` (the loaded rules and the evaluation code's
+  revision; comments and refactoring keep it).
 
 Values are serialised with pickle without its memo (the bytes depend on the values only, not
 on which objects happen to be shared), several times faster than JSON; field order is fixed
@@ -22,7 +23,6 @@ import hashlib
 import io
 import json
 import pickle
-from pathlib import Path
 from typing import Any
 
 FINGERPRINT_PREFIX = "p1:"
@@ -72,26 +72,3 @@ def value_bytes(value: Any) -> bytes:
         return buf.getvalue()
     except (pickle.PicklingError, TypeError, AttributeError, ValueError):
         return json_text(value).encode("utf-8")
-
-
-def rules_key(rules: Any) -> str:
-    """The key of the rules: :attr:`Rules.key` where the rules module provides it, else the hash
-    of the loaded profile, nomenclature table and classification settings and of the code that
-    evaluates (rules, dosimetry, record model)."""
-    # TODO(lead): once rules.Rules.key exists on main everywhere, drop _source_rules_key.
-    return getattr(rules, "key", None) or _source_rules_key(rules)
-
-
-def _source_rules_key(rules: Any) -> str:
-    from dosereg.extract import model
-
-    from . import dosimetry
-    from . import rules as rules_module
-
-    h = hashlib.sha256()
-    for module in (rules_module, dosimetry, model):
-        h.update(Path(str(module.__file__)).read_bytes())
-    p, nom = rules.profile, rules.nomenclature
-    h.update(repr((p.name, p.version, p.required, p.recommended, p.optional, sorted(nom.entries.items()),
-                   nom.playbook_schemes, nom.path.name, rules.non_patient, rules.rt_planning)).encode("utf-8"))
-    return h.hexdigest()[:32]

@@ -131,32 +131,6 @@ def _study(record: StudyRecord, evaluation: Evaluation) -> _Study:
                   record.total_dlp_mGycm, len(record.dose_objects))
 
 
-def _study_from_dict(d: Mapping[str, Any], events: Sequence[Event]) -> _Study:
-    """The dict form (``evaluated_dict``, as export holds it) with its Event objects: the
-    one place the report reads that form."""
-    comp = d.get("completeness") or {}
-    flags = d.get("flags") or {}
-    error = d.get("error")
-    complete = comp.get("status") == "complete" and not error
-    missing = comp.get("missing") or ()
-    invalid = comp.get("invalid") or ()
-    paths: Sequence[str] = ()
-    if missing or invalid:
-        paths = [*map(str, missing), *(str(i.get("path")) for i in invalid if i.get("path"))]
-    reasons: list[str] = []
-    if not complete:  # the reasons are listed for incomplete studies only
-        reasons = list(flags.get("registry_reasons") or ()) or _element_reasons(
-            [str(p) for p in missing], [(i.get("path"), i.get("reason")) for i in invalid])
-        if error:
-            reasons.insert(0, f"error: {error.get('message')}")
-    return _Study(
-        d.get("accession_number"), d.get("study_date"), scanner_label(d.get("equipment") or {}),
-        flags.get("registry_code") or "unknown", complete, paths, reasons,
-        events, [bool(e.get("is_timing_run")) for e in d.get("events") or ()],
-        (d.get("patient") or {}).get("age_years"), d.get("reported_total_dlp_mGycm"), d.get("total_dlp_mGycm"),
-        len(d.get("dose_objects") or ()))
-
-
 def _element_reasons(missing: Sequence[str], invalid: Sequence[tuple[Any, Any]]) -> list[str]:
     """Why a study is incomplete when the registry gave no reasons: its missing and invalid elements."""
     return [f"missing {p}" for p in missing] + [f"invalid {p}: {r}" for p, r in invalid]
@@ -236,17 +210,6 @@ class ReportBuilder:
     def add_evaluated(self, record: StudyRecord, evaluation: Evaluation) -> None:
         """Account for one study: ``record`` and ``evaluate(record, rules)``."""
         self._account(_study(record, evaluation))
-
-    def add(self, record: StudyRecord | None, d: dict[str, Any], events: Sequence[Event] | None = None) -> None:
-        """Adapter for ``export``, which holds the evaluated dict form (``d`` =
-        ``evaluated_dict(record, rules)``); to go once export calls :meth:`add_evaluated`.
-
-        ``events``: the Event objects of ``d["events"]``, one for one (default: the
-        record's, else read from ``d``). Everything else is read from ``d``.
-        """
-        if events is None:
-            events = record.events if record is not None else [Event.from_dict(e) for e in d.get("events") or ()]
-        self._account(_study_from_dict(d, events))
 
     def _account(self, s: _Study) -> None:
         self.studies += 1

@@ -54,7 +54,7 @@ __all__ = [
     "RULES_REVISION", "Classification", "Completeness", "Condition", "DateBound", "ElementRule", "Evaluation",
     "Flags", "InvalidElement", "Nomenclature", "NomenclatureEntry", "Profile", "RtPlanningRules", "Rules",
     "evaluate", "evaluated_dict", "load_nomenclature", "load_profile", "rules_from_config", "study_dict",
-    "with_verdicts", "without_implausible",
+    "without_implausible",
 ]
 
 #: The meaning of the evaluation code. Bump it (by one) whenever a change to the evaluation
@@ -219,12 +219,3 @@ def evaluated_dict(record: StudyRecord, rules: Rules, export: dict[str, Any] | N
     ``study_dict(record, evaluate(record, rules), export)``."""
     return study_dict(record, evaluate(record, rules), export)
 
-
-def with_verdicts(d: dict[str, Any], record: StudyRecord, rules: Rules,
-                  export: dict[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`evaluated_dict` on ``d = record.to_dict()``, filled in place and returned.
-
-    Kept only for ``export.py``, which has ``d`` already; it moves to :func:`evaluate` and
-    :func:`study_dict`, and then this wrapper goes.
-    """
-    return _fill(d, record, evaluate(record, rules), export)

@@ -24,7 +24,7 @@ from . import legacy
 from .batch_writer import StudyWriter
 from .decision import REGISTRY_CODE, Decision, decide, settled
 from .fingerprint import content_fingerprint, flags_key, input_key
-from .rules import Rules, with_verdicts
+from .rules import Rules, evaluate, study_dict
 from .source import StudySource, VersionCursor, versions_of
 from .state import Evaluated, ExportState, Member, StudyLookup, StudyState
 from .writers import FlagsWriter, flags_row
@@ -115,26 +115,26 @@ class Scan:
     def _study(self, record: StudyRecord, known: StudyLookup, cursor: VersionCursor) -> None:
         counts = self.counts
         counts.studies_seen += 1
-        d = record.to_dict()
-        uid = d.get("study_instance_uid")
+        uid = record.study_instance_uid
         # what the study is evaluated with: the source's version of it or, without one, the
-        # record itself (its input key, taken before the verdicts are filled in)
+        # record itself (its input key)
         version = cursor.get(uid) if uid else None
-        ikey = input_key(d, self.rules_key) if uid and version is None else None
-        with_verdicts(d, record, self.rules)
+        ikey = input_key(record.to_dict(), self.rules_key) if uid and version is None else None
+        evaluation = evaluate(record, self.rules)
         if not uid:
             counts.skipped_no_uid += 1
-            self.writer.add(d, record.events, False)
+            self.writer.add(record, evaluation, False)
             return
+        d = study_dict(record, evaluation)
         fp = content_fingerprint(d)
         row = flags_row(d)
         fkey = flags_key(row)
         code = (d.get("flags") or {}).get("registry_code")
         state = legacy.in_current_form(known.get(uid), d, fp)
         decision = decide(code, fp, fkey, state)
-        self.writer.add(d, record.events, decision.to_registry)
+        self.writer.add(record, evaluation, decision.to_registry, d)
         evaluated = Evaluated(ikey, code, version, self.rules_key)
-        self._count(decision, len(d.get("events") or ()))
+        self._count(decision, len(record.events or ()))
         if decision.to_flags:
             self._flag(row)
         self._record(uid, decision, fp, fkey, evaluated, state)

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from dosereg.extract import Event
+from dosereg.extract import StudyRecord
 
 from .batch_writer import BatchWriter, ReportTarget, Written
+from .rules import Evaluation
 
 #: Studies of one batch above which a second process writes the report and the registry files.
 PARALLEL_AFTER = 500
 _MESSAGE_STUDIES = 250  # studies per message to the second process
+
+
+_Study = tuple[StudyRecord, Evaluation, bool]  # what crosses the pipe: the record, its evaluation, to registry
 
 
 class _Forked:
@@ -38,10 +42,11 @@ class _Forked:
         self._proc = ctx.Process(target=_work, args=(child, make), name="dosereg-export-writer", daemon=True)
         self._proc.start()
         child.close()
-        self._studies: list[tuple[dict[str, Any], bool]] = []
+        self._studies: list[_Study] = []
 
-    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None:
-        self._studies.append((d, to_registry))  # the events are rebuilt from d over there
+    def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
+            d: dict[str, Any] | None = None) -> None:
+        self._studies.append((record, evaluation, to_registry))  # d is made again over there
         if len(self._studies) >= _MESSAGE_STUDIES:
             self._send(self._studies)
             self._studies = []
@@ -86,7 +91,7 @@ class _Forked:
 
 
 def _work(conn: Any, make: Callable[[], BatchWriter]) -> None:
-    """The second process: lists of (evaluated study, to registry) in, then ("finish", report_to)."""
+    """The second process: lists of (record, evaluation, to registry) in, then ("finish", report_to)."""
     try:
         writer = make()
         while True:
@@ -94,8 +99,8 @@ def _work(conn: Any, make: Callable[[], BatchWriter]) -> None:
             if isinstance(message, tuple):  # ("finish", report_to)
                 conn.send(("ok", writer.finish(message[1])))
                 break
-            for d, to_registry in message:
-                writer.add(d, None, to_registry)
+            for record, evaluation, to_registry in message:
+                writer.add(record, evaluation, to_registry)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
     finally:
@@ -107,15 +112,16 @@ class _HandOff:
 
     def __init__(self, make: Callable[[], BatchWriter]) -> None:
         self._make = make
-        self._held: list[tuple[dict[str, Any], Sequence[Event] | None, bool]] = []
+        self._held: list[tuple[StudyRecord, Evaluation, bool, dict[str, Any] | None]] = []
         self._to: BatchWriter | _Forked | None = None  # None: still holding
         self.forked = False
 
-    def add(self, d: dict[str, Any], events: Sequence[Event] | None, to_registry: bool) -> None:
+    def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
+            d: dict[str, Any] | None = None) -> None:
         if self._to is not None:
-            self._to.add(d, events, to_registry)
+            self._to.add(record, evaluation, to_registry, d)
             return
-        self._held.append((d, events, to_registry))
+        self._held.append((record, evaluation, to_registry, d))
         if len(self._held) >= PARALLEL_AFTER:
             self._hand_over(fork="fork" in multiprocessing.get_all_start_methods())
 
@@ -132,8 +138,8 @@ class _HandOff:
         self._to = _Forked(self._make) if fork else self._make()
         self.forked = fork
         held, self._held = self._held, []
-        for d, events, to_registry in held:
-            self._to.add(d, events, to_registry)
+        for record, evaluation, to_registry, d in held:
+            self._to.add(record, evaluation, to_registry, d)
 
 
 def open_writer(make: Callable[[], BatchWriter]) -> _HandOff:

@@ -7,7 +7,6 @@ the rules key depends on, and the typed record the rules walk.
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from dosereg.registry_export import (
     without_implausible,
 )
 from dosereg.registry_export import rules as rules_module
-from dosereg.registry_export.rules import with_verdicts
 from tests.conftest import validate_record
 from tests.test_rules import spiral, study
 
@@ -103,14 +101,6 @@ def test_an_error_record_has_null_verdicts_and_its_timing_runs(rules: Rules) -> 
     assert [e["is_timing_run"] for e in d["events"]] == [False, False, True]
     assert ev.flags.registry_code == "G9326"
     assert ev.flags.registry_reasons == ("not a usable CT dose object: not_ct_dose: x.dcm: not a CT dose report",)
-
-
-def test_with_verdicts_fills_the_given_dict_in_place(rules: Rules) -> None:
-    record = timing_study()
-    d = record.to_dict()
-    out = with_verdicts(d, record, rules)
-    assert out is d
-    assert json.dumps(d) == json.dumps(evaluated_dict(record, rules))
 
 
 def test_without_implausible_blanks_what_study_dict_lists(rules: Rules) -> None:

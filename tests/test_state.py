@@ -166,9 +166,7 @@ def test_settled_studies_record_what_they_were_evaluated_with(cfg: Config) -> No
         db.close()
     again = export_batch(cfg, lambda: iter(records))
     assert again.batch_id is None and again.studies_seen == 6
-    from dosereg.registry_export.fingerprint import rules_key
-
-    key = rules_key(rules_from_config(cfg))
+    key = rules_from_config(cfg).key
     assert dump(path, "SELECT DISTINCT rules_key FROM studies") == [(key,)]
     assert dump(path, "SELECT COUNT(*) FROM studies WHERE input_key = 'from-other-rules'") == [(0,)]
 
