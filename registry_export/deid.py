@@ -123,23 +123,6 @@ def _device_pseudonym(keyed: hmac.HMAC, kind: str, value: str) -> str:
     return prefix + h.hexdigest()[:digits].upper()
 
 
-def pseudonym_uid(secret: bytes, uid: str) -> str:
-    """``2.25.<decimal of the first 16 bytes of HMAC-SHA256(secret, uid)>``."""
-    return _uid_pseudonym(_keyed(secret), uid)
-
-
-def pseudonym_station_name(secret: bytes, name: str) -> str:
-    """``S`` + the first 15 hex digits (upper case) of HMAC-SHA256(secret, "station_name:" + name):
-    16 characters, a valid Station Name (SH)."""
-    return _device_pseudonym(_keyed(secret), "station_name", name)
-
-
-def pseudonym_serial_number(secret: bytes, serial: str) -> str:
-    """``SN`` + the first 30 hex digits (upper case) of HMAC-SHA256(secret, "serial_number:" + serial):
-    a valid Device Serial Number (LO)."""
-    return _device_pseudonym(_keyed(secret), "serial_number", serial)
-
-
 class Pseudonymizer:
     """Maps original UIDs and device identifiers to their keyed pseudonyms (``None`` stays ``None``)."""
 
@@ -157,11 +140,13 @@ class Pseudonymizer:
         self.fingerprint = secret_fingerprint(secret)
 
     def station_name(self, name: str | None) -> str | None:
-        """The keyed pseudonym of a Station Name (:func:`pseudonym_station_name`)."""
+        """``S`` + the first 15 hex digits (upper case) of HMAC-SHA256(secret, "station_name:" +
+        name): 16 characters, a valid Station Name (SH)."""
         return self._device("station_name", name)
 
     def serial_number(self, serial: str | None) -> str | None:
-        """The keyed pseudonym of a Device (Observer) Serial Number (:func:`pseudonym_serial_number`)."""
+        """``SN`` + the first 30 hex digits (upper case) of HMAC-SHA256(secret, "serial_number:" +
+        serial): a valid Device (Observer) Serial Number (LO)."""
         return self._device("serial_number", serial)
 
     def _device(self, kind: str, value: str | None) -> str | None:
@@ -193,6 +178,8 @@ class Pseudonymizer:
         return out
 
     def uid(self, uid: str | None) -> str | None:
+        """``2.25.<decimal of the first 16 bytes of HMAC-SHA256(secret, uid)>`` (the one UID
+        pseudonym: registry files, DICOM objects sent, manifests); None for None or blank."""
         if uid is None:
             return None
         text = uid if uid.__class__ is str else str(uid)

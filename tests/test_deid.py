@@ -20,9 +20,6 @@ from dosereg.registry_export.deid import (
     WeakSecretError,
     age_whole_years,
     deidentify_study,
-    pseudonym_serial_number,
-    pseudonym_station_name,
-    pseudonym_uid,
     secret_fingerprint,
     secret_from_config,
     truncate_date,
@@ -37,12 +34,12 @@ def test_pseudonym_is_hmac_sha256_first_16_bytes_as_2_25_uid() -> None:
     uid = "1.2.840.113619.2.55.3.2831209208.960.1363108704.865"
     digest = hmac.new(SECRET, uid.encode(), hashlib.sha256).digest()
     expected = "2.25." + str(int.from_bytes(digest[:16], "big"))
-    assert pseudonym_uid(SECRET, uid) == expected
+    assert Pseudonymizer(SECRET).uid(uid) == expected
     assert UID_RE.match(expected) and len(expected) <= 64
     # same UID, same pseudonym; another secret or UID, another pseudonym
-    assert pseudonym_uid(SECRET, uid) == pseudonym_uid(SECRET, uid)
-    assert pseudonym_uid(b"other", uid) != expected
-    assert pseudonym_uid(SECRET, uid + "1") != expected
+    assert Pseudonymizer(SECRET).uid(uid) == Pseudonymizer(SECRET).uid(uid)
+    assert Pseudonymizer(b"other" * 8).uid(uid) != expected
+    assert Pseudonymizer(SECRET).uid(uid + "1") != expected
     assert Pseudonymizer(SECRET).uid(None) is None
     assert Pseudonymizer(SECRET).uid("  ") is None
 
@@ -59,7 +56,7 @@ def test_missing_or_empty_secret_refuses_with_the_variable_name(monkeypatch: pyt
         Pseudonymizer.from_config(cfg)
     other = replace(cfg, site=replace(cfg.site, pseudonym_secret_env="MY_SITE_KEY"))
     monkeypatch.setenv("MY_SITE_KEY", "k" * 32)
-    assert Pseudonymizer.from_config(other).uid("1.2.3") == pseudonym_uid(b"k" * 32, "1.2.3")
+    assert Pseudonymizer.from_config(other).uid("1.2.3") == Pseudonymizer(b"k" * 32).uid("1.2.3")
 
 
 @pytest.mark.parametrize("value", ["k", "x" * 31, "short but not thirty-two"])
@@ -75,7 +72,7 @@ def test_a_secret_under_32_characters_is_refused_naming_the_variable_and_the_rul
     with pytest.raises(WeakSecretError):
         Pseudonymizer(value.encode())
     monkeypatch.setenv("DOSEREG_SECRET", "x" * MIN_SECRET_LENGTH)
-    assert Pseudonymizer.from_config(cfg).uid("1.2.3") == pseudonym_uid(b"x" * 32, "1.2.3")
+    assert Pseudonymizer.from_config(cfg).uid("1.2.3") == Pseudonymizer(b"x" * 32).uid("1.2.3")
 
 
 def test_secret_fingerprint_is_a_keyed_hash_never_the_secret() -> None:
@@ -87,11 +84,11 @@ def test_secret_fingerprint_is_a_keyed_hash_never_the_secret() -> None:
 
 
 def test_station_name_and_serial_number_pseudonyms_fit_their_vrs() -> None:
-    station = pseudonym_station_name(SECRET, "CTAWP10001")
+    station = Pseudonymizer(SECRET).station_name("CTAWP10001")
     digest = hmac.new(SECRET, b"station_name:CTAWP10001", hashlib.sha256).hexdigest()
     assert station == "S" + digest[:15].upper()
     assert re.fullmatch(r"S[0-9A-F]{15}", station) and len(station) == 16  # SH: at most 16 characters
-    serial = pseudonym_serial_number(SECRET, "10001")
+    serial = Pseudonymizer(SECRET).serial_number("10001")
     assert serial == "SN" + hmac.new(SECRET, b"serial_number:10001", hashlib.sha256).hexdigest()[:30].upper()
     assert re.fullmatch(r"SN[0-9A-F]{30}", serial) and len(serial) <= 64  # LO
     # keyed: the same value and secret give the same pseudonym, so the registry tells scanners apart

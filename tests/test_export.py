@@ -22,7 +22,7 @@ from dosereg.registry_export import (
     studies_table,
     writers,
 )
-from dosereg.registry_export.deid import MissingSecretError, pseudonym_uid
+from dosereg.registry_export.deid import MissingSecretError, Pseudonymizer
 from dosereg.registry_export.writers import EVENT_SCHEMA, FLAG_COLUMNS, STUDY_SCHEMA
 from tests.synthetic import synthetic_study
 
@@ -48,7 +48,7 @@ def source(records: list[StudyRecord]):  # type: ignore[no-untyped-def]
 
 
 def pseudo(uid: str) -> str:
-    return pseudonym_uid(SECRET.encode(), uid)
+    return Pseudonymizer(SECRET.encode()).uid(uid)
 
 
 def codes(cfg: Config, records: list[StudyRecord]) -> dict[str, str]:

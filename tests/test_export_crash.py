@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dosereg.registry_export.deid import pseudonym_uid
+from dosereg.registry_export.deid import Pseudonymizer
 from dosereg.registry_export.placement import CRASH_POINTS
 from tests.conftest import SAMPLES, jsonl, run_cli
 
@@ -81,7 +81,7 @@ def _batch_states(data: Path) -> dict[str, str]:
 
 
 def _assert_once_each(data: Path, studies: list[dict[str, object]]) -> None:
-    g9327 = {pseudonym_uid(SECRET.encode(), str(s["study_instance_uid"])) for s in studies
+    g9327 = {Pseudonymizer(SECRET.encode()).uid(str(s["study_instance_uid"])) for s in studies
              if s["flags"]["registry_code"] == "G9327"}  # type: ignore[index]
     submitted = _submitted(data)
     assert set(submitted) == g9327, "every G9327 study submitted, nothing else"

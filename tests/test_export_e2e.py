@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from dosereg.registry_export.deid import pseudonym_uid
+from dosereg.registry_export.deid import Pseudonymizer
 from tests.conftest import SAMPLES, jsonl, run_cli, validate_record
 
 SECRET = "e2e-site-secret-0123456789abcdef0123"
@@ -194,7 +194,7 @@ def test_import_export_reexport_and_incremental(dose_set: ExportSet, tmp_path: P
     assert reg.parent.name == "FACILITY-0001" and batch_id in res.stdout
 
     # the Parquet files hold exactly the G9327 studies, under their pseudonyms
-    expected = {pseudonym_uid(SECRET.encode(), u) for u in g9327}
+    expected = {Pseudonymizer(SECRET.encode()).uid(u) for u in g9327}
     table = pq.read_table(reg / "studies.parquet")
     assert set(table.column("study_instance_uid").to_pylist()) == expected and table.num_rows == len(g9327)
     events = pq.read_table(reg / "events.parquet")
@@ -265,7 +265,7 @@ def test_import_export_reexport_and_incremental(dose_set: ExportSet, tmp_path: P
     assert len(second) == 1
     t2 = pq.read_table(second[0] / "studies.parquet")
     assert t2.column("study_instance_uid").to_pylist() == [
-        pseudonym_uid(SECRET.encode(), "1.2.826.0.1.3680043.9.7777.55.1")]
+        Pseudonymizer(SECRET.encode()).uid("1.2.826.0.1.3680043.9.7777.55.1")]
     with open(data / "flags" / f"{second[0].name}.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["accession_number"], r["registry_code"]) for r in rows] == [("NEWACC0001", "G9327")]

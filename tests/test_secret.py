@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dosereg.registry_export.deid import pseudonym_uid, secret_fingerprint
+from dosereg.registry_export.deid import Pseudonymizer, secret_fingerprint
 from tests.conftest import SAMPLES, run_cli
 
 OLD = "old-site-secret-0123456789abcdef0123456"
@@ -98,7 +98,7 @@ def test_another_secret_is_refused_until_secret_change(tmp_path: Path) -> None:
     assert first["pseudonyms_changed_at"] is None and second["pseudonyms_changed_at"] == meta["pseudonyms_changed_at"]
     second_dir = sorted(data.glob("registry/*/*"))[-1]
     uids = pq.read_table(second_dir / "studies.parquet").column("study_instance_uid").to_pylist()
-    assert uids == [pseudonym_uid(NEW.encode(), "2.25.229470105366121905937414201137460843181.1.3")]
+    assert uids == [Pseudonymizer(NEW.encode()).uid("2.25.229470105366121905937414201137460843181.1.3")]
 
     res = run_cli("secret", "change", "--yes", "--data-dir", str(data), env={"DOSEREG_SECRET": NEW})
     assert res.returncode == 0 and "already the recorded one" in res.stdout
