@@ -109,10 +109,16 @@ def unpack(blob: bytes) -> StudyRecord:
 
 
 def content_key(d: dict[str, Any]) -> str:
-    """Identity of an object's content: its record dict without when and where it was received."""
+    """Identity of an object's content: its record dict without when and where it was received.
+
+    Events are compared without ``is_timing_run``, which records stored by earlier versions
+    carry (the model held that registry verdict then): an object received again unchanged
+    after an upgrade is a duplicate, not a replacement."""
     plain = dict(d)
     plain["source_file"] = None
     plain["dose_objects"] = [{**ref, "received_at": None} for ref in d.get("dose_objects") or ()]
+    if plain.get("events"):
+        plain["events"] = [{k: v for k, v in e.items() if k != "is_timing_run"} for e in plain["events"]]
     return hashlib.sha256(dumps(plain).encode("utf-8")).hexdigest()
 
 

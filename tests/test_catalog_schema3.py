@@ -273,3 +273,38 @@ def test_bulk_load_matches_one_by_one(tmp_path: Path) -> None:
     finally:
         one.close()
         bulk.close()
+
+
+def _as_earlier_versions_stored(d: dict[str, Any]) -> dict[str, Any]:
+    """A record dict as catalogs stored it while the model held ``is_timing_run`` (after ``dose_check``)."""
+    out = dict(d)
+    events = []
+    for e in d["events"]:
+        items = list(e.items())
+        at = [k for k, _ in items].index("dose_check") + 1
+        events.append(dict(items[:at] + [("is_timing_run", False)] + items[at:]))
+    out["events"] = events
+    return out
+
+
+def test_an_unchanged_object_stored_by_an_earlier_version_is_a_duplicate(cfg: Config) -> None:
+    record = sample("ct_siemens_single_source", "2026-11-25T10:00:00.000000Z")
+    d = record.to_dict()
+    assert "is_timing_run" not in d["events"][0]
+    assert content_key(_as_earlier_versions_stored(d)) == content_key(d)
+    changed = dict(d, accession_number="OTHER")
+    assert content_key(_as_earlier_versions_stored(changed)) != content_key(d)
+
+    catalog = open_catalog(cfg)
+    try:
+        assert catalog.add_object(record) == "new"
+        # the stored record rewritten as an earlier version wrote it, with is_timing_run in its events
+        conn = sqlite3.connect(catalog_path(cfg.data_dir))
+        (blob,) = conn.execute("SELECT record FROM objects").fetchone()
+        old = _as_earlier_versions_stored(json.loads(unpack_text(blob)))
+        conn.execute("UPDATE objects SET record = ?, sha256 = NULL", (pack(json.dumps(old)),))
+        conn.commit()
+        conn.close()
+        assert catalog.add_object(record) == "duplicate"
+    finally:
+        catalog.close()
