@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .web import WebSettings, parse_web
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -179,6 +181,7 @@ class Config:
     notification: NotificationSettings = field(default_factory=NotificationSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -434,6 +437,8 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         if key == "registry":
             listener = kwargs.get("listener") or _listener_of(data, base, where)
             kwargs[key] = _registry(value, base.registry, where, listener.ae_title)
+        elif key == "web":
+            kwargs[key] = parse_web(value, base.web, where)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":
@@ -456,7 +461,7 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         else:
             raise ConfigError(
                 f"{where}: unknown section or key {key!r} "
-                f"(known: {', '.join(sorted([*_SECTIONS, 'classification']))})"
+                f"(known: {', '.join(sorted([*_SECTIONS, 'classification', 'web']))})"
             )
     merged = {name: kwargs.get(name, getattr(base, name)) for name in Config.__dataclass_fields__ if name != "path"}
     return Config(**merged, path=where)

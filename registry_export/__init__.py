@@ -17,14 +17,14 @@ Public API:
 * :func:`export_batch` (cfg, source, ``out_dir``: a preview that records nothing), where the
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
   :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
-  :func:`studies_table`, :func:`write_report`
+  :func:`studies_table`, :func:`write_report`, :func:`scanner_label` (a scanner as the report names it)
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
 """
 
 from .export import export_batch, export_marks
-from .report import write_report
+from .report import scanner_label, write_report
 from .rules import (
     Evaluation,
     Rules,
@@ -44,7 +44,7 @@ from .table import studies_table
 __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
-    "export_batch", "export_marks", "studies_table", "write_report", "change_secret", "recorded_secret",
+    "export_batch", "export_marks", "studies_table", "write_report", "scanner_label", "change_secret", "recorded_secret",
     "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
 ]

@@ -1,0 +1,287 @@
+"""The workbench's study index: each study's evaluated verdicts as indexed columns.
+
+Verdicts are computed when a record is read (docs/registry-profile.md): filtering 100,000
+studies by registry code would mean decoding and evaluating all of them on every page. The
+index keeps, per study, what the pages filter and list by, keyed by (Study Instance UID,
+the catalog's version key of the study, ``Rules.key``): a study is evaluated again when its
+merged record changed (``Catalog.study_versions``) and every study when the rules changed.
+It is a cache: ``web-index.sqlite`` may be deleted at any time (it is rebuilt). Owner-only:
+it holds accession numbers and descriptions.
+
+Each study is addressed by an opaque key, an HMAC of its Study Instance UID under a secret
+of the data directory: the URLs of the workbench carry no identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dosereg.conf.config import Config
+from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir
+from dosereg.extract import StudyRecord
+from dosereg.ingest import open_catalog
+from dosereg.registry_export import Evaluation, Rules, evaluate, rules_from_config, scanner_label
+
+INDEX_NAME = "web-index.sqlite"
+KEY_NAME = "web-secret"
+# more changed studies than this: one pass over the catalog instead of one look-up each
+_BULK = 2000
+_CHUNK = 5000
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS studies (
+        sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, study_uid TEXT NOT NULL UNIQUE, version TEXT NOT NULL,
+        study_date TEXT NOT NULL, accession TEXT, description TEXT, scanner TEXT NOT NULL,
+        registry_code TEXT NOT NULL, nomenclature_code TEXT NOT NULL, completeness TEXT NOT NULL,
+        events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date DESC, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_scanner ON studies(scanner, study_date DESC)",
+    "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date DESC)",
+    "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date DESC)",
+    "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date DESC)",
+    """CREATE TABLE IF NOT EXISTS protocols (protocol TEXT NOT NULL, sid INTEGER NOT NULL,
+        PRIMARY KEY (protocol, sid)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS protocols_sid ON protocols(sid)",
+]
+
+# the columns a listing gives (API and page), in this order
+COLUMNS = ("key", "study_instance_uid", "study_date", "accession_number", "study_description", "scanner",
+           "registry_code", "nomenclature_code", "completeness", "events", "total_dlp_mGycm", "max_ctdivol_mGy",
+           "reasons")
+_SELECT = ("s.key, s.study_uid, s.study_date, s.accession, s.description, s.scanner, s.registry_code, "
+           "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons")
+FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A studies filter: each empty field matches everything."""
+
+    date_from: str = ""
+    date_to: str = ""
+    scanner: str = ""
+    protocol: str = ""
+    registry_code: str = ""
+    nomenclature_code: str = ""
+    completeness: str = ""
+
+    @classmethod
+    def of(cls, params: Any) -> Query:
+        return cls(**{name: str(params.get(name) or "").strip()[:200] for name in FILTERS})
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        for column, value, op in (("study_date", self.date_from, ">="), ("study_date", self.date_to, "<="),
+                                  ("scanner", self.scanner, "="), ("registry_code", self.registry_code, "="),
+                                  ("nomenclature_code", self.nomenclature_code, "="),
+                                  ("completeness", self.completeness, "=")):
+            if value:
+                clauses.append(f"s.{column} {op} ?")
+                args.append(value)
+        if self.protocol:
+            clauses.append("s.sid IN (SELECT sid FROM protocols WHERE protocol = ?)")
+            args.append(self.protocol)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def params(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in FILTERS if getattr(self, name)}
+
+
+def study_secret(data_dir: Path) -> bytes:
+    """The data directory's secret for study keys and session signing (made once, owner-only)."""
+    private_dir(data_dir)
+    path = Path(data_dir) / KEY_NAME
+    if create_private(path):
+        with open(path, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+    secret = path.read_bytes()
+    if len(secret) < 32:
+        raise OSError(f"{path}: the web secret is damaged (delete it: sessions end, study links change)")
+    return secret
+
+
+def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation) -> tuple[Any, ...]:
+    doses = [e.ctdivol_mGy for e in record.events if e.ctdivol_mGy is not None]
+    flags = ev.flags
+    reasons = "; ".join(flags.registry_reasons) if flags.registry_code != "G9327" else ""
+    return (key, uid, version, record.study_date or "", record.accession_number, record.study_description,
+            scanner_label(record.equipment.to_dict()), flags.registry_code or "", flags.nomenclature_code or "",
+            ev.completeness.status, len(record.events), record.total_dlp_mGycm, max(doses) if doses else None,
+            reasons[:2000])
+
+
+class StudyIndex:
+    """``web-index.sqlite``: kept in step with the catalog by :meth:`refresh`."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.path = cfg.data_dir / INDEX_NAME
+        self._secret = hmac.new(study_secret(cfg.data_dir), b"study-key", hashlib.sha256).digest()
+        create_private(self.path)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for sql in _SCHEMA:
+            self._db.execute(sql)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, PRIVATE_FILE_MODE)
+        self._lock = threading.Lock()
+        self._stamp: tuple[Any, ...] | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def key_of(self, uid: str) -> str:
+        return hmac.new(self._secret, uid.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    # -- keeping in step ---------------------------------------------------------------------
+    def _catalog_stamp(self, rules_key: str) -> tuple[Any, ...]:
+        stamp: list[Any] = [rules_key]
+        base = self.cfg.data_dir / "catalog.sqlite"
+        for p in (base, Path(str(base) + "-wal")):
+            try:
+                st = p.stat()
+                stamp.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def refresh(self, rules: Rules | None = None) -> int:
+        """Bring the index in step with the catalog and the rules; the number of studies
+        (re-)evaluated. Cheap when nothing changed (the catalog files' stat and the rules key)."""
+        rules = rules or rules_from_config(self.cfg)
+        with self._lock:
+            stamp = self._catalog_stamp(rules.key)
+            if stamp == self._stamp:
+                return 0
+            n = self._sync(rules)
+            self._stamp = stamp
+            return n
+
+    def stamp(self) -> tuple[Any, ...] | None:
+        """What the index was last brought in step with (rules key, catalog files): equal
+        stamps, equal catalog and rules."""
+        self.refresh()
+        return self._stamp
+
+    def _sync(self, rules: Rules) -> int:
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE name = 'rules_key'").fetchone()
+        if row is None or row[0] != rules.key:
+            with db:
+                db.execute("DELETE FROM protocols")
+                db.execute("DELETE FROM studies")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('rules_key', ?)", (rules.key,))
+        cached = dict(db.execute("SELECT study_uid, version FROM studies"))
+        catalog = open_catalog(self.cfg, readonly=True)
+        try:
+            # versions first: a study that changes after this read is seen changed next time
+            versions = dict(catalog.study_versions())
+            changed = {uid: v for uid, v in versions.items() if cached.get(uid) != v}
+            gone = [uid for uid in cached if uid not in versions]
+            if gone:
+                self._delete(gone)
+            if len(changed) > _BULK:
+                records: Iterable[StudyRecord] = (r for r in catalog.iter_studies()
+                                                  if (r.study_instance_uid or "") in changed)
+            else:
+                records = (r for r in (catalog.get_study(uid) for uid in changed) if r is not None)
+            batch: list[tuple[str, StudyRecord]] = []
+            for record in records:
+                batch.append((changed[record.study_instance_uid or ""], record))
+                if len(batch) >= _CHUNK:
+                    self._put(batch, rules)
+                    batch = []
+            self._put(batch, rules)
+        finally:
+            catalog.close()
+        return len(changed)
+
+    def _delete(self, uids: list[str]) -> None:
+        with self._db:
+            for uid in uids:
+                self._db.execute("DELETE FROM protocols WHERE sid = (SELECT sid FROM studies WHERE study_uid = ?)",
+                                 (uid,))
+                self._db.execute("DELETE FROM studies WHERE study_uid = ?", (uid,))
+
+    def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules) -> None:
+        if not batch:
+            return
+        with self._db:
+            for version, record in batch:
+                uid = record.study_instance_uid or ""
+                self._delete_one(uid)
+                cur = self._db.execute(
+                    "INSERT INTO studies (key, study_uid, version, study_date, accession, description, scanner, "
+                    "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _row(self.key_of(uid), uid, version, record, evaluate(record, rules)))
+                protocols = {e.acquisition_protocol for e in record.events if e.acquisition_protocol}
+                self._db.executemany("INSERT INTO protocols VALUES (?, ?)", [(p, cur.lastrowid) for p in protocols])
+
+    def _delete_one(self, uid: str) -> None:
+        row = self._db.execute("SELECT sid FROM studies WHERE study_uid = ?", (uid,)).fetchone()
+        if row:
+            self._db.execute("DELETE FROM protocols WHERE sid = ?", (row[0],))
+            self._db.execute("DELETE FROM studies WHERE sid = ?", (row[0],))
+
+    # -- reading -----------------------------------------------------------------------------
+    def search(self, q: Query, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many match, the ``limit`` studies from ``offset``), newest first."""
+        where, args = q.where()
+        total = int(self._db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()[0])
+        rows = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC "
+                                "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return total, [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+
+    def iter_search(self, q: Query) -> Iterator[tuple[Any, ...]]:
+        where, args = q.where()
+        cur = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC", args)
+        while rows := cur.fetchmany(1000):
+            yield from rows
+
+    def uid_of(self, key: str) -> str | None:
+        row = self._db.execute("SELECT study_uid FROM studies WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def choices(self) -> dict[str, list[str]]:
+        """The values each dropdown filter offers."""
+        out = {}
+        for name, sql in (("scanner", "SELECT DISTINCT scanner FROM studies ORDER BY 1"),
+                          ("protocol", "SELECT DISTINCT protocol FROM protocols ORDER BY 1"),
+                          ("registry_code", "SELECT DISTINCT registry_code FROM studies ORDER BY 1"),
+                          ("nomenclature_code", "SELECT DISTINCT nomenclature_code FROM studies ORDER BY 1"),
+                          ("completeness", "SELECT DISTINCT completeness FROM studies ORDER BY 1")):
+            out[name] = [str(r[0]) for r in self._db.execute(sql)]
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What the report page charts: counts per scanner and code, DLP per protocol."""
+        db = self._db
+        per_scanner = db.execute(
+            "SELECT scanner, COUNT(*), SUM(completeness = 'complete'), SUM(registry_code = 'G9327') "
+            "FROM studies GROUP BY scanner ORDER BY scanner").fetchall()
+        codes = db.execute("SELECT registry_code, COUNT(*) FROM studies GROUP BY 1 ORDER BY 1").fetchall()
+        top = [r[0] for r in db.execute("SELECT protocol FROM protocols GROUP BY protocol "
+                                        "ORDER BY COUNT(*) DESC, protocol LIMIT 12")]
+        dlp: dict[str, list[float]] = {}
+        for p in top:
+            dlp[p] = [float(r[0]) for r in db.execute(
+                "SELECT s.total_dlp FROM protocols p JOIN studies s ON s.sid = p.sid "
+                "WHERE p.protocol = ? AND s.total_dlp IS NOT NULL ORDER BY s.sid DESC LIMIT 5000", (p,))]
+        return {"scanners": [{"scanner": r[0], "studies": r[1], "complete": r[2] or 0, "G9327": r[3] or 0}
+                             for r in per_scanner],
+                "codes": {str(r[0]): r[1] for r in codes}, "dlp_by_protocol": dlp}
