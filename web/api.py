@@ -90,7 +90,7 @@ async def study(request: Request) -> Response:
 @requires("viewer", api=True)
 async def batches(request: Request) -> Response:
     try:
-        rows = request.app.state.batches.list()
+        rows = request.app.state.batches.all()
     except NotAvailable as exc:
         return _not_available(exc)
     return JSONResponse({"batches": rows})

@@ -158,7 +158,7 @@ async def study(request: Request) -> Response:
              "dlp": [e.get("dlp_mGycm") for e in d["events"]]}
     batches_message = ""
     try:
-        history = [b for b in request.app.state.batches.list() if key in set(b.get("study_keys") or ())]
+        history = request.app.state.batches.of_study(d.get("study_instance_uid") or "")
     except NotAvailable as exc:
         history, batches_message = [], str(exc)
     return render(request, "study.html", d=d, key=key, chart=chart, history=history,
@@ -169,11 +169,25 @@ async def study(request: Request) -> Response:
 
 @requires("viewer", api=False)
 async def batches(request: Request) -> Response:
+    seam, index = request.app.state.batches, request.app.state.index
+
+    def queue() -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        rows = seam.all()
+        pending = {}
+        for b in rows:
+            if b.get("state") == "pending_review":
+                studies = seam.review(str(b["batch_id"]))
+                for st in studies:  # the page addresses studies by key, never by UID
+                    st["key"] = index.key_of(str(st.get("study_instance_uid") or ""))
+                pending[str(b["batch_id"])] = studies
+        return rows, pending
+
     try:
-        rows, message = request.app.state.batches.list(), ""
+        rows, pending = await run_in_threadpool(queue)
+        message = ""
     except NotAvailable as exc:
-        rows, message = [], str(exc)
-    return render(request, "batches.html", rows=rows, message=message,
+        rows, pending, message = [], {}, str(exc)
+    return render(request, "batches.html", rows=rows, pending=pending, message=message,
                   status_code=501 if message else 200)
 
 

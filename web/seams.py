@@ -26,14 +26,19 @@ class ActionRefused(ValueError):
 
 
 class Batches(Protocol):
-    """The review queue (``dosereg batches`` / ``review`` / ``approve`` / ``hold`` / ...)."""
+    """The review queue (``all``: ``dosereg batches``; ``review`` / ``approve`` / ``hold`` / ...)."""
 
-    def list(self) -> list[dict[str, Any]]:
+    def all(self) -> list[dict[str, Any]]:
         """Every batch, as ``dosereg batches --json`` gives them (newest first)."""
         ...
 
     def review(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's studies, as ``dosereg review BATCH --json`` gives them."""
+        ...
+
+    def of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        """The batches a study was in (oldest first), each as in :meth:`all` (its state then:
+        ``held`` for a held study), for the study page's batch history."""
         ...
 
     def approve(self, batch_id: str, by: str, comment: str | None) -> None:
@@ -64,10 +69,13 @@ class Unavailable:
 
     message = _MESSAGE
 
-    def list(self) -> list[dict[str, Any]]:
+    def all(self) -> list[dict[str, Any]]:
         raise NotAvailable(_MESSAGE)
 
     def review(self, batch_id: str) -> list[dict[str, Any]]:
+        raise NotAvailable(_MESSAGE)
+
+    def of_study(self, study_uid: str) -> list[dict[str, Any]]:
         raise NotAvailable(_MESSAGE)
 
     def approve(self, batch_id: str, by: str, comment: str | None) -> None:
