@@ -360,10 +360,9 @@ def test_quarantine_reports_and_static(served: Server) -> None:
 
 def test_index_follows_the_catalog(served: Server, tmp_path: Path) -> None:
     """A study imported while the server runs appears at the next request."""
-    from tests.synthetic import synthetic_study
-
     from dosereg.conf.config import load_config
     from dosereg.ingest import open_catalog
+    from tests.synthetic import synthetic_study
 
     with session(served, "view") as c:
         before = c.get("/api/studies").json()["total"]
