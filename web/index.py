@@ -34,6 +34,8 @@ INDEX_NAME = "web-index.sqlite"
 KEY_NAME = "web-secret"
 # more changed studies than this: one pass over the catalog instead of one look-up each
 _BULK = 2000
+# the index's layout: another value (an older dosereg's index) is dropped and rebuilt
+INDEX_VERSION = 2
 _CHUNK = 5000
 
 _SCHEMA = [
@@ -43,11 +45,12 @@ _SCHEMA = [
         study_date TEXT NOT NULL, accession TEXT, description TEXT, scanner TEXT NOT NULL,
         registry_code TEXT NOT NULL, nomenclature_code TEXT NOT NULL, completeness TEXT NOT NULL,
         events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date DESC, sid)",
-    "CREATE INDEX IF NOT EXISTS studies_scanner ON studies(scanner, study_date DESC)",
-    "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date DESC)",
-    "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date DESC)",
-    "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date DESC)",
+    # each filter column, then the listing order (read backwards: newest first, no sort step)
+    "CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_scanner ON studies(scanner, study_date, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date, sid)",
     """CREATE TABLE IF NOT EXISTS protocols (protocol TEXT NOT NULL, sid INTEGER NOT NULL,
         PRIMARY KEY (protocol, sid)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS protocols_sid ON protocols(sid)",
@@ -132,6 +135,11 @@ class StudyIndex:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
+            with self._db:
+                for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
+                self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
         for sql in _SCHEMA:
             self._db.execute(sql)
         for suffix in ("-wal", "-shm"):

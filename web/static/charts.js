@@ -7,7 +7,7 @@
     return el ? JSON.parse(el.textContent) : null;
   }
   var config = { displaylogo: false, responsive: true };
-  var layout = { margin: { t: 20, r: 20, b: 120, l: 60 }, legend: { orientation: "h" } };
+  var layout = { margin: { t: 40, r: 60, b: 140, l: 60 }, legend: { orientation: "h", x: 0, y: 1.12 } };
   document.addEventListener("DOMContentLoaded", function () {
     if (typeof Plotly === "undefined") { return; }
     var ev = data("event-chart-data");
