@@ -19,6 +19,7 @@ import hmac
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ KEY_NAME = "web-secret"
 _BULK = 2000
 # the index's layout: another value (an older dosereg's index) is dropped and rebuilt
 INDEX_VERSION = 2
+RULES_TTL_S = 2.0
 _CHUNK = 5000
 
 _SCHEMA = [
@@ -148,6 +150,15 @@ class StudyIndex:
                 os.chmod(side, PRIVATE_FILE_MODE)
         self._lock = threading.Lock()
         self._stamp: tuple[Any, ...] | None = None
+        self._rules: tuple[float, Rules] | None = None
+
+    def rules(self) -> Rules:
+        """The configured rules, read again at most every :data:`RULES_TTL_S` seconds (a changed
+        profile or nomenclature table shows within that; each request would otherwise parse them)."""
+        now = time.monotonic()
+        if self._rules is None or now - self._rules[0] > RULES_TTL_S:
+            self._rules = (now, rules_from_config(self.cfg))
+        return self._rules[1]
 
     def close(self) -> None:
         self._db.close()
@@ -170,8 +181,8 @@ class StudyIndex:
     def refresh(self, rules: Rules | None = None) -> int:
         """Bring the index in step with the catalog and the rules; the number of studies
         (re-)evaluated. Cheap when nothing changed (the catalog files' stat and the rules key)."""
-        rules = rules or rules_from_config(self.cfg)
         with self._lock:
+            rules = rules or self.rules()
             stamp = self._catalog_stamp(rules.key)
             if stamp == self._stamp:
                 return 0

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from dosereg.ingest import open_catalog
-from dosereg.registry_export import evaluate, rules_from_config, study_dict, write_report
+from dosereg.registry_export import evaluate, study_dict, write_report
 
 from .index import Query
 from .seams import ActionRefused, NotAvailable
@@ -138,7 +138,7 @@ def load_study(request: Request, key: str) -> dict[str, Any] | None:
         catalog.close()
     if record is None:
         return None
-    return study_dict(record, evaluate(record, rules_from_config(cfg)))
+    return study_dict(record, evaluate(record, index.rules()))
 
 
 def audit_view(request: Request, who: Principal, key: str) -> None:
