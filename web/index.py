@@ -151,6 +151,7 @@ class StudyIndex:
         self._lock = threading.Lock()
         self._stamp: tuple[Any, ...] | None = None
         self._rules: tuple[float, Rules] | None = None
+        self._choices: tuple[Any, dict[str, list[str]]] | None = None
 
     def rules(self) -> Rules:
         """The configured rules, read again at most every :data:`RULES_TTL_S` seconds (a changed
@@ -277,7 +278,15 @@ class StudyIndex:
         return str(row[0]) if row else None
 
     def choices(self) -> dict[str, list[str]]:
-        """The values each dropdown filter offers."""
+        """The values each dropdown filter offers (computed again only when the index changed)."""
+        cached = self._choices
+        if cached is not None and cached[0] == self._stamp:
+            return cached[1]
+        out = self._distinct()
+        self._choices = (self._stamp, out)
+        return out
+
+    def _distinct(self) -> dict[str, list[str]]:
         out = {}
         for name, sql in (("scanner", "SELECT DISTINCT scanner FROM studies ORDER BY 1"),
                           ("protocol", "SELECT DISTINCT protocol FROM protocols ORDER BY 1"),

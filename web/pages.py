@@ -199,7 +199,11 @@ def _do_action(request: Request, form: Any, who: Principal) -> str:
     action, batch_id = str(form.get("action") or ""), str(form.get("batch_id") or "")[:200]
     text = str(form.get("comment") or "").strip()[:2000]
     keys = [str(k) for k in form.getlist("study")]
-    uids = [u for u in (request.app.state.index.uid_of(k) for k in keys) if u]
+    index = request.app.state.index
+    index.refresh()
+    uids = [u for u in (index.uid_of(k) for k in keys) if u]
+    if len(uids) != len(keys):
+        raise ActionRefused("a study of the form is no longer in the catalog: reload the page")
     if action == "approve":
         seam.approve(batch_id, who.name, text or None)
     elif action == "reject":
