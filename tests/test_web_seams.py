@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.synthetic import study_uid, synthetic_study
-
 from dosereg.conf.config import load_config
 from dosereg.ingest import open_catalog
 from dosereg.web import ActionRefused, Store, create_app
+from tests.synthetic import study_uid, synthetic_study
 
 PASSWORD = "correct horse battery staple"
 
