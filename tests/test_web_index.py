@@ -6,12 +6,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.synthetic import study_uid, synthetic_study
-
 from dosereg.conf.config import load_config
 from dosereg.ingest import open_catalog
 from dosereg.registry_export import evaluate, rules_from_config
 from dosereg.web import Query, StudyIndex
+from tests.synthetic import study_uid, synthetic_study
 
 
 def _add(cfg, records) -> None:  # type: ignore[no-untyped-def]
