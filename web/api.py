@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .index import COLUMNS, Query
-from .pages import audit_view, load_study
+from .pages import audit_list, audit_view, load_study
 from .seams import NotAvailable
 from .security import address, requires
 
@@ -66,10 +66,12 @@ async def studies(request: Request) -> Response:
         return JSONResponse({"error": "offset must be a whole number"}, status_code=400)
     if wants_csv(request) and "limit" not in request.query_params:
         total, _ = index.search(q, 0, 0)
+        audit_list(request, q, total)
         return StreamingResponse(csv_stream(COLUMNS, index.iter_search(q)), media_type="text/csv; charset=utf-8",
                                  headers={"X-Total-Count": str(total)})
     limit = _limit(request.query_params.get("limit"), DEFAULT_LIMIT)
     total, rows = index.search(q, limit, offset)
+    audit_list(request, q, len(rows))
     if wants_csv(request):
         return StreamingResponse(csv_stream(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]),
                                  media_type="text/csv; charset=utf-8", headers={"X-Total-Count": str(total)})

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -117,6 +118,7 @@ async def studies(request: Request) -> Response:
     page = _int(request.query_params.get("page"), 1, 1, 10**7)
     total, rows = index.search(q, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
+    audit_list(request, q, len(rows))
     return render(request, "studies.html", q=q, rows=rows, total=total, page=page, pages=pages,
                   choices=index.choices(), params=q.params())
 
@@ -139,6 +141,12 @@ def load_study(request: Request, key: str) -> dict[str, Any] | None:
     if record is None:
         return None
     return study_dict(record, evaluate(record, index.rules()))
+
+
+def audit_list(request: Request, q: Query, shown: int) -> None:
+    """A listing shows accession numbers and descriptions: its filters and size are audited."""
+    request.app.state.guard.store.audit("list studies", request.state.who.name, address(request),
+                                        target=urlencode(q.params()) or None, detail=f"{shown} shown")
 
 
 def audit_view(request: Request, who: Principal, key: str) -> None:
