@@ -148,7 +148,7 @@ class StudyIndex:
             side = Path(str(self.path) + suffix)
             if side.exists():
                 os.chmod(side, PRIVATE_FILE_MODE)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one connection: reads wait for a refresh in progress
         self._stamp: tuple[Any, ...] | None = None
         self._rules: tuple[float, Rules] | None = None
         self._choices: tuple[Any, dict[str, list[str]]] | None = None
@@ -261,21 +261,29 @@ class StudyIndex:
     # -- reading -----------------------------------------------------------------------------
     def search(self, q: Query, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
         """(how many match, the ``limit`` studies from ``offset``), newest first."""
-        where, args = q.where()
-        total = int(self._db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()[0])
-        rows = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC "
-                                "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
-        return total, [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+        with self._lock:
+            where, args = q.where()
+            total = int(self._db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()[0])
+            rows = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC "
+                                    "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            return total, [dict(zip(COLUMNS, r, strict=True)) for r in rows]
 
     def iter_search(self, q: Query) -> Iterator[tuple[Any, ...]]:
+        """Every matching study, newest first, through a connection of its own (a CSV of
+        100,000 studies streams while other requests use the index)."""
         where, args = q.where()
-        cur = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC", args)
-        while rows := cur.fetchmany(1000):
-            yield from rows
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            cur = db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC", args)
+            while rows := cur.fetchmany(1000):
+                yield from rows
+        finally:
+            db.close()
 
     def uid_of(self, key: str) -> str | None:
-        row = self._db.execute("SELECT study_uid FROM studies WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+        with self._lock:
+            row = self._db.execute("SELECT study_uid FROM studies WHERE key = ?", (key,)).fetchone()
+            return str(row[0]) if row else None
 
     def choices(self) -> dict[str, list[str]]:
         """The values each dropdown filter offers (computed again only when the index changed)."""
@@ -287,29 +295,31 @@ class StudyIndex:
         return out
 
     def _distinct(self) -> dict[str, list[str]]:
-        out = {}
-        for name, sql in (("scanner", "SELECT DISTINCT scanner FROM studies ORDER BY 1"),
-                          ("protocol", "SELECT DISTINCT protocol FROM protocols ORDER BY 1"),
-                          ("registry_code", "SELECT DISTINCT registry_code FROM studies ORDER BY 1"),
-                          ("nomenclature_code", "SELECT DISTINCT nomenclature_code FROM studies ORDER BY 1"),
-                          ("completeness", "SELECT DISTINCT completeness FROM studies ORDER BY 1")):
-            out[name] = [str(r[0]) for r in self._db.execute(sql)]
-        return out
+        with self._lock:
+            out = {}
+            for name, sql in (("scanner", "SELECT DISTINCT scanner FROM studies ORDER BY 1"),
+                              ("protocol", "SELECT DISTINCT protocol FROM protocols ORDER BY 1"),
+                              ("registry_code", "SELECT DISTINCT registry_code FROM studies ORDER BY 1"),
+                              ("nomenclature_code", "SELECT DISTINCT nomenclature_code FROM studies ORDER BY 1"),
+                              ("completeness", "SELECT DISTINCT completeness FROM studies ORDER BY 1")):
+                out[name] = [str(r[0]) for r in self._db.execute(sql)]
+            return out
 
     def summary(self) -> dict[str, Any]:
         """What the report page charts: counts per scanner and code, DLP per protocol."""
-        db = self._db
-        per_scanner = db.execute(
-            "SELECT scanner, COUNT(*), SUM(completeness = 'complete'), SUM(registry_code = 'G9327') "
-            "FROM studies GROUP BY scanner ORDER BY scanner").fetchall()
-        codes = db.execute("SELECT registry_code, COUNT(*) FROM studies GROUP BY 1 ORDER BY 1").fetchall()
-        top = [r[0] for r in db.execute("SELECT protocol FROM protocols GROUP BY protocol "
-                                        "ORDER BY COUNT(*) DESC, protocol LIMIT 12")]
-        dlp: dict[str, list[float]] = {}
-        for p in top:
-            dlp[p] = [float(r[0]) for r in db.execute(
-                "SELECT s.total_dlp FROM protocols p JOIN studies s ON s.sid = p.sid "
-                "WHERE p.protocol = ? AND s.total_dlp IS NOT NULL ORDER BY s.sid DESC LIMIT 5000", (p,))]
-        return {"scanners": [{"scanner": r[0], "studies": r[1], "complete": r[2] or 0, "G9327": r[3] or 0}
-                             for r in per_scanner],
-                "codes": {str(r[0]): r[1] for r in codes}, "dlp_by_protocol": dlp}
+        with self._lock:
+            db = self._db
+            per_scanner = db.execute(
+                "SELECT scanner, COUNT(*), SUM(completeness = 'complete'), SUM(registry_code = 'G9327') "
+                "FROM studies GROUP BY scanner ORDER BY scanner").fetchall()
+            codes = db.execute("SELECT registry_code, COUNT(*) FROM studies GROUP BY 1 ORDER BY 1").fetchall()
+            top = [r[0] for r in db.execute("SELECT protocol FROM protocols GROUP BY protocol "
+                                            "ORDER BY COUNT(*) DESC, protocol LIMIT 12")]
+            dlp: dict[str, list[float]] = {}
+            for p in top:
+                dlp[p] = [float(r[0]) for r in db.execute(
+                    "SELECT s.total_dlp FROM protocols p JOIN studies s ON s.sid = p.sid "
+                    "WHERE p.protocol = ? AND s.total_dlp IS NOT NULL ORDER BY s.sid DESC LIMIT 5000", (p,))]
+            return {"scanners": [{"scanner": r[0], "studies": r[1], "complete": r[2] or 0, "G9327": r[3] or 0}
+                                 for r in per_scanner],
+                    "codes": {str(r[0]): r[1] for r in codes}, "dlp_by_protocol": dlp}

@@ -9,22 +9,26 @@ The audit table is append-only: triggers refuse UPDATE and DELETE on it.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir
 
+F = TypeVar("F", bound=Callable[..., Any])
 STORE_NAME = "web.sqlite"
 ROLES = ("viewer", "billing", "physicist")  # each may do what the ones before it may
 TOKEN_ROLES = ("viewer", "billing")  # a token is for a program: it never approves
@@ -84,10 +88,18 @@ def _os_user() -> str | None:
         return None
 
 
+def _locked(method: F) -> F:
+    @functools.wraps(method)
+    def run(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, run)
+
+
 class Store:
-    """``web.sqlite`` of a data directory. Thread-safe: one connection per call site is not
-    needed, SQLite serialises; ``check_same_thread`` is off and every write is one statement
-    or one ``with self._db`` transaction."""
+    """``web.sqlite`` of a data directory. Thread-safe: one connection, each method under a lock
+    (the server calls it from its event loop and from worker threads)."""
 
     def __init__(self, data_dir: Path) -> None:
         private_dir(data_dir)
@@ -102,11 +114,14 @@ class Store:
             if side.exists():
                 os.chmod(side, PRIVATE_FILE_MODE)
         self._hasher = PasswordHasher()  # Argon2id
+        self._lock = threading.RLock()
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
     # -- users -----------------------------------------------------------------------------
+    @_locked
     def add_user(self, name: str, role: str, password: str) -> None:
         _check_name(name)
         if role not in ROLES:
@@ -119,15 +134,18 @@ class Store:
         except sqlite3.IntegrityError:
             raise AccountError(f"user {name!r} exists already (dosereg user remove first)") from None
 
+    @_locked
     def users(self) -> list[dict[str, Any]]:
         return _dicts(self._db.execute("SELECT name, role, created_at FROM users ORDER BY name"))
 
+    @_locked
     def remove_user(self, name: str) -> None:
         with self._db:
             if not self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise AccountError(f"no user {name!r}")
             self._db.execute("DELETE FROM sessions WHERE user = ?", (name,))  # logged out everywhere
 
+    @_locked
     def check_password(self, name: str, password: str) -> Principal | None:
         """The user when ``password`` is theirs; None otherwise (also for an unknown name, after
         the same work: a hash is verified either way, so timing does not tell names apart)."""
@@ -144,6 +162,7 @@ class Store:
         return Principal(name, row[0], "user")
 
     # -- tokens ----------------------------------------------------------------------------
+    @_locked
     def add_token(self, name: str, role: str) -> str:
         """A new token for a program (billing's flag pick-up); returned once, kept hashed."""
         _check_name(name)
@@ -157,13 +176,16 @@ class Store:
             raise AccountError(f"token {name!r} exists already (dosereg token revoke first)") from None
         return token
 
+    @_locked
     def tokens(self) -> list[dict[str, Any]]:
         return _dicts(self._db.execute("SELECT name, role, created_at, last_used_at FROM tokens ORDER BY name"))
 
+    @_locked
     def revoke_token(self, name: str) -> None:
         if not self._db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount:
             raise AccountError(f"no token {name!r}")
 
+    @_locked
     def check_token(self, token: str) -> Principal | None:
         row = self._db.execute("SELECT name, role FROM tokens WHERE token_sha256 = ?", (_sha256(token),)).fetchone()
         if row is None:
@@ -172,6 +194,7 @@ class Store:
         return Principal(row[0], row[1], "token")
 
     # -- sessions --------------------------------------------------------------------------
+    @_locked
     def new_session(self, who: Principal, hours: float) -> tuple[str, str]:
         """(session id for the cookie, CSRF token of the session)."""
         sid, csrf, t = secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.time()
@@ -181,6 +204,7 @@ class Store:
                              (_sha256(sid), who.name, who.role, csrf, t, t + hours * 3600))
         return sid, csrf
 
+    @_locked
     def session(self, sid: str) -> tuple[Principal, str] | None:
         """The session's user (with the role they have now) and CSRF token, while it lasts."""
         row = self._db.execute(
@@ -188,10 +212,12 @@ class Store:
             "WHERE s.id_sha256 = ? AND s.expires_at > ?", (_sha256(sid), time.time())).fetchone()
         return (Principal(row[0], row[1], "user"), row[2]) if row else None
 
+    @_locked
     def end_session(self, sid: str) -> None:
         self._db.execute("DELETE FROM sessions WHERE id_sha256 = ?", (_sha256(sid),))
 
     # -- failed logins -----------------------------------------------------------------------
+    @_locked
     def note_failure(self, account: str, address: str) -> None:
         t = time.time()
         with self._db:
@@ -199,9 +225,11 @@ class Store:
             self._db.executemany("INSERT INTO login_failures VALUES (?, ?, ?)",
                                  [("account", account, t), ("address", address, t)])
 
+    @_locked
     def clear_failures(self, account: str) -> None:
         self._db.execute("DELETE FROM login_failures WHERE kind = 'account' AND subject = ?", (account,))
 
+    @_locked
     def login_wait(self, account: str, address: str) -> float:
         """Seconds before another login attempt for ``account`` from ``address`` is heard: 0
         for the first few failures in the window, then doubling with each one (capped)."""
@@ -218,11 +246,13 @@ class Store:
         return max(0.0, wait)
 
     # -- audit -------------------------------------------------------------------------------
+    @_locked
     def audit(self, action: str, actor: str | None, address: str | None = None, target: str | None = None,
               detail: str | None = None) -> None:
         self._db.execute("INSERT INTO audit (at, actor, os_user, address, action, target, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (now_iso(), actor, _os_user(), address, action, target, detail))
 
+    @_locked
     def audit_rows(self, since: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT at, actor, os_user, address, action, target, detail FROM audit"
         if since:
