@@ -6,7 +6,6 @@ import hmac
 import secrets
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -301,9 +300,8 @@ async def quarantine(request: Request) -> Response:
             catalog.close()
         for q in quarantined:
             got = senders.get(q["sha256"]) or {}
-            q["sender"] = got.get("calling_ae_title") or got.get("source") or ""
+            ae, source = got.get("calling_ae_title"), got.get("source")
+            q["sender"] = f"AE {ae}" if ae else f"import of {source}" if source else ""
         return quarantined
 
-    started = time.perf_counter()
-    found = await run_in_threadpool(rows)
-    return render(request, "quarantine.html", rows=found, took=time.perf_counter() - started)
+    return render(request, "quarantine.html", rows=await run_in_threadpool(rows))
