@@ -344,8 +344,16 @@ def test_quarantine_reports_and_static(served: Server) -> None:
         db.close()
         assert codes and all(code in q.text for code in codes)
         assert f"Quarantine <span class=\"count\">{len(codes)}</span>" in q.text
+        written = run_cli("report", "--data-dir", str(served.data_dir))
+        assert written.returncode == 0, written.stderr
+        name = Path(next(line for line in written.stdout.splitlines() if line.endswith(".html"))).name
         rep = c.get("/reports")
         assert rep.status_code == 200 and 'id="summary-data"' in rep.text
+        assert f'href="/reports/file/{name}"' in rep.text
+        one = c.get(f"/reports/file/{name}")
+        assert one.status_code == 200 and one.text == (served.data_dir / "reports" / name).read_text()
+        assert c.get("/reports/file/completeness-nothing.html").status_code == 404
+        assert c.get("/reports/file/..%2Fcatalog.sqlite").status_code == 404
         current = c.get("/reports/current")
         assert current.status_code == 200 and current.headers["content-type"].startswith("text/html")
         assert "<html" in current.text.lower()

@@ -49,6 +49,7 @@ def routes() -> list[Any]:
         Route("/batches/action", pages.batch_action, methods=["POST"]),
         Route("/reports", pages.reports),
         Route("/reports/current", pages.report_current),
+        Route("/reports/file/{name:str}", pages.report_file),
         Route("/quarantine", pages.quarantine),
         Route("/api/studies", api.studies),
         Route("/api/studies/{key:str}", api.study),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -246,11 +248,35 @@ async def batch_action(request: Request) -> Response:
 
 # -- reports and quarantine -------------------------------------------------------------------
 
+_REPORT_NAME = re.compile(r"completeness-[A-Za-z0-9_.-]+\.html")
+
+
+def written_reports(data_dir: Path) -> list[dict[str, Any]]:
+    """The reports ``dosereg export`` (one per batch) and ``dosereg report`` wrote, newest first."""
+    folder = data_dir / "reports"
+    found = []
+    for p in folder.glob("completeness-*.html") if folder.is_dir() else ():
+        if _REPORT_NAME.fullmatch(p.name) and p.is_file():
+            st = p.stat()
+            found.append({"name": p.name, "mtime": st.st_mtime, "size": st.st_size,
+                          "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(st.st_mtime))})
+    return sorted(found, key=lambda r: (-r["mtime"], r["name"]))
+
+
 @requires("viewer", api=False)
 async def reports(request: Request) -> Response:
     index = request.app.state.index
     await run_in_threadpool(index.refresh)
-    return render(request, "reports.html", summary=index.summary())
+    return render(request, "reports.html", summary=index.summary(),
+                  written=written_reports(request.app.state.cfg.data_dir))
+
+
+@requires("viewer", api=False)
+async def report_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    if not _REPORT_NAME.fullmatch(name) or name not in {r["name"] for r in written_reports(request.app.state.cfg.data_dir)}:
+        return render(request, "message.html", status_code=404, title="No such report", message="No such report.")
+    return FileResponse(request.app.state.cfg.data_dir / "reports" / name, media_type="text/html; charset=utf-8")
 
 
 def current_report(request: Request) -> Path:
