@@ -128,3 +128,16 @@ def test_flags_pick_up(app: tuple[TestClient, FakeLifecycle, Store]) -> None:
     picks = [r for r in store.audit_rows() if r["action"] == "flags pick-up"]
     assert [(p["actor"], p["detail"]) for p in picks] == [("bill", "1 rows"), ("bill", "1 rows")]
     assert c.post("/batches/action", data={"action": "approve", "batch_id": "x"}).status_code == 403
+
+
+def test_every_route_states_its_role() -> None:
+    """The spec's table: viewer reads, billing also reads flags, physicist also acts on batches."""
+    from starlette.routing import Route
+
+    from dosereg.web import routes
+
+    roles = {r.path: getattr(r.endpoint, "required_role", None) for r in routes() if isinstance(r, Route)}
+    assert roles.pop("/login") is None and roles.pop("/static/plotly.min.js") is None
+    assert roles.pop("/batches/action") == "physicist"
+    assert roles.pop("/api/flags") == "billing"
+    assert set(roles.values()) == {"viewer"}, roles
