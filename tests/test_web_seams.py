@@ -7,15 +7,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from starlette.testclient import TestClient
 
 from dosereg.conf.config import load_config
 from dosereg.ingest import open_catalog
 from dosereg.web import ActionRefused, Store, create_app
 from tests.synthetic import study_uid, synthetic_study
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 PASSWORD = "correct horse battery staple"
 
@@ -66,6 +68,8 @@ def app(tmp_path: Path) -> Iterator[tuple[TestClient, FakeLifecycle, Store]]:
     store = Store(cfg.data_dir)
     store.add_user("phys", "physicist", PASSWORD)
     store.add_user("bill", "billing", PASSWORD)
+    from starlette.testclient import TestClient
+
     fake = FakeLifecycle()
     with TestClient(create_app(cfg, batches=fake, flags=fake), follow_redirects=False) as client:
         yield client, fake, store

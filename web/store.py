@@ -150,7 +150,7 @@ class Store:
         """The user when ``password`` is theirs; None otherwise (also for an unknown name, after
         the same work: a hash is verified either way, so timing does not tell names apart)."""
         row = self._db.execute("SELECT role, password_hash FROM users WHERE name = ?", (name,)).fetchone()
-        stored = row[1] if row else _DUMMY_HASH
+        stored = row[1] if row else _dummy_hash()
         try:
             self._hasher.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -269,7 +269,11 @@ FREE_ADDRESS_FAILURES = 20
 BASE_DELAY_S = 1.0
 MAX_DELAY_S = 300.0
 
-_DUMMY_HASH = PasswordHasher().hash("not a password of anyone's")
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to verify against for an unknown name (made once, on first need: an Argon2id
+    hash takes 64 MiB and a fraction of a second, not something to do at import)."""
+    return PasswordHasher().hash("not a password of anyone's")
 
 
 def _check_name(name: str) -> None:
