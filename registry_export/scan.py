@@ -16,18 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dosereg.extract import StudyRecord
 
 from . import legacy
 from .batch_writer import StudyWriter
+from .batches import member_info
 from .decision import REGISTRY_CODE, Decision, decide, settled
 from .fingerprint import content_fingerprint, flags_key, input_key
 from .rules import Rules, with_verdicts
 from .source import StudySource, VersionCursor, versions_of
 from .state import Evaluated, ExportState, Member, StudyLookup, StudyState
-from .writers import FlagsWriter, flags_row
+from .writers import flags_row
 
 FLUSH_EVERY = 1000  # members and settled studies recorded per statement
 
@@ -49,14 +49,16 @@ class Counts:
         return self.registry_studies == 0 and self.flag_rows == 0
 
 
-def anything_new(source: StudySource, lookup: Callable[[], StudyLookup], rules_key: str) -> Counts | None:
+def anything_new(source: StudySource, lookup: Callable[[], StudyLookup], rules_key: str,
+                 blocked: frozenset[str] = frozenset()) -> Counts | None:
     """None when some study is not settled (the export must evaluate); else the counts of a
-    pass that found nothing new. With the source's versions no record is read."""
+    pass that found nothing new. With the source's versions no record is read. ``blocked``:
+    studies of an unfinished batch or held (:func:`.batches.blocked`), never offered now."""
     versions = versions_of(source)
     with lookup() as known:
         if versions is not None:
-            return _all_settled(((uid, None, version) for uid, version in versions()), known, rules_key)
-        return _all_settled(_input_keys(source, rules_key), known, rules_key)
+            return _all_settled(((uid, None, version) for uid, version in versions()), known, rules_key, blocked)
+        return _all_settled(_input_keys(source, rules_key), known, rules_key, blocked)
 
 
 def _input_keys(source: StudySource, rules_key: str) -> Iterator[tuple[str | None, str | None, None]]:
@@ -68,13 +70,15 @@ def _input_keys(source: StudySource, rules_key: str) -> Iterator[tuple[str | Non
 
 
 def _all_settled(studies: Iterable[tuple[str | None, str | None, str | None]], known: StudyLookup,
-                 rules_key: str) -> Counts | None:
+                 rules_key: str, blocked: frozenset[str] = frozenset()) -> Counts | None:
     """The counts when every (uid, input key, version) is settled, else None (at the first that is not)."""
     counts = Counts()
     for uid, ikey, version in studies:
         counts.studies_seen += 1
         if not uid:
             counts.skipped_no_uid += 1  # never sent: nothing new either way
+            continue
+        if uid in blocked:
             continue
         state = known.get(uid)
         if state is None or not settled(state, rules_key, input_key=ikey, source_version=version):
@@ -86,7 +90,9 @@ def _all_settled(studies: Iterable[tuple[str | None, str | None, str | None]], k
 @dataclass
 class Scan:
     """One pass over every record of ``source``, feeding ``writer`` and recording in ``state``
-    (None: a preview, which records nothing and writes no flags)."""
+    (None: a preview, which records nothing). Billing rows are kept with the members and
+    written when the batch is acknowledged (:mod:`.billing`); ``blocked`` studies (of an
+    unfinished batch, or held) are reported on but not offered."""
 
     rules: Rules
     rules_key: str
@@ -94,22 +100,18 @@ class Scan:
     writer: StudyWriter
     flags_dir: Path
     state: ExportState | None
+    blocked: frozenset[str] = frozenset()
     counts: Counts = field(default_factory=Counts, init=False)
-    _flags: FlagsWriter | None = field(default=None, init=False)
     _members: list[Member] = field(default_factory=list, init=False)
     _settled: list[tuple[str, Evaluated]] = field(default_factory=list, init=False)
 
     def run(self, source: StudySource, lookup: Callable[[], StudyLookup]) -> Counts:
         versions = versions_of(source)
         cursor = VersionCursor(versions() if versions is not None else ())
-        try:
-            with lookup() as known:
-                for record in source.records():
-                    self._study(record, known, cursor)
-            self._flush()
-        finally:
-            if self._flags is not None:
-                self._flags.close()
+        with lookup() as known:
+            for record in source.records():
+                self._study(record, known, cursor)
+        self._flush()
         return self.counts
 
     def _study(self, record: StudyRecord, known: StudyLookup, cursor: VersionCursor) -> None:
@@ -122,8 +124,8 @@ class Scan:
         version = cursor.get(uid) if uid else None
         ikey = input_key(d, self.rules_key) if uid and version is None else None
         with_verdicts(d, record, self.rules)
-        if not uid:
-            counts.skipped_no_uid += 1
+        if not uid or uid in self.blocked:
+            counts.skipped_no_uid += not uid
             self.writer.add(d, record.events, False)
             return
         fp = content_fingerprint(d)
@@ -135,9 +137,8 @@ class Scan:
         self.writer.add(d, record.events, decision.to_registry)
         evaluated = Evaluated(ikey, code, version, self.rules_key)
         self._count(decision, len(d.get("events") or ()))
-        if decision.to_flags:
-            self._flag(row)
-        self._record(uid, decision, fp, fkey, evaluated, state)
+        info = member_info(d, row) if decision.sends and self.state is not None else None
+        self._record(uid, decision, fp, fkey, evaluated, state, info)
 
     def _count(self, decision: Decision, events: int) -> None:
         counts = self.counts
@@ -148,22 +149,14 @@ class Scan:
             counts.registry_resubmitted += decision.resubmission
         counts.flag_rows += decision.to_flags
 
-    def _flag(self, row: dict[str, Any]) -> None:
-        if self.state is None:
-            return  # a preview writes no flags (docs/files.md)
-        if self._flags is None:
-            name = self.batch_id
-            self._flags = FlagsWriter(self.flags_dir / f"{name}.csv", self.flags_dir / f"{name}.parquet")
-        self._flags.append(row)
-
     def _record(self, uid: str, decision: Decision, fp: str, fkey: str, evaluated: Evaluated,
-                state: StudyState | None) -> None:
+                state: StudyState | None, info: str | None) -> None:
         if self.state is None:
             return
         if decision.sends:
             self._members.append(Member(uid, decision.to_registry, decision.to_flags,
                                         fp if decision.to_registry else None,
-                                        fkey if decision.to_flags else None, evaluated))
+                                        fkey if decision.to_flags else None, evaluated, info))
         elif state is not None and state.evaluated != evaluated:
             self._settled.append((uid, evaluated))
         if len(self._members) >= FLUSH_EVERY or len(self._settled) >= FLUSH_EVERY:
