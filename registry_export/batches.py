@@ -231,8 +231,8 @@ class DeliveryRow:
 
 
 def delivery_rows(db: sqlite3.Connection, batch_id: str) -> dict[str, DeliveryRow]:
-    return {r[0]: DeliveryRow(*r[:6], frozenset(json.loads(r[6])), frozenset(json.loads(r[7])),
-                              frozenset(json.loads(r[8])))
+    return {r[0]: DeliveryRow(r[0], r[1], r[2], r[3], r[4], r[5], frozenset(json.loads(r[6])),
+                              frozenset(json.loads(r[7])), frozenset(json.loads(r[8])))
             for r in db.execute("SELECT destination, kind, state, receipt, attempts, last_error, done, stored, "
                                 "skipped FROM deliveries WHERE batch_id = ? ORDER BY destination", (batch_id,))}
 
