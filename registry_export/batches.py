@@ -26,6 +26,7 @@ billing really have.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -112,8 +113,13 @@ def member_info(d: dict[str, Any], row: dict[str, Any]) -> str:
         "objects": [[o.get("sop_instance_uid"), o.get("sop_class_uid")] for o in d.get("dose_objects") or ()],
         "events": [e.get("irradiation_event_uid") for e in events],
         "total_events": d.get("total_events"),
-        "total_dlp_mGycm": d.get("total_dlp_mGycm"),
+        "total_dlp_mGycm": _finite(d.get("total_dlp_mGycm")),
     }, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    """A number JSON can carry (an implausible non-finite total is null here, as in the registry files)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def blocked(db: sqlite3.Connection) -> frozenset[str]:
