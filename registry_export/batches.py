@@ -75,7 +75,7 @@ def migrate_to_5(db: sqlite3.Connection, run_script: Any, add_columns: Any) -> N
     add_columns(db, "batches", BATCH_COLUMNS_5)
     add_columns(db, "batch_studies", MEMBER_COLUMNS_5)
     run_script(db, SCHEMA_5)
-    db.execute("UPDATE batches SET state = ? WHERE state = 'exported'", (LEGACY,))
+    db.execute("UPDATE batches SET state = ? WHERE state NOT IN ('writing', 'discarded')", (LEGACY,))
     db.execute("UPDATE studies SET registry_fingerprint = NULL, registry_batch_id = NULL, flags_key = NULL, "
                "flags_batch_id = NULL, input_key = NULL, last_code = NULL, source_version = NULL, rules_key = NULL")
 

@@ -227,7 +227,7 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
     rules = rules_from_config(cfg)
     rkey = rules_key(rules)
     blocked = state.blocked()
-    settled = anything_new(source, state.lookup, rkey, blocked)
+    settled = anything_new(source, state.lookup, rkey)
     if settled is not None:
         return _nothing_new(result, settled, state)
     staging = Staging(out, batch.batch_id)
@@ -298,7 +298,7 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
         rules = rules_from_config(cfg)
         rkey = rules_key(rules)
         blocked = state.blocked() if state is not None else frozenset()
-        settled = anything_new(source, lookup, rkey, blocked)
+        settled = anything_new(source, lookup, rkey)
         if settled is not None:
             result.count(settled)
             result.batch_id = None

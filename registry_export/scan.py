@@ -49,16 +49,14 @@ class Counts:
         return self.registry_studies == 0 and self.flag_rows == 0
 
 
-def anything_new(source: StudySource, lookup: Callable[[], StudyLookup], rules_key: str,
-                 blocked: frozenset[str] = frozenset()) -> Counts | None:
+def anything_new(source: StudySource, lookup: Callable[[], StudyLookup], rules_key: str) -> Counts | None:
     """None when some study is not settled (the export must evaluate); else the counts of a
-    pass that found nothing new. With the source's versions no record is read. ``blocked``:
-    studies of an unfinished batch or held (:func:`.batches.blocked`), never offered now."""
+    pass that found nothing new. With the source's versions no record is read."""
     versions = versions_of(source)
     with lookup() as known:
         if versions is not None:
-            return _all_settled(((uid, None, version) for uid, version in versions()), known, rules_key, blocked)
-        return _all_settled(_input_keys(source, rules_key), known, rules_key, blocked)
+            return _all_settled(((uid, None, version) for uid, version in versions()), known, rules_key)
+        return _all_settled(_input_keys(source, rules_key), known, rules_key)
 
 
 def _input_keys(source: StudySource, rules_key: str) -> Iterator[tuple[str | None, str | None, None]]:
@@ -70,15 +68,13 @@ def _input_keys(source: StudySource, rules_key: str) -> Iterator[tuple[str | Non
 
 
 def _all_settled(studies: Iterable[tuple[str | None, str | None, str | None]], known: StudyLookup,
-                 rules_key: str, blocked: frozenset[str] = frozenset()) -> Counts | None:
+                 rules_key: str) -> Counts | None:
     """The counts when every (uid, input key, version) is settled, else None (at the first that is not)."""
     counts = Counts()
     for uid, ikey, version in studies:
         counts.studies_seen += 1
         if not uid:
             counts.skipped_no_uid += 1  # never sent: nothing new either way
-            continue
-        if uid in blocked:
             continue
         state = known.get(uid)
         if state is None or not settled(state, rules_key, input_key=ikey, source_version=version):
@@ -124,8 +120,8 @@ class Scan:
         version = cursor.get(uid) if uid else None
         ikey = input_key(d, self.rules_key) if uid and version is None else None
         with_verdicts(d, record, self.rules)
-        if not uid or uid in self.blocked:
-            counts.skipped_no_uid += not uid
+        if not uid:
+            counts.skipped_no_uid += 1
             self.writer.add(d, record.events, False)
             return
         fp = content_fingerprint(d)
@@ -134,6 +130,9 @@ class Scan:
         code = (d.get("flags") or {}).get("registry_code")
         state = legacy.in_current_form(known.get(uid), d, fp)
         decision = decide(code, fp, fkey, state)
+        if decision.sends and uid in self.blocked:  # in an unfinished batch, or held: not offered now
+            self.writer.add(d, record.events, False)
+            return
         self.writer.add(d, record.events, decision.to_registry)
         evaluated = Evaluated(ikey, code, version, self.rules_key)
         self._count(decision, len(d.get("events") or ()))
