@@ -1,7 +1,7 @@
 """Export state: the batches, what each holds, what was submitted, and what billing was told.
 
 Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog), owner-only.
-Tables (schema 4; :data:`SCHEMA` below is the reference):
+Tables (schema 5; :data:`SCHEMA` below and :mod:`.batches` for the lifecycle's are the reference):
 
 ``meta``
     ``schema_version``, ``secret_fingerprint`` (HMAC of a fixed message with the pseudonym
@@ -9,7 +9,7 @@ Tables (schema 4; :data:`SCHEMA` below is the reference):
     ``pseudonyms_changed_at`` (when ``dosereg secret change`` last changed it).
 ``batches``
     one row per batch, with its ``state``: ``writing`` (the intent: every file is staged, none
-    may be placed yet), ``exported`` (placed and recorded), ``discarded`` (an interrupted batch
+    may be placed yet), then the lifecycle's states once placed (:mod:`.lifecycle`), ``discarded`` (an interrupted batch
     none of whose billing or registry files had been placed). The batch lifecycle of the
     review step (``pending_review``, ``approved``, ``sending``, ``acknowledged``, ``failed``,
     ``rejected``, and ``legacy`` for the batches exported before it) are further values of the
