@@ -1,7 +1,7 @@
 """Export state: the batches, what each holds, what was submitted, and what billing was told.
 
 Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog), owner-only.
-Tables (schema 4; :data:`SCHEMA` below is the reference):
+Tables (schema 5; :data:`SCHEMA` below and :mod:`.batches` for the lifecycle's are the reference):
 
 ``meta``
     ``schema_version``, ``secret_fingerprint`` (HMAC of a fixed message with the pseudonym
@@ -9,7 +9,7 @@ Tables (schema 4; :data:`SCHEMA` below is the reference):
     ``pseudonyms_changed_at`` (when ``dosereg secret change`` last changed it).
 ``batches``
     one row per batch, with its ``state``: ``writing`` (the intent: every file is staged, none
-    may be placed yet), ``exported`` (placed and recorded), ``discarded`` (an interrupted batch
+    may be placed yet), then the lifecycle's states once placed (:mod:`.lifecycle`), ``discarded`` (an interrupted batch
     none of whose billing or registry files had been placed). The batch lifecycle of the
     review step (``pending_review``, ``approved``, ``sending``, ``acknowledged``, ``failed``,
     ``rejected``, and ``legacy`` for the batches exported before it) are further values of the
@@ -54,9 +54,13 @@ from typing import Any
 from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, private_file
 
+from . import batches
+from .lifecycle import PENDING_REVIEW
+
 #: 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint;
-#: 4: last_code, source_version and rules_key columns (the ":G9327" suffix of input keys becomes last_code)
-SCHEMA_VERSION = 4
+#: 4: last_code, source_version and rules_key columns (the ":G9327" suffix of input keys becomes last_code);
+#: 5: the batch lifecycle (:mod:`.batches`: held studies, deliveries, receipts; earlier batches are legacy)
+SCHEMA_VERSION = 5
 STATE_FILE = "export-state.sqlite"
 LOCK_FILE = "export-state.lock"
 
@@ -206,6 +210,7 @@ class Member:
     registry_fingerprint: str | None  # the content fingerprint submitted (when to_registry)
     flags_key: str | None  # the key of its flags row (when to_flags)
     evaluated: Evaluated
+    info: str | None = None  # :func:`.batches.member_info`: billing row, dose objects, totals
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,8 @@ class ExportState:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        #: the state a batch gets once placed (:func:`.lifecycle.after_export`; set by the export)
+        self.exported_state = PENDING_REVIEW
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
             self.version = self._version()
@@ -303,6 +310,7 @@ class ExportState:
                                    f"understands ({SCHEMA_VERSION})")
             if version == 0:
                 _run_script(self._db, SCHEMA)
+                batches.migrate_to_5(self._db, _run_script, _add_columns)
             elif version < SCHEMA_VERSION:
                 self._migrate(version)
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE "
@@ -321,10 +329,11 @@ class ExportState:
         _add_columns(db, "studies", _EVALUATED_COLUMNS_4)
         _add_columns(db, "batch_studies", _EVALUATED_COLUMNS_4)
         _suffix_to_last_code(db)
+        batches.migrate_to_5(db, _run_script, _add_columns)
         self.log(None, "migrate", f"export state schema {version} -> {SCHEMA_VERSION}"
-                 + (f"; earlier batches are '{EXPORTED}', membership known for each study's last registry and "
-                    "flags batch" if version < 3 else "")
-                 + ("; the ':G9327' mark of input keys is last_code" if version < 4 else ""))
+                 + ("; membership known for each study's last registry and flags batch" if version < 3 else "")
+                 + ("; the ':G9327' mark of input keys is last_code" if version < 4 else "")
+                 + "; earlier batches are 'legacy' (never sent) and their studies are offered again")
 
     def _migrate_to_3(self) -> None:
         """Schema 1 or 2 -> 3: the batches get a state (``exported``: they were placed and recorded),
@@ -348,6 +357,15 @@ class ExportState:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for :mod:`.batches` (same file, same transactions)."""
+        return self._db
+
+    def blocked(self) -> frozenset[str]:
+        """Studies the next export leaves alone (:func:`.batches.blocked`)."""
+        return batches.blocked(self._db) if self.version >= 5 else frozenset()
 
     # -- transactions -----------------------------------------------------------------------
     def begin(self) -> None:
@@ -414,9 +432,9 @@ class ExportState:
         """Studies of the batch being written (recorded with its intent)."""
         self._db.executemany(
             "INSERT OR REPLACE INTO batch_studies (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, "
-            "flags_key, input_key, last_code, source_version, rules_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "flags_key, input_key, last_code, source_version, rules_key, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ((batch_id, m.uid, int(m.to_registry), int(m.to_flags), m.registry_fingerprint, m.flags_key,
-              *_evaluated_row(m.evaluated)) for m in members))
+              *_evaluated_row(m.evaluated), m.info) for m in members))
 
     def record_intent(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: Path,
                       staging_dir: Path, counts: tuple[int, int, int, int], files: Iterable[BatchFile],
@@ -458,6 +476,7 @@ class ExportState:
         # a study whose part of the batch was not delivered forgets what it was evaluated with
         # (so it is evaluated, and offered, again)
         undelivered = "(m.to_registry AND NOT ?2) OR (m.to_flags AND NOT ?3)"
+        batches.capture_prev(self._db, batch_id)
         self._db.execute(
             f"""INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
                                     flags_batch_id, batch_id, exported_at, input_key, last_code, source_version,
@@ -484,7 +503,7 @@ class ExportState:
                  batch_id = excluded.batch_id, exported_at = excluded.exported_at""",
             (batch_id, int(registry), int(flags)))
         self._db.execute("UPDATE batches SET state=?, state_changed_at=?, registry_dir=? WHERE batch_id=?",
-                         (EXPORTED, at, str(registry_dir) if registry_dir is not None else None, batch_id))
+                         (self.exported_state, at, str(registry_dir) if registry_dir is not None else None, batch_id))
         self.log(batch_id, "exported", comment, at=at)
 
     def discard(self, batch_id: str, at: str, comment: str) -> None:
