@@ -325,8 +325,10 @@ class ReportBuilder:
             distributions=distributions, timing=timing,
             details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()})
 
-    def write(self, folder: Path, stem: str, batch_id: str | None = None) -> list[Path]:
-        """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths."""
+    def write(self, folder: Path, stem: str, batch_id: str | None = None,
+              batches: list[dict[str, Any]] | None = None) -> list[Path]:
+        """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths
+        (``batches``: the lifecycle section's rows, :func:`.review.list_batches`)."""
         from .report_html import render_html
 
         summary = self.summary()
@@ -338,7 +340,7 @@ class ReportBuilder:
         self.close()
         html_path = folder / f"{stem}.html"
         with os.fdopen(private_file(html_path), "w", encoding="utf-8") as fh:
-            fh.write(render_html(summary, self.cfg, batch_id))
+            fh.write(render_html(summary, self.cfg, batch_id, batches=batches))
         return [html_path, csv_path]
 
     def close(self) -> None:
@@ -347,7 +349,9 @@ class ReportBuilder:
 
 
 def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None = None) -> list[Path]:
-    """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``."""
+    """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``, with
+    every batch's state and who approved it."""
+    from .review import list_batches
     from .rules import evaluate, rules_from_config
 
     rules = rules_from_config(cfg)
@@ -359,7 +363,7 @@ def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_
     stem = "completeness-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-report-", dir=out))
     try:
-        written = builder.write(staging, stem)
+        written = builder.write(staging, stem, batches=list_batches(cfg))
         final = []
         for p in written:
             target = out / p.name

@@ -281,3 +281,16 @@ def test_without_review_export_approves_at_once_logged(tmp_path: Path) -> None:
     assert "[review] required = false" in comment
     rows = list(csv.DictReader(open(tmp_path / "data" / "flags" / f"{b['batch_id']}.csv", encoding="utf-8")))
     assert [r["registry_code"] for r in rows] == ["excluded"]
+
+
+def test_the_report_names_each_batchs_state_and_who_approved_it(site: Site) -> None:
+    first, _ = _exported(site)
+    site.ok("reject", first, "--by", "QA lead", "--reason", "wrong nomenclature table")
+    second, _ = _exported(site)
+    site.ok("approve", second, "--by", "Dr Physicist", "--comment", "weekly review")
+    (html_path,) = [Path(p) for p in site.ok("report").split() if p.endswith(".html")]
+    page = html_path.read_text(encoding="utf-8")
+    section = page[page.index("<h2>Batches (2)</h2>"):]
+    rows = section.split("<tr>")[2:]  # newest first, after the header row
+    assert f"<td>{second}</td><td>approved</td>" in rows[0] and "Dr Physicist" in rows[0]
+    assert f"<td>{first}</td><td>rejected</td>" in rows[1] and "<td>—</td>" in rows[1]  # never approved
