@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 from dosereg.conf.fsutil import utc_now
@@ -52,17 +53,21 @@ class ExamsMixin:
                                      (study_uid,)).fetchone()
         return row is not None
 
-    def held_instances(self, sop_uids: Iterable[str]) -> set[str]:
-        """Those of ``sop_uids`` already kept (catalogued, or quarantined by SOP Instance UID)."""
+    def held_instances(self, sop_uids: Iterable[str], in_flight: bool = True) -> set[str]:
+        """Those of ``sop_uids`` already kept: catalogued, quarantined, or (``in_flight``) taken
+        into the spool and not processed yet (the listener or an import will)."""
         uids = list(sop_uids)
         held: set[str] = set()
+        spooled = (" UNION SELECT sop_instance_uid FROM received WHERE state IN ('spooled', 'importing') "
+                   "AND sop_instance_uid IN ({marks})") if in_flight else ""
         with self._lock:
-            for i in range(0, len(uids), 500):
-                part = uids[i:i + 500]
+            for i in range(0, len(uids), 300):
+                part = uids[i:i + 300]
                 marks = ",".join("?" * len(part))
-                held.update(r[0] for r in self._conn.execute(
-                    f"SELECT sop_instance_uid FROM objects WHERE sop_instance_uid IN ({marks}) UNION "
-                    f"SELECT sop_instance_uid FROM quarantine WHERE sop_instance_uid IN ({marks})", part + part))
+                sql = (f"SELECT sop_instance_uid FROM objects WHERE sop_instance_uid IN ({marks}) UNION "
+                       f"SELECT sop_instance_uid FROM quarantine WHERE sop_instance_uid IN ({marks})"
+                       + spooled.format(marks=marks))
+                held.update(r[0] for r in self._conn.execute(sql, part * (3 if in_flight else 2)))
         return held
 
     # -- exams --------------------------------------------------------------------------
@@ -77,22 +82,24 @@ class ExamsMixin:
         uid, accession = record.study_instance_uid, record.accession_number
         if not uid and not accession:
             raise ValueError("an exam needs a Study Instance UID or an accession number")
-        values = (uid, accession, record.study_date, record.study_time, record.study_description,
-                  record.equipment.station_name, record.modality, record.patient.id, record.source)
-        version = version_key(record_text(record))
         with self._transaction() as conn:
             if uid and conn.execute("SELECT 1 FROM objects WHERE study_instance_uid = ? LIMIT 1",
                                     (uid,)).fetchone():
                 return "has_dose_object"
             key, arg = ("study_instance_uid = ?", uid) if uid else \
                 ("study_instance_uid IS NULL AND accession_number = ?", accession)
-            row = conn.execute(f"SELECT id, version, retired_at FROM exams WHERE {key}", (arg,)).fetchone()
+            row = conn.execute(f"SELECT id, version, retired_at, source FROM exams WHERE {key}", (arg,)).fetchone()
+            if row is not None and row[2] is not None:
+                return "retired"
+            if row is not None and row[3] != record.source:
+                record = replace(record, source=row[3])  # known from the PACS and the RIS: the first one says
+            values = (uid, accession, record.study_date, record.study_time, record.study_description,
+                      record.equipment.station_name, record.modality, record.patient.id, record.source)
+            version = version_key(record_text(record))
             if row is None:
                 conn.execute(f"INSERT INTO exams ({_EXAM_COLUMNS}, version) VALUES (?,?,?,?,?,?,?,?,?,?,NULL,?)",
                              (*values, utc_now(), version))
                 return "new"
-            if row[2] is not None:
-                return "retired"
             if row[1] == version:
                 return "same"
             conn.execute("UPDATE exams SET study_instance_uid = ?, accession_number = ?, study_date = ?, "
