@@ -67,7 +67,7 @@ class Session:
         ae.add_requested_context(Verification)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        self.roles = []
+        self.roles: list[Any] = []
         if on_store is not None:
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
             for sop_class in ACCEPTED_SOP_CLASSES:
@@ -81,7 +81,7 @@ class Session:
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
         p = self.pacs
-        handlers = [(evt.EVT_C_STORE, self.on_store)] if self.on_store is not None else []
+        handlers: list[Any] = [(evt.EVT_C_STORE, self.on_store)] if self.on_store is not None else []
         tls = (self.tls, p.host) if self.tls is not None else None
         try:
             assoc = self.ae.associate(p.host, p.port, ae_title=p.ae_title, ext_neg=self.roles or None,

@@ -225,6 +225,8 @@ def reconcile(cfg: Config, since: date, until: date, progress: bool = False, aga
         raise ReconcileError(f"--until {until} is before --since {since}")
     if pacs.retrieve == "c-move":
         _check_listener(cfg, pacs)
+    if not log.isEnabledFor(logging.DEBUG):  # pynetdicom logs identifiers (patient IDs) at INFO
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     summary = ReconcileSummary()
     data_dir = cfg.data_dir.resolve()
     catalog = Catalog(catalog_path(data_dir))
