@@ -129,6 +129,7 @@ class _Run:
         self.session = Session(pacs, self.retriever.on_store if pacs.retrieve == "c-get" else None)
         self.retriever.session = self.session
         self.finder = StudyFinder(self.session, pacs.max_results)
+        self.blind = False  # the PACS answered a series without its description: screens unrecognisable
 
     def day(self, day: date) -> None:
         text = day.strftime("%Y%m%d")
@@ -179,6 +180,8 @@ class _Run:
     def _wanted(self, uid: str, series: list[Series]) -> list[tuple[Series, list[str], bool]]:
         wanted = []
         for s in series:
+            if s.modality != "SR" and not s.series_description and s.instances is None:
+                self.blind = True
             if not worth_listing(s):
                 continue
             instances, status, comment = series_instances(self.session, uid, s.series_instance_uid)
@@ -263,6 +266,11 @@ def reconcile(cfg: Config, since: date, until: date, progress: bool = False, aga
         pipeline.close()
         catalog.close()
     summary.warnings.extend(run.finder.warnings)
+    if run.blind:
+        summary.warnings.append(
+            "the PACS answers series without Series Description (0008,103E) or Number of Series Related "
+            "Instances: Philips dose screens cannot be told from other images there and were not fetched "
+            "(only SR dose reports were)")
     return summary
 
 
