@@ -231,8 +231,9 @@ class Peer:
 
 
 def start_orthanc(folder: Path, listener_ae: str = "DOSEREG", listener_port: int = 11112,
-                  limit_find_results: int = 0) -> Peer:
-    """Orthanc with a generated configuration: DICOM only (no HTTP), dosereg's listener known for C-MOVE."""
+                  limit_find_results: int = 0, more_modalities: dict[str, tuple[str, int]] | None = None) -> Peer:
+    """Orthanc with a generated configuration: DICOM only (no HTTP), dosereg's listener known for
+    C-MOVE (and ``more_modalities``: name -> (AE title, port) on 127.0.0.1)."""
     exe = need("Orthanc", "orthanc")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -240,7 +241,8 @@ def start_orthanc(folder: Path, listener_ae: str = "DOSEREG", listener_port: int
         "Name": "dosereg-tests", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "Plugins": [], "HttpServerEnabled": False, "DicomServerEnabled": True, "DicomAet": "ORTHANC",
         "DicomPort": port, "DicomCheckCalledAet": False, "DicomCheckModalityHost": False,
-        "DicomModalities": {"dosereg": [listener_ae, "127.0.0.1", listener_port]},
+        "DicomModalities": {"dosereg": [listener_ae, "127.0.0.1", listener_port],
+                            **{k: [ae, "127.0.0.1", p] for k, (ae, p) in (more_modalities or {}).items()}},
         "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
         "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True,
         "UnknownSopClassAccepted": False, "LimitFindResults": limit_find_results, "LimitFindInstances": 0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -248,8 +249,11 @@ def test_an_interrupted_backfill_resumes_and_fetches_each_object_once(tmp_path: 
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(db_rows_any(data, "SELECT 1 FROM objects")) >= 40:
-                break
+            try:
+                if len(db_rows_any(data, "SELECT 1 FROM objects")) >= 40:
+                    break
+            except sqlite3.OperationalError:  # the catalog is being created
+                pass
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be interrupted"
         proc.send_signal(signal.SIGKILL)
