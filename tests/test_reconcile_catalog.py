@@ -186,3 +186,33 @@ def test_pacs_settings_are_checked_and_named() -> None:
     for table, message in bad:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             parse_config({"pacs": table}, where)
+
+
+def test_the_next_batch_flags_the_exam_g9326_then_g9327_once_its_rdsr_arrived(cfg: Config, tmp_path: Path) -> None:
+    import csv
+
+    from .conftest import run_cli
+
+    late = synthetic_study(7)
+    uid = late.study_instance_uid or ""
+    with open_catalog(cfg) as catalog:
+        catalog.add_objects([synthetic_study(i) for i in range(3)])
+        catalog.add_exam(exam(uid, accession=late.accession_number or ""))
+    env = {"DOSEREG_SECRET": "reconcile-tests-secret-0123456789abcdef"}
+
+    def flags_rows() -> dict[str, dict[str, str]]:
+        r = run_cli("export", "--data-dir", str(cfg.data_dir), env=env)
+        assert r.returncode == 0, r.stderr
+        newest = sorted((cfg.data_dir / "flags").glob("*.csv"))[-1]
+        with open(newest, newline="") as fh:
+            return {row["study_instance_uid"]: row for row in csv.DictReader(fh)}
+
+    first = flags_rows()
+    assert first[uid]["registry_code"] == "G9326"
+    assert first[uid]["reasons"].split("; ")[0] == "no dose report received"
+    with open_catalog(cfg) as catalog:
+        catalog.add_object(late)  # the RDSR arrives: the exam is retired
+        assert list(catalog.iter_exams()) == []
+    second = flags_rows()
+    assert second[uid]["registry_code"] == "G9327"
+    assert uid in second and len(second) == 1  # only the study that changed
