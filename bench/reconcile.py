@@ -149,6 +149,7 @@ def main() -> int:
             return 2
     tmp = Path(tempfile.mkdtemp(prefix="dosereg-bench-reconcile-"))
     listener_port, movescu_port = free_port(), free_port()
+    peer: Peer | None = None
     try:
         studies = pacs_studies(args.studies, [DAY])
         # Orthanc knows dosereg's listener and dcmtk's movescu (its own storage SCP) as C-MOVE destinations
@@ -156,7 +157,7 @@ def main() -> int:
                              more_modalities={"movescu": ("MOVESCU", movescu_port)})
         t0 = time.perf_counter()
         loaded = load(peer, studies, images=1)
-        print(f"loaded {loaded} objects ({args.studies} studies) into Orthanc in {time.perf_counter() - t0:.1f} s")
+        print(f"loaded {loaded} objects ({args.studies} studies) into Orthanc in {time.perf_counter() - t0:.1f} s", flush=True)
         series = dose_series(studies)
         n = len(series)
         queries = query_files(series, tmp / "queries")
@@ -201,8 +202,9 @@ def main() -> int:
         secs, peak = find_memory(peer, args.studies)
         print(f"study-level C-FIND of {args.studies} studies in one day: {secs:.2f} s, peak Python allocation "
               f"{peak / 1e6:.2f} MB ({peak / args.studies:.0f} bytes per study)")
-        peer.stop()
     finally:
+        if peer is not None:
+            peer.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
