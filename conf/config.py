@@ -13,12 +13,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from .pacs import PacsSettings
 
 # The packaged conf/ folder is the package ``dosereg.conf`` (pyproject's package-dir).
 CONF_DIR = Path(str(importlib.resources.files("dosereg.conf")))
@@ -179,6 +182,7 @@ class Config:
     notification: NotificationSettings = field(default_factory=NotificationSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    pacs: PacsSettings | None = None  # [pacs] (conf/pacs.py): None when not configured
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -434,6 +438,10 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         if key == "registry":
             listener = kwargs.get("listener") or _listener_of(data, base, where)
             kwargs[key] = _registry(value, base.registry, where, listener.ae_title)
+        elif key == "pacs":
+            from .pacs import parse_pacs
+            listener = kwargs.get("listener") or _listener_of(data, base, where)
+            kwargs[key] = parse_pacs(value, where, listener.ae_title)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":
@@ -456,7 +464,7 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         else:
             raise ConfigError(
                 f"{where}: unknown section or key {key!r} "
-                f"(known: {', '.join(sorted([*_SECTIONS, 'classification']))})"
+                f"(known: {', '.join(sorted([*_SECTIONS, 'classification', 'pacs']))})"
             )
     merged = {name: kwargs.get(name, getattr(base, name)) for name in Config.__dataclass_fields__ if name != "path"}
     return Config(**merged, path=where)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg import cli_batches
+from dosereg import cli_batches, cli_reconcile
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--by", metavar="NAME", help="who changes it (for the audit log)")
     cli_batches.add_parsers(sub, _common)
+    cli_reconcile.add_parsers(sub, _common)
     return parser
 
 
@@ -245,6 +246,7 @@ COMMANDS = {
     "report": cmd_report,
     "secret": cmd_secret,
     **cli_batches.COMMANDS,
+    **cli_reconcile.COMMANDS,
 }
 
 

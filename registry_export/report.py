@@ -60,6 +60,7 @@ from .report_data import (
     TimingSummary,
     dose_stats,
 )
+from .report_exams import ExamTally
 from .rules import Evaluation
 
 __all__ = ["ReportBuilder", "ReportSummary", "scanner_label", "write_report"]
@@ -203,13 +204,16 @@ class ReportBuilder:
         self.doses: dict[str, dict[str, array[float]]] = {table: {} for table, _, _ in DISTRIBUTIONS}
         self.timing_by_protocol: dict[str, array[float]] = {}
         self.details = {name: _Detail(name, columns) for name, columns in _DETAIL_COLUMNS.items()}
+        self.exams = ExamTally()  # exams without a dose report, per scanner and day
         self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
         self._spool_csv = detail_writer(self._spool)
 
     # -- accumulation -------------------------------------------------------------------
     def add_evaluated(self, record: StudyRecord, evaluation: Evaluation) -> None:
         """Account for one study: ``record`` and ``evaluate(record, rules)``."""
-        self._account(_study(record, evaluation))
+        s = _study(record, evaluation)
+        self._account(s)
+        self.exams.add(record, s.scanner, s.study_date)
 
     def _account(self, s: _Study) -> None:
         self.studies += 1
@@ -323,7 +327,8 @@ class ReportBuilder:
             scanners=tuple(g.summary(n) for n, g in sorted(self.scanners.items())),
             protocols=tuple(g.summary(n) for n, g in sorted(self.protocols.items())),
             distributions=distributions, timing=timing,
-            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()})
+            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()},
+            exams_without_report=self.exams.rows())
 
     def write(self, folder: Path, stem: str, batch_id: str | None = None,
               batches: list[dict[str, Any]] | None = None) -> list[Path]:

@@ -29,6 +29,7 @@ from .report_data import (
     GroupCompleteness,
     ReportSummary,
 )
+from .report_exams import exams_html
 
 _DETAIL_HEADERS = {
     "incomplete_study": ("Accession", "Study date", "Scanner", "Registry code", "Reasons"),
@@ -67,6 +68,7 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     det = details["incomplete_study"]
     parts.append(f"<h2>Incomplete studies ({det.count})</h2>")
     parts.append(_detail_html(det))
+    parts.append(exams_html(summary.exams_without_report))
 
     parts.append("<h2>Dose distributions</h2><p class='note'>Per event, as stated by the scanner on its own "
                  "phantom; timing runs and localizers left out. Boxes: quartiles and median; whiskers: 1.5 IQR.</p>")
