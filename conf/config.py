@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .web import WebSettings, parse_web
 
@@ -21,6 +21,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from .pacs import PacsSettings
 
 # The packaged conf/ folder is the package ``dosereg.conf`` (pyproject's package-dir).
 CONF_DIR = Path(str(importlib.resources.files("dosereg.conf")))
@@ -182,6 +185,7 @@ class Config:
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    pacs: PacsSettings | None = None  # [pacs] (conf/pacs.py): None when not configured
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -439,6 +443,10 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
             kwargs[key] = _registry(value, base.registry, where, listener.ae_title)
         elif key == "web":
             kwargs[key] = parse_web(value, base.web, where)
+        elif key == "pacs":
+            from .pacs import parse_pacs
+            listener = kwargs.get("listener") or _listener_of(data, base, where)
+            kwargs[key] = parse_pacs(value, where, listener.ae_title)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":
@@ -461,7 +469,7 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         else:
             raise ConfigError(
                 f"{where}: unknown section or key {key!r} "
-                f"(known: {', '.join(sorted([*_SECTIONS, 'classification', 'web']))})"
+                f"(known: {', '.join(sorted([*_SECTIONS, 'classification', 'pacs', 'web']))})"
             )
     merged = {name: kwargs.get(name, getattr(base, name)) for name in Config.__dataclass_fields__ if name != "path"}
     return Config(**merged, path=where)

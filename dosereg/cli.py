@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg import cli_web
+from dosereg import cli_batches, cli_reconcile, cli_web
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--by", metavar="NAME", help="who changes it (for the audit log)")
     cli_web.add_parsers(sub, _common)
+    cli_batches.add_parsers(sub, _common)
+    cli_reconcile.add_parsers(sub, _common)
     return parser
 
 
@@ -140,15 +142,16 @@ def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
 
 def _evaluated_studies(cfg: Config) -> Any:
     from dosereg.ingest import open_catalog
-    from dosereg.registry_export import evaluated_dict, export_marks, rules_from_config
+    from dosereg.registry_export import evaluated_dict, export_marks, rules_from_config, submission_lookup
 
     rules = rules_from_config(cfg)
     marks = export_marks(cfg)
+    with_submission = submission_lookup(cfg)
     catalog = open_catalog(cfg, readonly=True)
     try:
         for record in catalog.iter_studies():
             mark = marks.get(record.study_instance_uid or "")
-            yield evaluated_dict(record, rules, export=mark)
+            yield with_submission(evaluated_dict(record, rules, export=mark))
     finally:
         catalog.close()
 
@@ -244,6 +247,8 @@ COMMANDS = {
     "report": cmd_report,
     "secret": cmd_secret,
     **cli_web.COMMANDS,
+    **cli_batches.COMMANDS,
+    **cli_reconcile.COMMANDS,
 }
 
 

@@ -19,6 +19,7 @@ from .model import (
     Equipment,
     ErrorInfo,
     Event,
+    ExamRecord,
     Patient,
     Problem,
     ReportInfo,
@@ -29,6 +30,7 @@ from .model import (
 from .reader import extract_bytes, extract_file
 
 __all__ = [
-    "Code", "DoseCheck", "ExtractLimits", "DoseObjectRef", "Equipment", "ErrorInfo", "Event", "Patient", "Problem",
+    "Code", "DoseCheck", "ExtractLimits", "DoseObjectRef", "Equipment", "ErrorInfo", "Event", "ExamRecord",
+    "Patient", "Problem",
     "ReportInfo", "Source", "StudyRecord", "error_record", "extract_bytes", "extract_file", "merge_study",
 ]

@@ -364,6 +364,24 @@ class StudyRecord(_Record):
         ))
 
 
+#: Where an exam without a dose report was learned from (docs/reconcile.md).
+EXAM_SOURCES = ("pacs", "ris")
+
+
+@dataclass(frozen=True)
+class ExamRecord(StudyRecord):
+    """A CT exam the PACS (C-FIND) or the RIS (a CSV export) knows and no dose object came for.
+
+    A study record like any other, with ``dose_objects`` and ``events`` empty, so that the rules
+    evaluate it (G9326, "no dose report received") and the non-patient rules apply to what is
+    known of it; ``source`` says where it was learned from. A subclass rather than a field of
+    :class:`StudyRecord`, so that the JSON (and the version keys and fingerprints made of it) of
+    every record with a dose object stays byte for byte what it was.
+    """
+
+    source: str = "pacs"  # one of EXAM_SOURCES
+
+
 def error_record(code: str, message: str, **header: Any) -> StudyRecord:
     """A record for an input that is not a usable CT dose object."""
     return StudyRecord(error=ErrorInfo(code, message), **header)

@@ -1,6 +1,7 @@
 """DICOM in: C-STORE SCP, folder import, durable spool, study catalog.
 
 Public API: :func:`serve`, :func:`import_paths` (-> :class:`ImportSummary`),
+:func:`reconcile` / :func:`reconcile_csv` (-> :class:`ReconcileSummary`, docs/reconcile.md),
 :func:`open_catalog` (-> :class:`Catalog`), :func:`extract_limits` (the configured bounds
 on reading one object). Nothing received stays in the spool: a failure of the environment
 (:class:`TransientError`) is retried, anything else is quarantined.
@@ -14,6 +15,9 @@ from dosereg.conf.config import Config
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
 from .importer import ImportSummary, import_paths
 from .pipeline import Pipeline, Received, TransientError, extract_limits
+from .qr_session import PacsUnreachable, QueryError
+from .reconcile import ReconcileError, ReconcileSummary, default_period, reconcile
+from .reconcile_csv import CsvError, reconcile_csv
 
 
 def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
@@ -29,6 +33,7 @@ def serve(cfg: Config) -> int:
 
 
 __all__ = [
-    "SCHEMA_VERSION", "Catalog", "CatalogError", "ImportSummary", "Pipeline", "Received", "TransientError",
-    "extract_limits", "import_paths", "open_catalog", "serve",
+    "SCHEMA_VERSION", "Catalog", "CatalogError", "CsvError", "ImportSummary", "PacsUnreachable", "Pipeline",
+    "QueryError", "Received", "ReconcileError", "ReconcileSummary", "TransientError", "default_period",
+    "extract_limits", "import_paths", "open_catalog", "reconcile", "reconcile_csv", "serve",
 ]

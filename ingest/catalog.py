@@ -1,6 +1,6 @@
 """The study catalog: embedded SQLite (WAL), versioned schema, merge on arrival.
 
-Tables (schema version 3, :mod:`.catalog_schema`; an older catalog is migrated in place when
+Tables (schema version 4, :mod:`.catalog_schema`; an older catalog is migrated in place when
 the listener or an import opens it):
 
 * ``received``   -- one row per object taken into the spool (listener or import), in
@@ -16,6 +16,8 @@ the listener or an import opens it):
   ``objects``). Re-merged from its objects in received order (``dosereg.extract.merge_study``)
   on every change.
 * ``events``     -- the merged study's events, one row each, for ad-hoc SQL.
+* ``exams``, ``reconcile_days`` -- CT exams without a dose report and reconcile progress
+  (schema 4, :mod:`.catalog_exams`): the open exams are read among the studies.
 
 Verdicts (completeness, flags) are not stored: they are computed when a record is read.
 The spool files are the durable truth for anything not yet processed, so the catalog
@@ -26,6 +28,7 @@ The catalog file and its -wal/-shm are owner-only (0600): they hold patient data
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -50,6 +53,7 @@ from .catalog_codec import (
     unpack_text,
     version_key,
 )
+from .catalog_exams import ExamsMixin
 from .catalog_schema import SCHEMA_VERSION, add_functions, apply, compact_after_migration, create_in_memory
 
 log = logging.getLogger("dosereg.ingest.catalog")
@@ -87,7 +91,7 @@ def object_uid(record: StudyRecord) -> str:
     return str(record.dose_objects[0].sop_instance_uid)
 
 
-class Catalog:
+class Catalog(ExamsMixin):
     """The SQLite catalog. Thread-safe: one connection guarded by a lock."""
 
     def __init__(self, path: Path, readonly: bool = False, autocheckpoint: bool = True) -> None:
@@ -235,14 +239,19 @@ class Catalog:
                 pass
 
     def iter_studies(self) -> Iterator[StudyRecord]:
-        """Merged study records ordered by Study Instance UID."""
-        for (blob,) in self._rows(f"SELECT {_STUDY_RECORD} FROM studies s ORDER BY s.study_instance_uid"):
-            yield unpack(blob)
+        """Merged study records ordered by Study Instance UID, the open exams without a dose
+        report among them (:meth:`iter_exams`)."""
+        studies = (unpack(blob) for (blob,) in
+                   self._rows(f"SELECT {_STUDY_RECORD} FROM studies s ORDER BY s.study_instance_uid"))
+        if not self.has_open_exams():
+            yield from studies
+            return
+        yield from heapq.merge(studies, self.iter_exams(), key=lambda r: r.study_instance_uid or "")
 
     def get_study(self, uid: str) -> StudyRecord | None:
         row = self._conn.execute(f"SELECT {_STUDY_RECORD} FROM studies s WHERE s.study_instance_uid = ?",
                                  (uid,)).fetchone()
-        return unpack(row[0]) if row else None
+        return unpack(row[0]) if row else self.get_exam(uid)
 
     def study_versions(self) -> Iterator[tuple[str, str]]:
         """(Study Instance UID, version key) of every study, ordered by UID, no record decoded.
@@ -250,8 +259,12 @@ class Catalog:
         The key is 16 hex digits of the merged record's JSON: it changes whenever the study's
         merged record changes (an object added or replaced), and only then.
         """
-        for uid, version in self._rows("SELECT study_instance_uid, version FROM studies ORDER BY study_instance_uid"):
-            yield str(uid), str(version)
+        versions = ((str(uid), str(version)) for uid, version in
+                    self._rows("SELECT study_instance_uid, version FROM studies ORDER BY study_instance_uid"))
+        if not self.has_open_exams():
+            yield from versions
+            return
+        yield from heapq.merge(versions, self.exam_versions())
 
     def count_studies(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])

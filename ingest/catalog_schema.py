@@ -9,6 +9,11 @@ the object's record; ``studies.record`` is the merged study record only when it 
 the study's one object's record (NULL otherwise: read the object's), and ``studies.version``
 is the short key of the merged record (:func:`.catalog_codec.version_key`). Versions 1 and 2
 kept the JSON of both, uncompressed (about 10 times the bytes).
+
+Version 4 adds the CT exams without a dose report (``exams``, docs/reconcile.md): one row per
+exam the PACS or the RIS knows and no dose object came for, open until a dose object of its
+study arrives (a trigger on ``objects`` retires it, whichever path the object took), and
+``reconcile_days``, the days a reconcile finished (a backfill resumes after the last one).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .catalog_codec import content_key, pack, version_key
 
 log = logging.getLogger("dosereg.ingest.catalog")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -133,8 +138,38 @@ _V3 = [
     "CREATE INDEX objects_sha ON objects(sha256)",
 ]
 
+# 4: exams without a dose report; the days a reconcile finished
+_V4 = [
+    """CREATE TABLE exams (
+        id INTEGER PRIMARY KEY,
+        study_instance_uid TEXT UNIQUE,
+        accession_number TEXT,
+        study_date TEXT,
+        study_time TEXT,
+        study_description TEXT,
+        station_name TEXT,
+        modality TEXT,
+        patient_id TEXT,
+        source TEXT NOT NULL CHECK (source IN ('pacs', 'ris')),
+        learned_at TEXT NOT NULL,
+        retired_at TEXT,
+        version TEXT NOT NULL
+    )""",
+    "CREATE INDEX exams_accession ON exams(accession_number)",
+    # the moment any dose object of the study is catalogued (listener, import, reconcile)
+    """CREATE TRIGGER exams_retire AFTER INSERT ON objects BEGIN
+        UPDATE exams SET retired_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE study_instance_uid = NEW.study_instance_uid AND retired_at IS NULL;
+    END""",
+    """CREATE TABLE reconcile_days (
+        day TEXT PRIMARY KEY,
+        completed_at TEXT NOT NULL,
+        ct_studies INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+]
+
 #: Each entry migrates the schema from version i to i + 1 (statements, then Python fills).
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
 
 
 def _fill_record_keys(conn: sqlite3.Connection) -> None:

@@ -43,10 +43,10 @@ from dosereg.conf.config import Config, ConfigError
 from . import guard
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES
+from .cstore import STATUS_OUT_OF_RESOURCES, take_in
 from .locking import DataDirLock
 from .pipeline import Pipeline, extract_limits
 from .processor import Processor
-from .storecheck import store_problem
 
 log = logging.getLogger("dosereg.ingest.listener")
 
@@ -58,11 +58,6 @@ TRANSFER_SYNTAXES = (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 )
-
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     lst = cfg.listener
@@ -92,14 +87,6 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    """A failure status with its Error Comment (0000,0902; LO, at most 64 characters)."""
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:64]
-    return ds
 
 
 class Listener:
@@ -164,38 +151,10 @@ class Listener:
                 self._cond.notify_all()
 
     def _store(self, event: Any) -> int | Dataset:
-        req = event.request
-        calling = str(event.assoc.requestor.ae_title).strip()
-        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
-        problem = store_problem(
-            {"Affected SOP Instance UID": req.AffectedSOPInstanceUID,
-             "Affected SOP Class": req.AffectedSOPClassUID},
-            req.DataSet.getvalue() if req.DataSet is not None else b"",
-            str(event.context.transfer_syntax),
-        )
-        if problem:
-            log.warning("C-STORE from %s (%s) refused (0xC000, nothing kept): %s", calling, peer, problem)
-            return _failure(STATUS_CANNOT_UNDERSTAND, problem)
-        sop_uid = str(req.AffectedSOPInstanceUID)
-        try:
-            data = event.encoded_dataset()
-        except Exception as exc:
-            log.error("C-STORE of %s from %s: cannot encode the received dataset (%s); answered 0xC000",
-                      sop_uid, calling, exc)
-            return _failure(STATUS_CANNOT_UNDERSTAND, "the received dataset cannot be encoded")
-        try:
-            item = self.pipeline.receive(
-                data, sop_instance_uid=sop_uid, sop_class_uid=str(req.AffectedSOPClassUID),
-                calling_ae_title=calling,
-            )
-        except OSError as exc:
-            log.error("C-STORE of %s from %s: cannot store it in %s: %s; answered 0xA700 Out of Resources "
-                      "(nothing kept, the sender may retry)",
-                      sop_uid, calling, self.pipeline.spool_dir, exc.strerror or exc)
-            return STATUS_OUT_OF_RESOURCES
-        log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
-        self.processor.poke()
-        return STATUS_SUCCESS
+        status, item = take_in(self.pipeline, event)
+        if item is not None:
+            self.processor.poke()
+        return status
 
     def _on_rejected(self, event: Any) -> None:
         rq = event.assoc.requestor

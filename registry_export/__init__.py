@@ -18,6 +18,10 @@ Public API:
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
   :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
   :func:`studies_table`, :func:`write_report`, :func:`scanner_label` (a scanner as the report names it)
+* the batch lifecycle (docs/lifecycle.md): :func:`list_batches`, :func:`review_batch`,
+  :func:`approve`, :func:`hold`, :func:`release`, :func:`reject` (each with ``by``, recorded in
+  the audit log) and :func:`send` (cfg, catalog object rows, batch) -> :class:`SendResult`;
+  :func:`submission_lookup` (cfg) -> the ``submission`` of each study record
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
@@ -25,6 +29,16 @@ Public API:
 
 from .export import export_batch, export_marks
 from .report import scanner_label, write_report
+from .review import (
+    BatchNotFoundError,
+    Outcome,
+    approve,
+    hold,
+    list_batches,
+    reject,
+    release,
+    review_batch,
+)
 from .rules import (
     Evaluation,
     Rules,
@@ -37,8 +51,10 @@ from .rules import (
     without_implausible,
 )
 from .secret import SecretChangedError, change_secret, recorded_secret
+from .send import SendResult, send
 from .source import CatalogSource, StudySource, VersionedSource
 from .state import ExportBusyError
+from .submission import submission_lookup
 from .table import studies_table
 
 __all__ = [
@@ -47,4 +63,6 @@ __all__ = [
     "export_batch", "export_marks", "studies_table", "write_report", "scanner_label", "change_secret", "recorded_secret",
     "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
+    "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
+    "BatchNotFoundError", "submission_lookup",
 ]

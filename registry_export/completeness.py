@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dosereg.extract import Event, Problem, StudyRecord
+from dosereg.extract import Event, ExamRecord, Problem, StudyRecord
 
 from .event_checks import event_label, event_run, fusable
 from .paths import instances, stated, value_at
@@ -27,7 +27,11 @@ from .profile import Condition, ElementRule, Profile
 from .validity import Implausible, absent, date_bounds, validator
 from .verdicts import Completeness, InvalidElement, json_value
 
-__all__ = ["Check", "Collector", "EventCache", "completeness_check", "without_implausible"]
+__all__ = ["NO_DOSE_REPORT", "Check", "Collector", "EventCache", "completeness_check", "without_implausible"]
+
+#: The reason of an exam the PACS or RIS knows and no dose object came for (spec section 10).
+NO_DOSE_REPORT = "no dose report received"
+_NO_DOSE_REPORT = Completeness("incomplete", missing=("dose_objects",), reasons=(NO_DOSE_REPORT,))
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
@@ -117,6 +121,8 @@ def completeness_check(profile: Profile) -> Callable[[StudyRecord], Completeness
     elements = profile.elements
 
     def completeness(record: StudyRecord) -> Completeness:
+        if record.__class__ is ExamRecord and not record.dose_objects:
+            return _NO_DOSE_REPORT  # nothing of the dose is known: only that the report is missing
         out = Collector()
         cache: EventCache = {}
         for check in checks:

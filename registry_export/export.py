@@ -49,9 +49,11 @@ from typing import Any
 from dosereg.conf.config import Config
 from dosereg.extract import StudyRecord
 
+from . import billing, review
 from .batch_writer import BatchWriter, ReportTarget
 from .clock import Stamps, now_stamps
 from .deid import Pseudonymizer
+from .lifecycle import ACKNOWLEDGED, APPROVED, PENDING_REVIEW, after_export
 from .placement import STAGING_PREFIX, Staging, crash_point, place, remove_stale_staging, repair
 from .registry_files import submission_header, write_manifest
 from .rules import Rules, rules_from_config
@@ -74,6 +76,13 @@ __all__ = ["STAGING_PREFIX", "ExportResult", "SecretChangedError", "change_secre
 
 log = logging.getLogger("dosereg.export")
 
+_STATE_LINES = {
+    PENDING_REVIEW: "pending_review: the batch awaits review (`dosereg review {batch}`, then `dosereg approve {batch} "
+                    "--by NAME`, then `dosereg send`)",
+    APPROVED: "approved at export ([review] required = false): `dosereg send` delivers it",
+    ACKNOWLEDGED: "acknowledged at approval: nothing to send to the registry; billing flags written",
+}
+
 
 @dataclass
 class ExportResult:
@@ -93,6 +102,7 @@ class ExportResult:
     previous_batch: str | None = None
     repaired: list[str] = field(default_factory=list)  # what was done to batches an interrupted export left
     preview: bool = False  # `export --out DIR`: nothing recorded
+    state: str | None = None  # the batch's lifecycle state once recorded (pending_review, approved, ...)
 
     def count(self, counts: Counts) -> None:
         for f in fields(counts):  # the result carries every count of the pass under the same name
@@ -124,7 +134,9 @@ class ExportResult:
             lines = [*repaired,
                      f"batch {self.batch_id}: {self.studies_seen} studies evaluated; "
                      f"{self.registry_studies} to the registry ({self.registry_resubmitted} re-submitted after a "
-                     f"change, {self.registry_events} events), {self.flag_rows} billing flag rows"]
+                     f"change, {self.registry_events} events), {self.flag_rows} billing flag rows "
+                     f"{'written' if self.state == ACKNOWLEDGED else 'when the registry acknowledges it'}",
+                     f"  {_STATE_LINES.get(self.state or '', self.state or '').format(batch=self.batch_id)}"]
         if self.skipped_no_uid:
             lines.append(f"  {self.skipped_no_uid} studies without a Study Instance UID were skipped")
         if self.registry_dir is None:
@@ -198,7 +210,11 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
     state.begin()
     now = now_stamps()
     changed_at = check_secret(state, pseudo, cfg, now.iso)
+    state.exported_state = after_export(cfg.review.required)
     repaired = repair_interrupted(state, now.iso)
+    state.commit()
+    state.begin()
+    billing.write_pending(cfg, state)  # a batch acknowledged by a command that was interrupted before its flags
     state.commit()
     state.begin()
     seq = state.next_seq()
@@ -209,13 +225,14 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
     remove_stale_staging(out)
     rules = rules_from_config(cfg)
     rkey = rules.key
+    blocked = state.blocked()
     settled = anything_new(source, state.lookup, rkey)
     if settled is not None:
         return _nothing_new(result, settled, state)
     staging = Staging(out, batch.batch_id)
     keep_staging = False
     try:
-        files = _write_staged(batch, rules, rkey, source, staging, result, state, state.lookup)
+        files = _write_staged(batch, rules, rkey, source, staging, result, state, state.lookup, blocked)
         if files is None:
             return _nothing_new(result, None, state)
         crash_point("after_staging")
@@ -230,11 +247,19 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
         result.flags_paths = placed.flags_paths or []
         result.report_paths = placed.report_paths or []
         state.begin()
-        state.complete(batch.batch_id, placed.registry_dir, now_stamps().iso)
+        placed_at = now_stamps().iso
+        state.complete(batch.batch_id, placed.registry_dir, placed_at)
+        result.state = state.exported_state
+        if state.exported_state == APPROVED and review.auto_approve(state, batch.batch_id, placed_at):
+            result.state = ACKNOWLEDGED
         crash_point("before_state_commit")
         state.commit()
         crash_point("after_state_commit")
         staging.remove()
+        if result.state == ACKNOWLEDGED:
+            state.begin()
+            result.flags_paths = billing.write_pending(cfg, state)
+            state.commit()
         log.info("export: batch %s written (%d registry studies, %d flag rows)",
                  batch.batch_id, result.registry_studies, result.flag_rows)
         return result
@@ -271,6 +296,7 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
                               previous_batch=previous[0] if previous else None, preview=True)
         rules = rules_from_config(cfg)
         rkey = rules.key
+        blocked = state.blocked() if state is not None else frozenset()
         settled = anything_new(source, lookup, rkey)
         if settled is not None:
             result.count(settled)
@@ -278,7 +304,7 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
             return result
         staging = Staging(out, batch.batch_id)
         try:
-            files = _write_staged(batch, rules, rkey, source, staging, result, None, lookup)
+            files = _write_staged(batch, rules, rkey, source, staging, result, None, lookup, blocked)
             if files is None:
                 result.batch_id = None
                 return result
@@ -295,18 +321,19 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
 
 def _write_staged(batch: _Batch, rules: Rules, rkey: str, source: StudySource, staging: Staging,
                   result: ExportResult, state: ExportState | None,
-                  lookup: Callable[[], StudyLookup]) -> list[BatchFile] | None:
+                  lookup: Callable[[], StudyLookup], blocked: frozenset[str]) -> list[BatchFile] | None:
     """Evaluate every study and write the batch's files under ``staging`` (with ``state``: its
     members recorded in the open transaction); the staged files, or None when nothing is new."""
     cfg = batch.cfg
     header = submission_header(cfg, rules, batch.batch_id, batch.created_at)
     writer = open_writer(lambda: BatchWriter(cfg, staging.registry, header, batch.pseudo))
     try:
-        scan = Scan(rules, rkey, batch.batch_id, writer, staging.flags, state)
+        scan = Scan(rules, rkey, batch.batch_id, writer, staging.flags, state, blocked)
         counts = scan.run(source, lookup)
         result.count(counts)
+        note = _report_note(batch.cfg, state is None)
         report_to = None if counts.nothing_new else ReportTarget(
-            staging.reports, f"completeness-{batch.batch_id}", batch.batch_id)
+            staging.reports, f"completeness-{batch.batch_id}", batch.batch_id + note)
         written = writer.finish(report_to)
     except BaseException:
         writer.abort()
@@ -318,6 +345,15 @@ def _write_staged(batch: _Batch, rules: Rules, rkey: str, source: StudySource, s
         hashes = write_manifest(staging.registry, header, written.registry_rows, batch.pseudonyms_changed_at)
     staging.make_private()
     return staging.files(hashes)
+
+
+def _report_note(cfg: Config, preview: bool) -> str:
+    """What the report says of its batch's place in the lifecycle (docs/lifecycle.md)."""
+    if preview:
+        return " (a preview: nothing recorded)"
+    if cfg.review.required:
+        return " (awaiting review: `dosereg review` it, then approve; billing flags follow the registry's receipt)"
+    return " (approved at export: [review] required = false; billing flags follow the registry's receipt)"
 
 
 def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -72,10 +72,19 @@ def after_export(review_required: bool) -> str:
     return PENDING_REVIEW if review_required else APPROVED
 
 
-def submission_state(batch_state: str | None, held: bool, registry_code: str | None) -> str:
-    """``submission.state`` of a study: from its latest batch (if any) and what it is eligible for."""
+def submission_state(batch_state: str | None, held: bool, registry_code: str | None,
+                     no_dose_report: bool = False) -> str:
+    """``submission.state`` of a study: from its latest batch (if any) and what it is eligible for.
+
+    ``no_dose_report``: a CT exam the PACS or RIS knows of that no dose object arrived for
+    (docs/reconcile.md): ``no_dose_report`` unless it is held or in an unfinished batch (its
+    G9326 billing row, once acknowledged, is in ``billed_code``)."""
     if held:
         return "held"
-    if batch_state in UNFINISHED or batch_state == ACKNOWLEDGED:
+    if batch_state in UNFINISHED:
+        return batch_state
+    if no_dose_report:
+        return "no_dose_report"
+    if batch_state == ACKNOWLEDGED:
         return batch_state
     return "eligible" if registry_code == "G9327" else "not_eligible"

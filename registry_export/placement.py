@@ -44,7 +44,7 @@ STAGING_PREFIX = ".staging-"
 _STAGING_NAME = re.compile(r"^\.staging-\d{8}T\d{6}Z-\d{4,}$")
 CRASH_ENV = "DOSEREG_TEST_CRASH_AT"
 #: the named instants of an export a test may crash at, in order
-CRASH_POINTS = ("after_staging", "after_intent", "after_reports", "mid_flags", "after_flags", "after_rename",
+CRASH_POINTS = ("after_staging", "after_intent", "after_reports", "after_flags", "after_rename",
                 "before_state_commit", "after_state_commit", "repair_after_place", "repair_before_commit")
 
 
@@ -226,8 +226,10 @@ def repair(state: ExportState, intent: Intent, now: str) -> str:
     what = (f"interrupted batch {intent.batch_id} {how}: "
             + ("registry folder verified" if registry_ok else "no registry folder")
             + (", billing flags in place" if flags_delivered else ", no billing flags"))
+    # billing rows are kept with the members and written at acknowledgement (no flags file is staged
+    # since the lifecycle): recorded, they are delivered
     state.complete(intent.batch_id, reg_dir if registry_ok else None, now, registry=registry_ok or not registry,
-                   flags=flags_delivered, comment=what)
+                   flags=flags_delivered or not flags, comment=what)
     crash_point("repair_before_commit")
     shutil.rmtree(intent.staging_dir, ignore_errors=True)
     log.warning("export: %s", what)

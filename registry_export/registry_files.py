@@ -100,7 +100,13 @@ class RegistryFiles:
         if events is None or len(events) != len(deid["events"]):
             events = [Event.from_dict(e) for e in d.get("events") or ()]
         add_registry_values(deid, list(events), [e["is_timing_run"] for e in deid["events"]])
-        deid = {**self.prefix, **deid}
+        self.add_deidentified({**self.prefix, **deid})
+
+    def add_deidentified(self, deid: dict[str, Any]) -> None:
+        """One study as :meth:`add` made it (de-identified, with the batch's fields first): what
+        ``submission.json`` holds, so ``dosereg hold`` rewrites the files from it."""
+        if self.submission is None:
+            self.submission = JsonStudies(self.folder / "submission.json", self.header)
         self.submission.append(deid)
         self.studies.append_nested(deid)  # the schema's columns: "events" is left out
         pseudo_uid = deid["study_instance_uid"]

@@ -60,6 +60,7 @@ from .report_data import (
     TimingSummary,
     dose_stats,
 )
+from .report_exams import ExamTally
 from .rules import Evaluation
 
 __all__ = ["ReportBuilder", "ReportSummary", "scanner_label", "write_report"]
@@ -203,13 +204,16 @@ class ReportBuilder:
         self.doses: dict[str, dict[str, array[float]]] = {table: {} for table, _, _ in DISTRIBUTIONS}
         self.timing_by_protocol: dict[str, array[float]] = {}
         self.details = {name: _Detail(name, columns) for name, columns in _DETAIL_COLUMNS.items()}
+        self.exams = ExamTally()  # exams without a dose report, per scanner and day
         self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
         self._spool_csv = detail_writer(self._spool)
 
     # -- accumulation -------------------------------------------------------------------
     def add_evaluated(self, record: StudyRecord, evaluation: Evaluation) -> None:
         """Account for one study: ``record`` and ``evaluate(record, rules)``."""
-        self._account(_study(record, evaluation))
+        s = _study(record, evaluation)
+        self._account(s)
+        self.exams.add(record, s.scanner, s.study_date)
 
     def _account(self, s: _Study) -> None:
         self.studies += 1
@@ -323,10 +327,13 @@ class ReportBuilder:
             scanners=tuple(g.summary(n) for n, g in sorted(self.scanners.items())),
             protocols=tuple(g.summary(n) for n, g in sorted(self.protocols.items())),
             distributions=distributions, timing=timing,
-            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()})
+            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()},
+            exams_without_report=self.exams.rows())
 
-    def write(self, folder: Path, stem: str, batch_id: str | None = None) -> list[Path]:
-        """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths."""
+    def write(self, folder: Path, stem: str, batch_id: str | None = None,
+              batches: list[dict[str, Any]] | None = None) -> list[Path]:
+        """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths
+        (``batches``: the lifecycle section's rows, :func:`.review.list_batches`)."""
         from .report_html import render_html
 
         summary = self.summary()
@@ -338,7 +345,7 @@ class ReportBuilder:
         self.close()
         html_path = folder / f"{stem}.html"
         with os.fdopen(private_file(html_path), "w", encoding="utf-8") as fh:
-            fh.write(render_html(summary, self.cfg, batch_id))
+            fh.write(render_html(summary, self.cfg, batch_id, batches=batches))
         return [html_path, csv_path]
 
     def close(self) -> None:
@@ -347,7 +354,9 @@ class ReportBuilder:
 
 
 def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None = None) -> list[Path]:
-    """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``."""
+    """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``, with
+    every batch's state and who approved it."""
+    from .review import list_batches
     from .rules import evaluate, rules_from_config
 
     rules = rules_from_config(cfg)
@@ -359,7 +368,7 @@ def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_
     stem = "completeness-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-report-", dir=out))
     try:
-        written = builder.write(staging, stem)
+        written = builder.write(staging, stem, batches=list_batches(cfg))
         final = []
         for p in written:
             target = out / p.name

@@ -131,7 +131,8 @@ class ReportSummary:
     * ``distributions``: the four of :data:`DISTRIBUTIONS` that have values, in that order;
     * ``timing``: timing runs per protocol, sorted by protocol;
     * ``details``: the detail tables by name (``incomplete_study``, ``timing_run``,
-      ``above_notification``, ``dlp_disagreement``).
+      ``above_notification``, ``dlp_disagreement``);
+    * ``exams_without_report``: exams without a dose report per scanner and day.
     """
 
     studies: int
@@ -143,6 +144,8 @@ class ReportSummary:
     distributions: tuple[Distribution, ...]
     timing: tuple[TimingSummary, ...]
     details: Mapping[str, DetailTable]
+    #: (scanner, day, exams) of the CT exams without a dose report (:mod:`.report_exams`)
+    exams_without_report: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def rate(self) -> float:

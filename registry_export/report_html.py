@@ -14,9 +14,11 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from dosereg.conf.config import Config
 
+from .report_batches import batches_html
 from .report_data import (
     CHART_GROUPS,
     DLP_TOLERANCE_MGYCM,
@@ -27,6 +29,7 @@ from .report_data import (
     GroupCompleteness,
     ReportSummary,
 )
+from .report_exams import exams_html
 
 _DETAIL_HEADERS = {
     "incomplete_study": ("Accession", "Study date", "Scanner", "Registry code", "Reasons"),
@@ -39,10 +42,11 @@ _DETAIL_HEADERS = {
 
 
 def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None,
-                now: datetime | None = None) -> str:
+                now: datetime | None = None, batches: Sequence[Mapping[str, Any]] | None = None) -> str:
     """The page for ``summary``: facility, profile and notification values from ``cfg``;
     ``batch_id`` names the export batch it was written with; ``now`` (UTC) when it was
-    generated (default: now)."""
+    generated (default: now); ``batches``: the batches' lifecycle (:mod:`.report_batches`; None:
+    no such section, as in the report an export writes for its own batch)."""
     when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     details = summary.details
     parts: list[str] = [_HEAD.format(title=html.escape(f"dosereg completeness report — {cfg.site.facility_id}"))]
@@ -64,6 +68,7 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     det = details["incomplete_study"]
     parts.append(f"<h2>Incomplete studies ({det.count})</h2>")
     parts.append(_detail_html(det))
+    parts.append(exams_html(summary.exams_without_report))
 
     parts.append("<h2>Dose distributions</h2><p class='note'>Per event, as stated by the scanner on its own "
                  "phantom; timing runs and localizers left out. Boxes: quartiles and median; whiskers: 1.5 IQR.</p>")
@@ -84,6 +89,8 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     parts.append(f"<h2>Stated total DLP differs from the sum of events ({det.count})</h2><p class='note'>"
                  f"Tolerance: {DLP_TOLERANCE_MGYCM:g} mGy·cm or {DLP_TOLERANCE_REL:.0%}, whichever is larger.</p>")
     parts.append(_detail_html(det))
+    if batches is not None:
+        parts.append(batches_html(batches))
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dosereg.conf.config import Config, NonPatientSettings, NotificationSettings
-from dosereg.extract import Event, StudyRecord
+from dosereg.extract import Event, ExamRecord, StudyRecord
 
 from .classification import (
     RtPlanningRules,
@@ -162,7 +162,7 @@ def evaluate(record: StudyRecord, rules: Rules) -> Evaluation:
                       ("not a patient study",))
         return Evaluation(completeness, classification, flags, timing)
     registry_reasons: list[str] = []
-    if not record.dose_objects:
+    if not record.dose_objects and record.__class__ is not ExamRecord:  # an exam's reason is its completeness's
         registry_reasons.append("no parsed CT dose object")
     registry_reasons.extend(completeness.reasons)
     if registry_reasons:

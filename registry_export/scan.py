@@ -16,18 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dosereg.extract import StudyRecord
 
 from . import legacy
 from .batch_writer import StudyWriter
+from .batches import member_info
 from .decision import REGISTRY_CODE, Decision, decide, settled
 from .fingerprint import content_fingerprint, flags_key, input_key
 from .rules import Rules, evaluate, study_dict
 from .source import StudySource, VersionCursor, versions_of
 from .state import Evaluated, ExportState, Member, StudyLookup, StudyState
-from .writers import FlagsWriter, flags_row
+from .writers import flags_row
 
 FLUSH_EVERY = 1000  # members and settled studies recorded per statement
 
@@ -86,7 +86,9 @@ def _all_settled(studies: Iterable[tuple[str | None, str | None, str | None]], k
 @dataclass
 class Scan:
     """One pass over every record of ``source``, feeding ``writer`` and recording in ``state``
-    (None: a preview, which records nothing and writes no flags)."""
+    (None: a preview, which records nothing). Billing rows are kept with the members and
+    written when the batch is acknowledged (:mod:`.billing`); ``blocked`` studies (of an
+    unfinished batch, or held) are reported on but not offered."""
 
     rules: Rules
     rules_key: str
@@ -94,22 +96,18 @@ class Scan:
     writer: StudyWriter
     flags_dir: Path
     state: ExportState | None
+    blocked: frozenset[str] = frozenset()
     counts: Counts = field(default_factory=Counts, init=False)
-    _flags: FlagsWriter | None = field(default=None, init=False)
     _members: list[Member] = field(default_factory=list, init=False)
     _settled: list[tuple[str, Evaluated]] = field(default_factory=list, init=False)
 
     def run(self, source: StudySource, lookup: Callable[[], StudyLookup]) -> Counts:
         versions = versions_of(source)
         cursor = VersionCursor(versions() if versions is not None else ())
-        try:
-            with lookup() as known:
-                for record in source.records():
-                    self._study(record, known, cursor)
-            self._flush()
-        finally:
-            if self._flags is not None:
-                self._flags.close()
+        with lookup() as known:
+            for record in source.records():
+                self._study(record, known, cursor)
+        self._flush()
         return self.counts
 
     def _study(self, record: StudyRecord, known: StudyLookup, cursor: VersionCursor) -> None:
@@ -132,12 +130,14 @@ class Scan:
         code = (d.get("flags") or {}).get("registry_code")
         state = legacy.in_current_form(known.get(uid), d, fp)
         decision = decide(code, fp, fkey, state)
+        if decision.sends and uid in self.blocked:  # in an unfinished batch, or held: not offered now
+            self.writer.add(record, evaluation, False)
+            return
         self.writer.add(record, evaluation, decision.to_registry, d)
         evaluated = Evaluated(ikey, code, version, self.rules_key)
         self._count(decision, len(record.events or ()))
-        if decision.to_flags:
-            self._flag(row)
-        self._record(uid, decision, fp, fkey, evaluated, state)
+        info = member_info(d, row) if decision.sends and self.state is not None else None
+        self._record(uid, decision, fp, fkey, evaluated, state, info)
 
     def _count(self, decision: Decision, events: int) -> None:
         counts = self.counts
@@ -148,22 +148,14 @@ class Scan:
             counts.registry_resubmitted += decision.resubmission
         counts.flag_rows += decision.to_flags
 
-    def _flag(self, row: dict[str, Any]) -> None:
-        if self.state is None:
-            return  # a preview writes no flags (docs/files.md)
-        if self._flags is None:
-            name = self.batch_id
-            self._flags = FlagsWriter(self.flags_dir / f"{name}.csv", self.flags_dir / f"{name}.parquet")
-        self._flags.append(row)
-
     def _record(self, uid: str, decision: Decision, fp: str, fkey: str, evaluated: Evaluated,
-                state: StudyState | None) -> None:
+                state: StudyState | None, info: str | None) -> None:
         if self.state is None:
             return
         if decision.sends:
             self._members.append(Member(uid, decision.to_registry, decision.to_flags,
                                         fp if decision.to_registry else None,
-                                        fkey if decision.to_flags else None, evaluated))
+                                        fkey if decision.to_flags else None, evaluated, info))
         elif state is not None and state.evaluated != evaluated:
             self._settled.append((uid, evaluated))
         if len(self._members) >= FLUSH_EVERY or len(self._settled) >= FLUSH_EVERY:

@@ -1,7 +1,7 @@
 """Export state: the batches, what each holds, what was submitted, and what billing was told.
 
 Kept in its own SQLite file ``<data_dir>/export-state.sqlite`` (never in the catalog), owner-only.
-Tables (schema 4; :data:`SCHEMA` below is the reference):
+Tables (schema 5; :mod:`.state_schema` and :mod:`.batches` for the lifecycle's are the reference):
 
 ``meta``
     ``schema_version``, ``secret_fingerprint`` (HMAC of a fixed message with the pseudonym
@@ -9,7 +9,7 @@ Tables (schema 4; :data:`SCHEMA` below is the reference):
     ``pseudonyms_changed_at`` (when ``dosereg secret change`` last changed it).
 ``batches``
     one row per batch, with its ``state``: ``writing`` (the intent: every file is staged, none
-    may be placed yet), ``exported`` (placed and recorded), ``discarded`` (an interrupted batch
+    may be placed yet), then the lifecycle's states once placed (:mod:`.lifecycle`), ``discarded`` (an interrupted batch
     none of whose billing or registry files had been placed). The batch lifecycle of the
     review step (``pending_review``, ``approved``, ``sending``, ``acknowledged``, ``failed``,
     ``rejected``, and ``legacy`` for the batches exported before it) are further values of the
@@ -54,92 +54,16 @@ from typing import Any
 from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, private_file
 
-#: 2: studies.input_key; 3: batch state, membership, files, audit log, secret fingerprint;
-#: 4: last_code, source_version and rules_key columns (the ":G9327" suffix of input keys becomes last_code)
-SCHEMA_VERSION = 4
+from . import batches, state_schema
+from .lifecycle import PENDING_REVIEW
+from .state_schema import SCHEMA_VERSION, SUBMITTED_SUFFIX_3
+
 STATE_FILE = "export-state.sqlite"
 LOCK_FILE = "export-state.lock"
 
 #: batch states this module sets (the review lifecycle adds its own)
 WRITING, EXPORTED, DISCARDED = "writing", "exported", "discarded"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY,
-    batch_id TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    facility_id TEXT NOT NULL,
-    out_dir TEXT NOT NULL,
-    studies_seen INTEGER NOT NULL,
-    registry_studies INTEGER NOT NULL,
-    registry_events INTEGER NOT NULL,
-    flag_rows INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'exported',
-    state_changed_at TEXT,
-    staging_dir TEXT,              -- where the files wait until placed (intent)
-    registry_dir TEXT,             -- the registry folder, once placed (NULL: the batch has none)
-    secret_fingerprint TEXT,       -- of the secret its pseudonyms were made with
-    pseudonyms_changed_at TEXT     -- the last `dosereg secret change` before it, if any
-);
-CREATE INDEX IF NOT EXISTS batches_state ON batches (state);
-CREATE TABLE IF NOT EXISTS batch_studies (
-    batch_id TEXT NOT NULL REFERENCES batches (batch_id),
-    study_uid TEXT NOT NULL,
-    to_registry INTEGER NOT NULL,  -- 1: the study's record is in the registry files
-    to_flags INTEGER NOT NULL,     -- 1: the study has a billing flags row
-    registry_fingerprint TEXT,     -- content fingerprint submitted (when to_registry)
-    flags_key TEXT,                -- key of the flags row (when to_flags)
-    input_key TEXT,                -- record + rules it was evaluated with
-    last_code TEXT,                -- the registry code that evaluation gave
-    source_version TEXT,           -- the source's version key of the record, when the source has them
-    rules_key TEXT,                -- the rules it was evaluated with
-    PRIMARY KEY (batch_id, study_uid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS batch_studies_study ON batch_studies (study_uid);
-CREATE TABLE IF NOT EXISTS batch_files (
-    batch_id TEXT NOT NULL REFERENCES batches (batch_id),
-    kind TEXT NOT NULL,            -- 'registry' | 'flags' | 'report'
-    name TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    PRIMARY KEY (batch_id, kind, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    registry_fingerprint TEXT,   -- content fingerprint when last submitted to the registry
-    registry_batch_id TEXT,
-    flags_key TEXT,              -- hash of the flags row billing last received
-    flags_batch_id TEXT,
-    batch_id TEXT,               -- the last batch the study was part of (registry or flags)
-    exported_at TEXT,
-    input_key TEXT,              -- record + rules the study was last evaluated with, once settled
-    last_code TEXT,              -- the registry code of that evaluation (NULL: not known)
-    source_version TEXT,         -- the source's version key of that record (NULL: none given)
-    rules_key TEXT               -- the rules key of that evaluation
-);
-CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    batch_id TEXT,               -- NULL for site-wide actions (secret change, migration)
-    action TEXT NOT NULL,
-    actor TEXT,                  -- the person (--by, web login); NULL for dosereg itself
-    os_user TEXT,
-    comment TEXT
-);
-CREATE TRIGGER IF NOT EXISTS audit_log_append_only_u BEFORE UPDATE ON audit_log
-    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_log_append_only_d BEFORE DELETE ON audit_log
-    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-"""
-
-_BATCH_COLUMNS_3 = (  # added to `batches` by the migration to schema 3
-    "state TEXT NOT NULL DEFAULT 'exported'", "state_changed_at TEXT", "staging_dir TEXT", "registry_dir TEXT",
-    "secret_fingerprint TEXT", "pseudonyms_changed_at TEXT",
-)
-_EVALUATED_COLUMNS_4 = ("last_code TEXT", "source_version TEXT", "rules_key TEXT")  # studies, batch_studies
-#: what schema 3 appended to an input key when the study's code was G9327 (schema 4: last_code)
-_SUBMITTED_SUFFIX_3 = ":G9327"
 
 
 class ExportBusyError(RuntimeError):
@@ -206,6 +130,7 @@ class Member:
     registry_fingerprint: str | None  # the content fingerprint submitted (when to_registry)
     flags_key: str | None  # the key of its flags row (when to_flags)
     evaluated: Evaluated
+    info: str | None = None  # :func:`.batches.member_info`: billing row, dose objects, totals
 
 
 @dataclass(frozen=True)
@@ -227,18 +152,6 @@ class Intent:
     files: tuple[BatchFile, ...]
 
 
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    """The statements of ``script`` one by one, inside the open transaction (``executescript``
-    would commit it first)."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                db.execute(pending)
-            pending = ""
-
-
 def _tighten(path: Path) -> None:
     """The state file and SQLite's companions owner-only (a file made by an older version may be wider)."""
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -249,27 +162,12 @@ def _tighten(path: Path) -> None:
             pass
 
 
-def _add_columns(db: sqlite3.Connection, table: str, columns: Iterable[str]) -> None:
-    """``ALTER TABLE table ADD COLUMN`` for each of ``columns`` (``"name TYPE"``) it lacks."""
-    present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-    for column in columns:
-        if column.split()[0] not in present:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-
-
-def _suffix_to_last_code(db: sqlite3.Connection) -> None:
-    """Schema 3 marked the input key of a study whose code was G9327 with a ``:G9327`` suffix;
-    schema 4 keeps the key bare and the code in ``last_code``."""
-    n = len(_SUBMITTED_SUFFIX_3)
-    for table in ("studies", "batch_studies"):
-        db.execute(f"UPDATE {table} SET last_code = 'G9327', input_key = substr(input_key, 1, length(input_key) - ?) "
-                   f"WHERE input_key LIKE ?", (n, "%" + _SUBMITTED_SUFFIX_3))
-
-
 class ExportState:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        #: the state a batch gets once placed (:func:`.lifecycle.after_export`; set by the export)
+        self.exported_state = PENDING_REVIEW
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
             self.version = self._version()
@@ -302,9 +200,9 @@ class ExportState:
                 raise RuntimeError(f"{self.path}: export state schema {version} is newer than this dosereg "
                                    f"understands ({SCHEMA_VERSION})")
             if version == 0:
-                _run_script(self._db, SCHEMA)
+                state_schema.create(self._db)
             elif version < SCHEMA_VERSION:
-                self._migrate(version)
+                self.log(None, "migrate", state_schema.migrate(self._db, version))
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE "
                              "SET value=excluded.value", (str(SCHEMA_VERSION),))
             self.commit()
@@ -312,42 +210,17 @@ class ExportState:
             self.rollback()
         self.version = SCHEMA_VERSION
 
-    def _migrate(self, version: int) -> None:
-        """An older schema brought to :data:`SCHEMA_VERSION` step by step (one audit entry)."""
-        db = self._db
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        if version < 3:
-            self._migrate_to_3()
-        _add_columns(db, "studies", _EVALUATED_COLUMNS_4)
-        _add_columns(db, "batch_studies", _EVALUATED_COLUMNS_4)
-        _suffix_to_last_code(db)
-        self.log(None, "migrate", f"export state schema {version} -> {SCHEMA_VERSION}"
-                 + (f"; earlier batches are '{EXPORTED}', membership known for each study's last registry and "
-                    "flags batch" if version < 3 else "")
-                 + ("; the ':G9327' mark of input keys is last_code" if version < 4 else ""))
-
-    def _migrate_to_3(self) -> None:
-        """Schema 1 or 2 -> 3: the batches get a state (``exported``: they were placed and recorded),
-        the membership of each study's last registry and flags batch is filled in from ``studies``
-        (what earlier versions kept; older memberships were not recorded)."""
-        db = self._db
-        _add_columns(db, "studies", ("input_key TEXT",))  # 1 -> 2
-        _add_columns(db, "batches", _BATCH_COLUMNS_3)
-        _run_script(db, SCHEMA)
-        db.execute("""UPDATE batches SET registry_dir = out_dir || '/registry/' || facility_id || '/' || batch_id
-                      WHERE registry_studies > 0 AND registry_dir IS NULL""")
-        db.execute("""INSERT OR IGNORE INTO batch_studies
-                          (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, flags_key, input_key)
-                      SELECT registry_batch_id, study_uid, 1, 0, registry_fingerprint, NULL, NULL
-                      FROM studies WHERE registry_batch_id IS NOT NULL""")
-        db.execute("""INSERT INTO batch_studies
-                          (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, flags_key, input_key)
-                      SELECT flags_batch_id, study_uid, 0, 1, NULL, flags_key, NULL
-                      FROM studies WHERE flags_batch_id IS NOT NULL AND true
-                      ON CONFLICT (batch_id, study_uid) DO UPDATE SET to_flags = 1, flags_key = excluded.flags_key""")
-
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for :mod:`.batches` (same file, same transactions)."""
+        return self._db
+
+    def blocked(self) -> frozenset[str]:
+        """Studies the next export leaves alone (:func:`.batches.blocked`)."""
+        return batches.blocked(self._db) if self.version >= 5 else frozenset()
 
     # -- transactions -----------------------------------------------------------------------
     def begin(self) -> None:
@@ -414,9 +287,9 @@ class ExportState:
         """Studies of the batch being written (recorded with its intent)."""
         self._db.executemany(
             "INSERT OR REPLACE INTO batch_studies (batch_id, study_uid, to_registry, to_flags, registry_fingerprint, "
-            "flags_key, input_key, last_code, source_version, rules_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "flags_key, input_key, last_code, source_version, rules_key, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ((batch_id, m.uid, int(m.to_registry), int(m.to_flags), m.registry_fingerprint, m.flags_key,
-              *_evaluated_row(m.evaluated)) for m in members))
+              *_evaluated_row(m.evaluated), m.info) for m in members))
 
     def record_intent(self, batch_id: str, seq: int, created_at: str, facility_id: str, out_dir: Path,
                       staging_dir: Path, counts: tuple[int, int, int, int], files: Iterable[BatchFile],
@@ -458,6 +331,7 @@ class ExportState:
         # a study whose part of the batch was not delivered forgets what it was evaluated with
         # (so it is evaluated, and offered, again)
         undelivered = "(m.to_registry AND NOT ?2) OR (m.to_flags AND NOT ?3)"
+        batches.capture_prev(self._db, batch_id)
         self._db.execute(
             f"""INSERT INTO studies (study_uid, registry_fingerprint, registry_batch_id, flags_key,
                                     flags_batch_id, batch_id, exported_at, input_key, last_code, source_version,
@@ -484,7 +358,7 @@ class ExportState:
                  batch_id = excluded.batch_id, exported_at = excluded.exported_at""",
             (batch_id, int(registry), int(flags)))
         self._db.execute("UPDATE batches SET state=?, state_changed_at=?, registry_dir=? WHERE batch_id=?",
-                         (EXPORTED, at, str(registry_dir) if registry_dir is not None else None, batch_id))
+                         (self.exported_state, at, str(registry_dir) if registry_dir is not None else None, batch_id))
         self.log(batch_id, "exported", comment, at=at)
 
     def discard(self, batch_id: str, at: str, comment: str) -> None:
@@ -539,8 +413,8 @@ def _study_columns(version: int) -> str:
 
 def _study_state(row: tuple[str | None, ...]) -> StudyState:
     fp, key, ikey, code, version, rkey = row
-    if ikey is not None and ikey.endswith(_SUBMITTED_SUFFIX_3):  # an unmigrated schema 3 state
-        ikey, code = ikey[: -len(_SUBMITTED_SUFFIX_3)], "G9327"
+    if ikey is not None and ikey.endswith(SUBMITTED_SUFFIX_3):  # an unmigrated schema 3 state
+        ikey, code = ikey[: -len(SUBMITTED_SUFFIX_3)], "G9327"
     evaluated = NOT_EVALUATED if ikey is None and code is None and version is None and rkey is None else (
         Evaluated(ikey, code, version, rkey))
     return StudyState(fp, key, evaluated)

@@ -22,11 +22,24 @@ def _num(value: Any) -> str:
         return str(value)
 
 
+_SHORT = {"pending_review": "in review", "not_eligible": "not eligible", "acknowledged": "reported",
+          "no_dose_report": "no dose rep."}
+
+
+def _submission(sub: Any) -> str:
+    """Where the study stands in the lifecycle, short (``submission.state``; the billed code once billed)."""
+    if not isinstance(sub, dict) or not sub.get("state"):
+        return ""
+    state = str(sub["state"])
+    text = _SHORT.get(state, state)
+    return f"{text} {sub['billed_code']}" if state == "acknowledged" and sub.get("billed_code") else text
+
+
 def studies_table(evaluated_dicts: Iterable[dict[str, Any]]) -> str:
     """The human table of ``dosereg studies``: one line per study, newest first."""
     headers = ("Date", "Accession", "Description", "Scanner", "Events", "DLP mGy·cm", "Status",
-               "Registry", "Nomencl.", "Exported")
-    widths_max = (10, 16, 30, 30, 6, 10, 10, 8, 8, 21)
+               "Registry", "Nomencl.", "Exported", "Submission")
+    widths_max = (10, 16, 30, 30, 6, 10, 10, 8, 8, 21, 14)
     rows = []
     for d in evaluated_dicts:
         if d.get("error"):
@@ -46,6 +59,7 @@ def studies_table(evaluated_dicts: Iterable[dict[str, Any]]) -> str:
             flags.get("registry_code") or "",
             flags.get("nomenclature_code") or "",
             export.get("batch_id") or "",
+            _submission(d.get("submission")),
         ))
     if not rows:
         return "no studies in the catalog\n"

@@ -143,7 +143,7 @@ EVENT_GROUPS: dict[str, Any] = {
 }
 
 FLAG_COLUMNS = ("accession_number", "study_instance_uid", "patient_id", "study_date",
-                "registry_code", "nomenclature_code", "reasons")
+                "registry_code", "nomenclature_code", "reasons", "reported_at", "receipt")
 FLAG_SCHEMA = pa.schema([pa.field(name, _STR) for name in FLAG_COLUMNS],
                         metadata={"dosereg.schema": "dosereg.flags/1"})
 

@@ -112,7 +112,7 @@ def test_migrates_a_version_2_catalog_in_place(cfg: Config) -> None:
 
     catalog = open_catalog(cfg)  # the listener or an import opens it: migrated in place
     try:
-        assert catalog.schema_version == SCHEMA_VERSION == 3
+        assert catalog.schema_version == SCHEMA_VERSION == 4
         # the same studies, read back
         assert {uid: json.loads(text) for uid, text in stored.items()} == {
             r.study_instance_uid: r.to_dict() for r in catalog.iter_studies()}
@@ -139,7 +139,7 @@ def test_migrates_a_version_2_catalog_in_place(cfg: Config) -> None:
     assert migrated_objects[:-1] == objects_before[:-1]  # (the last one was replaced just now)
     assert rows(path, "SELECT * FROM events ORDER BY study_instance_uid, position") == events_before
     assert rows(path, "SELECT * FROM received ORDER BY id") == received_before
-    assert [v for (v,) in rows(path, "SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert [v for (v,) in rows(path, "SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
     # each record once: a study of one object keeps no record of its own
     multi = {str(r.study_instance_uid) for r in records[:4]}
     own = dict(rows(path, "SELECT study_instance_uid, record IS NOT NULL FROM studies"))

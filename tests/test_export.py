@@ -24,12 +24,13 @@ from dosereg.registry_export import (
 )
 from dosereg.registry_export.deid import MissingSecretError, Pseudonymizer
 from dosereg.registry_export.writers import EVENT_SCHEMA, FLAG_COLUMNS, STUDY_SCHEMA
+from tests.lifecycle_helpers import acknowledge_all
 from tests.synthetic import synthetic_study
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "unit-test-secret-0123456789abcdef0123"
 FLAG_HEADER = ["accession_number", "study_instance_uid", "patient_id", "study_date",
-               "registry_code", "nomenclature_code", "reasons"]
+               "registry_code", "nomenclature_code", "reasons", "reported_at", "receipt"]
 
 
 @pytest.fixture()
@@ -139,6 +140,7 @@ def test_first_batch_writes_every_file_with_the_contracted_content(cfg: Config) 
     assert len(submission["studies"]) == len(g9327)
 
     # billing flags: one row per evaluated study, the exact columns, ISO dates, reasons in words
+    acknowledge_all(cfg)  # written once the batch is acknowledged (docs/lifecycle.md)
     flags = read_flags_csv(data / "flags" / f"{batch}.csv")
     assert len(flags) == 30
     by_acc = {f["accession_number"]: f for f in flags}
@@ -174,6 +176,7 @@ def test_second_export_with_nothing_new_writes_nothing(cfg: Config) -> None:
 def test_study_gaining_a_dose_object_is_resubmitted_under_the_same_pseudonym(cfg: Config) -> None:
     records = corpus_of(6)
     first = export_batch(cfg, source(records))
+    acknowledge_all(cfg)
     reg1 = pq.read_table(first.registry_dir / "studies.parquet")  # type: ignore[operator]
     uid = records[2].study_instance_uid
     assert pseudo(uid) in reg1.column("study_instance_uid").to_pylist()  # type: ignore[arg-type]
@@ -190,7 +193,8 @@ def test_study_gaining_a_dose_object_is_resubmitted_under_the_same_pseudonym(cfg
     events = pq.read_table(second.registry_dir / "events.parquet")  # type: ignore[operator]
     assert events.num_rows == len(records[2].events) + len(records[-1].events)
     # billing already has study 2's (unchanged) flags: only the new study gets a flags row
-    flags = read_flags_csv(second.flags_paths[0])
+    acknowledge_all(cfg)
+    flags = read_flags_csv(cfg.data_dir / "flags" / f"{second.batch_id}.csv")
     assert [f["accession_number"] for f in flags] == ["ACN000000100"]
     marks = export_marks(cfg)
     assert marks[uid]["batch_id"] == second.batch_id  # type: ignore[index]
@@ -200,12 +204,14 @@ def test_study_gaining_a_dose_object_is_resubmitted_under_the_same_pseudonym(cfg
 def test_completed_study_goes_to_registry_and_billing_gets_the_new_code(cfg: Config) -> None:
     records = corpus_of(5)
     first = export_batch(cfg, source(records))
+    acknowledge_all(cfg)
     assert pseudo(records[3].study_instance_uid) not in pq.read_table(  # type: ignore[arg-type]
         first.registry_dir / "studies.parquet").column("study_instance_uid").to_pylist()  # type: ignore[operator]
     records[3] = synthetic_study(3, sex="M")  # the sex was added by a corrected dose object
     second = export_batch(cfg, source(records))
     assert second.registry_studies == 1 and second.registry_resubmitted == 0
-    flags = read_flags_csv(second.flags_paths[0])
+    acknowledge_all(cfg)
+    flags = read_flags_csv(cfg.data_dir / "flags" / f"{second.batch_id}.csv")
     assert [(f["accession_number"], f["registry_code"]) for f in flags] == [("ACN000000003", "G9327")]
 
 
@@ -356,6 +362,7 @@ def _state_dump(cfg: Config) -> list[tuple[object, ...]]:
 def test_preview_changes_no_state_and_the_next_export_is_unaffected(cfg: Config, tmp_path: Path) -> None:
     records = corpus_of(6)
     first = export_batch(cfg, source(records))
+    acknowledge_all(cfg)
     records[2] = synthetic_study(2, objects=2)  # changed since
     records.append(synthetic_study(50))  # and new
     before = _state_dump(cfg)
@@ -386,9 +393,10 @@ def test_every_file_export_writes_is_owner_only(cfg: Config, mask: int) -> None:
     old = os.umask(mask)
     try:
         result = export_batch(cfg, source(corpus_of(8)))
+        acknowledge_all(cfg)
     finally:
         os.umask(old)
-    assert result.registry_dir is not None and result.flags_paths and result.report_paths
+    assert result.registry_dir is not None and list((cfg.data_dir / "flags").iterdir()) and result.report_paths
     found = {str(p.relative_to(cfg.data_dir)): stat.S_IMODE(p.stat().st_mode)
              for p in [cfg.data_dir, *cfg.data_dir.rglob("*")]}
     assert "export-state.sqlite" in found and "flags" in found and "reports" in found
@@ -451,11 +459,12 @@ def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -
     v2.close()
 
     again = export_batch(cfg, source(records))
-    assert again.batch_id is None and "nothing new" in again.summary()
+    # spec section 8: batches from before the lifecycle are legacy, never sent: their studies are offered again
+    assert again.batch_id is not None and again.registry_studies == first.registry_studies
     state = ExportState(path, readonly=True)
     try:
-        assert state.version == SCHEMA_VERSION == 4
-        assert state.batch_states() == {first.batch_id: "exported"}
+        assert state.version == SCHEMA_VERSION == 5
+        assert state.batch_states() == {first.batch_id: "legacy", again.batch_id: "pending_review"}
         members = state.members(str(first.batch_id))
         assert len(members) == 6 and sum(r for _, r, _ in members) == first.registry_studies
         assert all(f for _, _, f in members)
@@ -463,6 +472,7 @@ def test_schema_2_state_is_migrated_and_nothing_is_exported_again(cfg: Config) -
     finally:
         state.close()
     records.append(synthetic_study(60))
+    acknowledge_all(cfg)
     third = export_batch(cfg, source(records))
     assert third.registry_studies == 1 and third.flag_rows == 1
 

@@ -19,6 +19,7 @@ import pytest
 from dosereg.registry_export.deid import Pseudonymizer
 from dosereg.registry_export.placement import CRASH_POINTS
 from tests.conftest import SAMPLES, jsonl, run_cli
+from tests.lifecycle_helpers import acknowledge_all_in
 
 SECRET = "crash-test-secret-0123456789abcdef0123"
 ENV = {"DOSEREG_SECRET": SECRET}
@@ -86,6 +87,7 @@ def _assert_once_each(data: Path, studies: list[dict[str, object]]) -> None:
     submitted = _submitted(data)
     assert set(submitted) == g9327, "every G9327 study submitted, nothing else"
     assert {uid for uid, n in submitted.items() if n != 1} == set(), submitted
+    acknowledge_all_in(data, ENV)  # billing flags follow the acknowledgement (docs/lifecycle.md)
     rows = _flag_rows(data)
     assert set(rows) == {s["study_instance_uid"] for s in studies}
     assert {uid for uid, n in rows.items() if n != 1} == set(), rows
@@ -112,26 +114,27 @@ def test_killed_export_is_repaired_by_the_next_one(point: str, template: tuple[P
     _assert_once_each(data, template[1])
     states = _batch_states(data)
     if point == "after_staging":  # before the intent: nothing recorded, the staging folder was stale
-        assert list(states.values()) == ["exported"]
-    elif point in ("after_intent", "after_reports"):  # nothing billing or the registry reads was placed
-        assert list(states.values()) == ["discarded", "exported"]
+        assert list(states.values()) == ["acknowledged"]
+    elif point in ("after_intent", "after_reports", "after_flags"):  # nothing the registry reads was placed
+        assert list(states.values()) == ["discarded", "acknowledged"]
         discarded = next(iter(states))
         assert not list(data.glob(f"reports/*{discarded}*")) and not list(data.glob(f"flags/{discarded}*"))
     else:  # something was placed: the same batch was completed or adopted, no second batch
-        assert list(states.values()) == ["exported"]
+        assert list(states.values()) == ["acknowledged"]
 
 
 def test_a_repair_that_is_itself_killed_is_repaired_again(template: tuple[Path, list[dict[str, object]]],
                                                           tmp_path: Path) -> None:
     data = _copy(template[0], tmp_path)
-    assert _export(data, crash_at="mid_flags") == 137  # the csv is in place, not the parquet nor the registry
+    assert _export(data, crash_at="after_rename") == 137  # the registry folder is in place, not recorded
     (batch_id,) = _batch_states(data)
-    assert (data / "flags" / f"{batch_id}.csv").exists() and not (data / "flags" / f"{batch_id}.parquet").exists()
+    assert (data / "registry" / "FACILITY-0001" / batch_id).is_dir()
     assert _export(data, crash_at="repair_after_place") == 137
     assert _export(data, crash_at="repair_before_commit") == 137
     assert _batch_states(data) == {batch_id: "writing"}
     _export(data)
-    assert _batch_states(data) == {batch_id: "exported"}
+    states = _batch_states(data)
+    assert states[batch_id] in ("pending_review", "discarded") and "writing" not in states.values()
     _assert_once_each(data, template[1])
 
 
@@ -142,6 +145,7 @@ def test_a_repaired_batch_records_what_was_submitted(tmp_path: Path) -> None:
     assert _export(data, crash_at="before_state_commit") == 137
     _export(data)
     (uid,) = _submitted(data)
+    acknowledge_all_in(data, ENV)
     assert run_cli("import", str(SAMPLES / "ct_cumulative_2.dcm"), "--data-dir", str(data)).returncode == 0
     res = run_cli("export", "--data-dir", str(data), env=ENV)
     assert res.returncode == 0 and "1 re-submitted after a change" in res.stdout, res.stdout + res.stderr

@@ -19,6 +19,7 @@ import pytest
 
 from dosereg.registry_export.deid import Pseudonymizer
 from tests.conftest import SAMPLES, jsonl, run_cli, validate_record
+from tests.lifecycle_helpers import acknowledge_all_in
 
 SECRET = "e2e-site-secret-0123456789abcdef0123"
 ENV = {"DOSEREG_SECRET": SECRET}
@@ -226,11 +227,12 @@ def test_import_export_reexport_and_incremental(dose_set: ExportSet, tmp_path: P
         assert f["sha256"] == hashlib.sha256((reg / f["name"]).read_bytes()).hexdigest()
     assert {f["name"]: f["rows"] for f in manifest["files"]}["studies.parquet"] == len(g9327)
 
-    # billing flags: one row per study, with the expected codes
+    # billing flags: one row per study, with the expected codes, once the batch is acknowledged
+    acknowledge_all_in(data, ENV)
     with open(data / "flags" / f"{batch_id}.csv", newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == ["accession_number", "study_instance_uid", "patient_id", "study_date",
-                                     "registry_code", "nomenclature_code", "reasons"]
+                                     "registry_code", "nomenclature_code", "reasons", "reported_at", "receipt"]
         flags = {r["study_instance_uid"]: r for r in reader}
     assert len(flags) == dose_set.n_studies
     assert flags[_study_uid(folder / dose_set.excluded)]["registry_code"] == "excluded"
@@ -266,6 +268,7 @@ def test_import_export_reexport_and_incremental(dose_set: ExportSet, tmp_path: P
     t2 = pq.read_table(second[0] / "studies.parquet")
     assert t2.column("study_instance_uid").to_pylist() == [
         Pseudonymizer(SECRET.encode()).uid("1.2.826.0.1.3680043.9.7777.55.1")]
+    acknowledge_all_in(data, ENV)
     with open(data / "flags" / f"{second[0].name}.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["accession_number"], r["registry_code"]) for r in rows] == [("NEWACC0001", "G9327")]
@@ -302,6 +305,7 @@ def test_cumulative_objects_resubmit_the_study_under_the_same_pseudonym(dose_set
     (first,) = list((data / "registry").glob("*/*"))
     t1 = pq.read_table(first / "studies.parquet").to_pylist()
     assert len(t1) == 1 and t1[0]["total_events"] == first_events
+    acknowledge_all_in(data, ENV)  # the registry acknowledged the first version
 
     for name in later:
         assert run_cli("import", str(dose_set.folder / name), "--data-dir", str(data)).returncode == 0

@@ -12,6 +12,7 @@ import pytest
 from dosereg.conf.config import Config, load_config
 from dosereg.registry_export import export_batch
 from dosereg.registry_export import writer_process as export_module
+from tests.lifecycle_helpers import acknowledge_all
 from tests.synthetic import synthetic_study
 
 SECRET = "parallel-test-secret-0123456789abcdef"
@@ -25,9 +26,11 @@ def _export(tmp_path: Path, name: str, parallel_after: int, monkeypatch: pytest.
     assert result.batch_id is not None and result.registry_dir is not None
     reg = result.registry_dir
     submission = json.loads((reg / "submission.json").read_text())
-    flags_csv = next(p for p in result.flags_paths if p.suffix == ".csv")
+    acknowledge_all(cfg)  # billing flags follow the acknowledgement
+    flags_csv = cfg.data_dir / "flags" / f"{result.batch_id}.csv"
     with open(flags_csv, newline="", encoding="utf-8") as fh:
-        flags = list(csv.DictReader(fh))
+        # when and with which receipt the registry acknowledged differ from run to run
+        flags = [{k: v for k, v in r.items() if k not in ("reported_at", "receipt")} for r in csv.DictReader(fh)]
     manifest = json.loads((reg / "manifest.json").read_text())
     report_csv = next(p for p in result.report_paths if str(p).endswith(".csv")).read_text()
     return {

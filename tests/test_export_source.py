@@ -13,6 +13,7 @@ from dosereg.conf.config import Config, load_config
 from dosereg.extract import StudyRecord
 from dosereg.registry_export import CatalogSource, StudySource, VersionedSource, export_batch
 from dosereg.registry_export.source import VersionCursor, as_source, versions_of
+from tests.lifecycle_helpers import acknowledge_all
 from tests.synthetic import synthetic_study
 
 SECRET = "source-test-secret-0123456789abcdef0123"
@@ -55,6 +56,7 @@ def test_with_versions_nothing_new_decodes_no_record(cfg: Config) -> None:
     assert isinstance(source, VersionedSource)
     first = export_batch(cfg, source)
     assert first.batch_id is not None and first.flag_rows == 20 and catalog.decoded == 20
+    acknowledge_all(cfg)
 
     catalog.decoded = 0
     again = export_batch(cfg, source)

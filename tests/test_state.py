@@ -19,6 +19,7 @@ from dosereg.registry_export.state import (
     StudyState,
     state_path,
 )
+from tests.lifecycle_helpers import acknowledge_all
 from tests.synthetic import synthetic_study
 
 SECRET = "state-test-secret-0123456789abcdef0123"
@@ -91,21 +92,22 @@ def test_schema_3_with_suffixed_input_keys_migrates_and_behaves_the_same(cfg: Co
     suffixed = dump(path, "SELECT input_key FROM studies WHERE input_key LIKE '%:G9327'")
     assert len(suffixed) == g9327
 
-    again = export_batch(cfg, lambda: iter(records))  # migrates, then finds nothing new
-    assert again.batch_id is None and again.studies_seen == 12 and again.already_submitted == g9327
+    # spec section 8: batches from before the lifecycle (schema < 5) are legacy, never sent, and
+    # their studies are offered again
+    again = export_batch(cfg, lambda: iter(records))  # migrates, then offers every study again
+    assert again.batch_id is not None and again.studies_seen == 12 and again.registry_studies == g9327
     state = ExportState(path, readonly=True)
     try:
-        assert state.version == SCHEMA_VERSION == 4
-        assert [a["action"] for a in state.audit()][-1] == "migrate"
-        assert "last_code" in state.audit()[-1]["comment"]  # type: ignore[operator]
+        assert state.version == SCHEMA_VERSION == 5
+        migrate = [a for a in state.audit() if a["action"] == "migrate"][-1]
+        assert "last_code" in migrate["comment"] and "legacy" in migrate["comment"]  # type: ignore[operator]
+        assert state.batch_states()[str(first.batch_id)] == "legacy"
     finally:
         state.close()
-    # the keys are bare again and G9327 is a column (other codes were not kept by schema 3: unknown)
-    assert dump(path, "SELECT study_uid, input_key, last_code FROM studies ORDER BY study_uid") == [
-        (uid, key, code if code == "G9327" else None) for uid, key, code in keys_before]
     assert dump(path, "SELECT COUNT(*) FROM batch_studies WHERE input_key LIKE '%:%'") == [(0,)]
 
     # and the next change is exported as without the migration: one study, one resubmission
+    acknowledge_all(cfg)
     records[2] = synthetic_study(2, objects=2)
     third = export_batch(cfg, lambda: iter(records))
     assert (third.registry_studies, third.registry_resubmitted, third.flag_rows) == (1, 1, 0)
