@@ -21,7 +21,8 @@ Public API:
 * the batch lifecycle (docs/lifecycle.md): :func:`list_batches`, :func:`review_batch`,
   :func:`approve`, :func:`hold`, :func:`release`, :func:`reject` (each with ``by``, recorded in
   the audit log) and :func:`send` (cfg, catalog object rows, batch) -> :class:`SendResult`;
-  :func:`submission_lookup` (cfg) -> the ``submission`` of each study record
+  :func:`submission_lookup` (cfg) -> the ``submission`` of each study record; :func:`study_batches`
+  (a study's batch history), :func:`flags_since` (billing's pick-up of the flags files' rows)
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
@@ -33,11 +34,13 @@ from .review import (
     BatchNotFoundError,
     Outcome,
     approve,
+    flags_since,
     hold,
     list_batches,
     reject,
     release,
     review_batch,
+    study_batches,
 )
 from .rules import (
     Evaluation,
@@ -64,5 +67,5 @@ __all__ = [
     "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
-    "BatchNotFoundError", "submission_lookup",
+    "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
 ]

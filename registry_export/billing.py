@@ -18,9 +18,11 @@ gets its flags at the next lifecycle command (:func:`write_pending`).
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -109,4 +111,30 @@ def write_pending(cfg: Config, state: ExportState) -> list[Path]:
     for b in batches.batch_rows(state.db):
         if b.acknowledged_at is not None and b.flags_written_at is None:
             out += write_flags(cfg, state, b.batch_id)
+    return out
+
+
+def parse_since(since: str | None) -> datetime | None:
+    """``since`` as an aware UTC datetime (a naive one is taken as UTC); ValueError naming it."""
+    if since is None or not since.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"since: {since!r} is not an ISO date or datetime (e.g. 2026-12-01T00:00:00Z)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def written_rows(db: Any, cutoff: datetime | None) -> list[dict[str, Any]]:
+    """The rows of the flags files written at or after ``cutoff``, oldest file first."""
+    out: list[dict[str, Any]] = []
+    for b in sorted((b for b in batches.batch_rows(db) if b.flags_written_at), key=lambda b: str(b.flags_written_at)):
+        written = parse_since(b.flags_written_at)
+        if cutoff is not None and written is not None and written < cutoff:
+            continue
+        path = Path(b.out_dir) / "flags" / f"{b.batch_id}.csv"
+        if not path.exists():
+            continue  # a batch whose flags had no row writes no file
+        with open(path, newline="", encoding="utf-8") as fh:
+            out += [{**row, "batch_id": b.batch_id, "written_at": b.flags_written_at} for row in csv.DictReader(fh)]
     return out

@@ -253,3 +253,31 @@ def auto_approve(state: ExportState, batch_id: str, at: str) -> bool:
     state.db.execute("UPDATE batches SET approved_at = ? WHERE batch_id = ?", (at, batch_id))
     state.log(batch_id, "approve", "approved at export: [review] required = false", at=at)
     return finish_if_nothing_to_send(state, batch_id, at)
+
+
+def study_batches(cfg: Config, study_uid: str) -> list[dict[str, Any]]:
+    """The batches a study (original Study Instance UID) was in, oldest first, each as
+    :func:`list_batches` gives it, with ``held`` (the study was held out of it) and the
+    study's ``billed_code`` and ``receipt`` there."""
+    with reading_state(cfg) as state:
+        if state is None:
+            return []
+        out = []
+        for b in batches.batch_rows(state.db):
+            m = {r.study_uid: r for r in batches.member_rows(state.db, b.batch_id)}.get(study_uid)
+            if m is not None:
+                out.append({**batch_dict(state, b), "held": m.held, "billed_code": m.billed_code,
+                            "receipt": m.receipt})
+        return out
+
+
+def flags_since(cfg: Config, since: str | None = None) -> list[dict[str, Any]]:
+    """The rows of every billing flags file written at or after ``since`` (an ISO datetime;
+    None: all), in writing order, each with its ``batch_id`` and ``written_at``.
+
+    Raises ValueError for a ``since`` that is not an ISO datetime."""
+    cutoff = billing.parse_since(since)
+    with reading_state(cfg) as state:
+        if state is None:
+            return []
+        return billing.written_rows(state.db, cutoff)

@@ -219,9 +219,9 @@ def test_forms_without_their_csrf_token_are_refused(served: Server) -> None:
                                                "csrf": "x" * 43}).status_code == 403
         assert c.post("/logout", data={}).status_code == 403
         assert c.get("/studies").status_code == 200  # still logged in: the forged logout did nothing
-        # with its token the action reaches the lifecycle (not wired yet: 501)
+        # with its token the action reaches the lifecycle, which refuses an unknown batch
         r = c.post("/batches/action", data={"action": "approve", "batch_id": "b1", "csrf": csrf_of(page.text)})
-        assert r.status_code == 501 and "not available" in r.text
+        assert r.status_code == 409 and "b1" in r.text
     with client(served) as c:
         c.get("/login")
         r = c.post("/login", data={"name": "phys", "password": PASSWORD})  # no token
@@ -236,7 +236,8 @@ def test_roles(served: Server) -> None:
         assert c.get("/api/flags").status_code == 403
         assert c.get("/api/studies").status_code == 200
     with session(served, "bill") as c:
-        assert c.get("/api/flags").status_code == 501  # allowed; the lifecycle is not wired yet
+        r = c.get("/api/flags")  # allowed: no batch acknowledged yet, so no rows
+        assert r.status_code == 200 and r.json()["flags"] == []
         page = c.get("/batches")
         assert c.post("/batches/action", data={"action": "approve", "batch_id": "b1",
                                                "csrf": csrf_of(page.text)}).status_code == 403
@@ -255,7 +256,7 @@ def test_tokens(served: Server) -> None:
     with client(served) as c:
         auth = {"Authorization": f"Bearer {token}"}
         assert c.get("/api/studies", headers=auth).status_code == 200
-        assert c.get("/api/flags", headers=auth).status_code == 501
+        assert c.get("/api/flags", headers=auth).status_code == 200
         assert c.get("/studies", headers=auth).status_code == 200
         assert run_cli("token", "revoke", "billing-system", "--data-dir", d).returncode == 0
         assert c.get("/api/studies", headers=auth).status_code == 401
@@ -362,8 +363,8 @@ def test_quarantine_reports_and_static(served: Server) -> None:
         assert js.status_code == 200 and len(js.content) > 1_000_000 and b"plotly" in js.content[:2000].lower()
         assert c.get("/static/charts.js").status_code == 200
         b = c.get("/batches")
-        assert b.status_code == 501 and "not available" in b.text
-        assert c.get("/api/batches").status_code == 501
+        assert b.status_code == 200 and "No batch." in b.text
+        assert c.get("/api/batches").json() == {"batches": []}
 
 
 def test_index_follows_the_catalog(served: Server, tmp_path: Path) -> None:
@@ -456,5 +457,53 @@ def test_tls_with_a_certificate(tmp_path: Path) -> None:
             assert page.status_code == 200 and page.headers["strict-transport-security"].startswith("max-age=")
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken there
             httpx.get(f"http://127.0.0.1:{server.port}/login", timeout=10)
+    finally:
+        server.stop()
+
+
+# -- the batch lifecycle in the browser ----------------------------------------------------------
+
+def test_a_weeks_review_in_the_browser_and_billing_through_the_api(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export, then in the web: hold one study, approve (which starts the send to a real drop
+    folder); the batch is acknowledged and billing picks its flags up through the API."""
+    secret = "web-lifecycle-secret-0123456789abcdef01"
+    monkeypatch.setenv("DOSEREG_SECRET", secret)
+    data_dir, drop = tmp_path / "data", tmp_path / "drop"
+    config = tmp_path / "dosereg.toml"
+    config.write_text(f'[storage]\ndata_dir = "{data_dir}"\n[[registry.destinations]]\nname = "drop"\n'
+                      f'kind = "folder"\npath = "{drop}"\n')
+    make_data_dir(data_dir)
+    r = run_cli("export", "--config", str(config), env={"DOSEREG_SECRET": secret})
+    assert r.returncode == 0, r.stderr
+    server = Server(data_dir, config=config)
+    try:
+        with session(server, "phys") as c:
+            (batch,) = c.get("/api/batches").json()["batches"]
+            assert batch["state"] == "pending_review"
+            page = c.get("/batches")
+            keys = re.findall(r'name="study" value="([^"]+)"', page.text)
+            assert len(keys) == sum(batch["counts"][k] for k in ("G9327", "G9326", "excluded"))
+            r = c.post("/batches/action", data={"action": "hold", "batch_id": batch["batch_id"], "study": keys[0],
+                                                "comment": "protocol name to check", "csrf": csrf_of(page.text)})
+            assert r.status_code == 200, r.text
+            r = c.post("/batches/action", data={"action": "approve", "batch_id": batch["batch_id"],
+                                                "comment": "weekly review", "csrf": csrf_of(page.text)})
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 60
+            while (now := c.get("/api/batches").json()["batches"][0])["state"] != "acknowledged":
+                assert now["state"] in ("approved", "sending"), now
+                assert time.monotonic() < deadline, now
+                time.sleep(0.5)
+            assert now["approved_by"] == "phys" and now["counts"]["held"] == 1
+        with session(server, "bill") as c:
+            rows = c.get("/api/flags").json()["flags"]
+            assert len(rows) == len(keys) - 1  # the held study has no row
+            assert {r["batch_id"] for r in rows} == {batch["batch_id"]} and all(r["written_at"] for r in rows)
+            reported = [r for r in rows if r["registry_code"] == "G9327"]
+            assert reported and all(r["receipt"].startswith("drop=") and r["reported_at"] for r in reported)
+            assert c.get("/api/flags", params={"since": "2999-01-01T00:00:00Z"}).json()["flags"] == []
+            assert c.get("/api/flags", params={"since": "yesterday"}).status_code == 400
+        assert (drop / "manifest.json").exists() or any(drop.rglob("manifest.json"))
     finally:
         server.stop()

@@ -86,7 +86,7 @@ def test_a_physicist_session_in_the_browser(browser: tuple[Any, Server, Path]) -
         driver.get(f"{server.url}/{name}")
         driver.save_screenshot(str(shots / f"06-{name.replace('/', '-')}.png"))
     driver.get(server.url + "/batches")
-    assert "not available" in driver.find_element(By.TAG_NAME, "body").text
+    assert "No batch." in driver.find_element(By.TAG_NAME, "body").text
     # no console error (a CSP refusal of an inline script would show here)
     logs = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e["message"]]
     assert not [e for e in logs if "Content Security Policy" in e["message"]], logs

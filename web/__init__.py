@@ -43,14 +43,11 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None) -> int:
 
 
 def lifecycle_seams(cfg: Config) -> tuple[Batches, Flags]:
-    """The batch lifecycle's review queue and flags for the workbench.
+    """The batch lifecycle's review queue and flags for the workbench: adapters over
+    ``dosereg.registry_export``'s batch functions and flags files (:mod:`.lifecycle`)."""
+    from .lifecycle import RegistryBatches, RegistryFlags
 
-    Not wired yet (issue 10): both are :class:`Unavailable`. Wire here: adapters over
-    ``dosereg.registry_export``'s batch functions (list, review, approve + send, hold,
-    release, reject) and over the flags files.
-    """
-    stub = Unavailable()
-    return stub, stub
+    return RegistryBatches(cfg), RegistryFlags(cfg)
 
 
 __all__ = [
