@@ -16,6 +16,13 @@ from .importer import ImportSummary, import_paths
 from .pipeline import Pipeline, Received, TransientError, extract_limits
 
 
+def ae_title_problem(value: str) -> str | None:
+    """Why ``value`` cannot be our AE title (PS3.5 6.2: 1-16 characters of the default repertoire), or None."""
+    from .listener import ae_title_problem as _problem
+
+    return _problem(value)
+
+
 def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
     """The catalog of ``cfg``'s data directory (created and migrated unless ``readonly``)."""
     return Catalog(catalog_path(cfg.data_dir), readonly=readonly)
@@ -30,5 +37,5 @@ def serve(cfg: Config) -> int:
 
 __all__ = [
     "SCHEMA_VERSION", "Catalog", "CatalogError", "ImportSummary", "Pipeline", "Received", "TransientError",
-    "extract_limits", "import_paths", "open_catalog", "serve",
+    "ae_title_problem", "catalog_path", "extract_limits", "import_paths", "open_catalog", "serve",
 ]

@@ -102,6 +102,15 @@ def _failure(status: int, comment: str) -> Dataset:
     return ds
 
 
+def ae_title_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an AE title (PS3.5 6.2, AE: at most 16 characters of the default
+    repertoire, no backslash, not only spaces), or None. Checked before pynetdicom sees it, which
+    would log a line of its own besides ours."""
+    if len(value) > 16:
+        return f"{len(value)} characters, at most 16 are allowed"
+    return guard.ae_title_problem(value.encode("utf-8"))
+
+
 class Listener:
     """The SCP with its spool worker; :func:`serve` runs one until a signal."""
 
@@ -109,10 +118,10 @@ class Listener:
         self.cfg = cfg
         lst = cfg.listener
         self.ssl_context = _ssl_context(cfg)
-        try:
-            ae = AE(ae_title=lst.ae_title)
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.path}: listener.ae_title (or --ae-title): {exc}") from None
+        problem = ae_title_problem(lst.ae_title)
+        if problem:
+            raise ConfigError(f"{cfg.path}: listener.ae_title {lst.ae_title!r}: {problem}")
+        ae = AE(ae_title=lst.ae_title)
         ae.require_called_aet = lst.require_called_ae_title
         try:
             ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
