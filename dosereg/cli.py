@@ -159,6 +159,9 @@ def _add_examples(sub: Any, prefix: str = "") -> None:
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # pynetdicom's INFO lines ("Accepting Association", "Received Store Request", ...) are
+    # per message; -v promises one line per object, so they show only with -vv
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
 def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:

@@ -68,6 +68,8 @@ class Received:
     received_at: str
     source: str
     sop_instance_uid: str | None = None
+    #: the sender's AE title (None for an import): named in log lines and quarantine reasons
+    calling_ae_title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,11 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def _sender(item: Received) -> str:
+    """Who sent ``item``, for a log line or a reason file: the calling AE title, else "import"."""
+    return quote_value(item.calling_ae_title) if item.calling_ae_title else "import"
+
+
 def extract_limits(cfg: Config) -> ExtractLimits:
     """The configured bounds on reading one object (``[extract]``)."""
     return ExtractLimits(max_inflated_bytes=cfg.extract.max_inflated_bytes, max_nesting=cfg.extract.max_nesting)
@@ -318,7 +325,8 @@ class Pipeline:
             if isinstance(exc, OSError):
                 raise
             raise OSError(errno.EIO, f"catalog write failed: {exc}") from exc
-        return Received(rid, name, path, sha, spooled.received_at, source or name, sop_instance_uid)
+        return Received(rid, name, path, sha, spooled.received_at, source or name, sop_instance_uid,
+                        calling_ae_title)
 
     def discard(self, spooled: Spooled) -> None:
         """Remove a spooled object that was never noted (and give up its claim)."""
@@ -421,8 +429,9 @@ class Pipeline:
         )
         self._place(item.path, final)
         uid = record.dose_objects[0].sop_instance_uid if record.dose_objects else None
-        log.info("processed %s: sop=%s study=%s outcome=%s", item.name, quote_value(uid or ""),
-                 quote_value(record.study_instance_uid or ""), outcome)
+        # the one line per object of -v (the listener's own "received" line is DEBUG)
+        log.info("stored %s from %s: sop=%s study=%s outcome=%s", item.name, _sender(item),
+                 quote_value(uid or ""), quote_value(record.study_instance_uid or ""), outcome)
         return outcome
 
     def _gone(self, item: Received) -> str:
@@ -565,5 +574,5 @@ class Pipeline:
                     log.warning("spooled object %s is no longer in %s; marked lost", r["name"], self.spool_dir)
                 continue
             items.append(Received(r["id"], r["name"], path, r["sha256"], r["received_at"],
-                                  r["source"] or r["name"], r["sop_instance_uid"]))
+                                  r["source"] or r["name"], r["sop_instance_uid"], r.get("calling_ae_title")))
         return items
