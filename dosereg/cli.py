@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dosereg import cli_quarantine
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--by", metavar="NAME", help="who changes it (for the audit log)")
+    cli_quarantine.add_parsers(sub, _common)
     _add_examples(sub)
     return parser
 
@@ -350,6 +352,7 @@ COMMANDS = {
     "export": cmd_export,
     "report": cmd_report,
     "secret": cmd_secret,
+    **cli_quarantine.COMMANDS,
 }
 
 
