@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .logging import LoggingSettings, parse_logging
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -179,6 +181,7 @@ class Config:
     notification: NotificationSettings = field(default_factory=NotificationSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -434,6 +437,8 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         if key == "registry":
             listener = kwargs.get("listener") or _listener_of(data, base, where)
             kwargs[key] = _registry(value, base.registry, where, listener.ae_title)
+        elif key == "logging":
+            kwargs[key] = parse_logging(value, base.logging, where)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":

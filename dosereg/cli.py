@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg import cli_quarantine
+from dosereg import cli_quarantine, cli_status
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--by", metavar="NAME", help="who changes it (for the audit log)")
     cli_quarantine.add_parsers(sub, _common)
+    cli_status.add_parsers(sub, _common)
     _add_examples(sub)
     return parser
 
@@ -164,6 +165,17 @@ def _setup_logging(verbose: int) -> None:
     # pynetdicom's INFO lines ("Accepting Association", "Received Store Request", ...) are
     # per message; -v promises one line per object, so they show only with -vv
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def _log_file(cfg: Config) -> None:
+    """``[logging] file``: a log file beside stderr, at its own level (conf/logging.py)."""
+    from dosereg.conf.logging import add_file
+
+    try:
+        add_file(cfg.logging)  # stderr keeps the level -v/-vv chose
+    except OSError as exc:
+        raise CommandError(f"{cfg.logging.file}: cannot open the log file (logging.file in {cfg.path}): "
+                           f"{exc.strerror or exc}") from None
 
 
 def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
@@ -353,6 +365,7 @@ COMMANDS = {
     "report": cmd_report,
     "secret": cmd_secret,
     **cli_quarantine.COMMANDS,
+    **cli_status.COMMANDS,
 }
 
 
@@ -362,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, data_dir=args.data_dir)
         _check_data_dir(cfg, args)
+        _log_file(cfg)
         return COMMANDS[args.command](cfg, args)
     except ConfigError as exc:
         print(f"dosereg: configuration error: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Public API: :func:`serve`, :func:`import_paths` (-> :class:`ImportSummary`),
 :func:`open_catalog` (-> :class:`Catalog`), :func:`extract_limits` (the configured bounds
-on reading one object), the quarantine's tools :func:`list_quarantine`, :func:`reprocess`, :func:`purge`. Nothing received stays in the spool: a failure of the environment
+on reading one object), the quarantine's tools :func:`list_quarantine`, :func:`reprocess`, :func:`purge`, and
+:func:`health` (listener heartbeat, spool, disk: ``dosereg status``). Nothing received stays in the spool: a failure of the environment
 (:class:`TransientError`) is retried, anything else is quarantined.
 Every file of the data directory written here is owner-only (:mod:`dosereg.conf.fsutil`).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dosereg.conf.config import Config
 
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
+from .health import STUCK_AFTER_S, health
 from .importer import ImportSummary, import_paths
 from .pipeline import Pipeline, Received, TransientError, extract_limits
 from .quarantine import QuarantineEntry, list_quarantine, purge, reprocess
@@ -38,5 +40,5 @@ def serve(cfg: Config) -> int:
 
 __all__ = [
     "SCHEMA_VERSION", "Catalog", "CatalogError", "ImportSummary", "Pipeline", "Received", "TransientError",
-    "QuarantineEntry", "ae_title_problem", "catalog_path", "list_quarantine", "purge", "reprocess", "extract_limits", "import_paths", "open_catalog", "serve",
+    "STUCK_AFTER_S", "QuarantineEntry", "ae_title_problem", "health", "catalog_path", "list_quarantine", "purge", "reprocess", "extract_limits", "import_paths", "open_catalog", "serve",
 ]

@@ -43,6 +43,7 @@ from dosereg.conf.config import Config, ConfigError
 from . import guard
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES
+from .health import Heartbeat
 from .locking import DataDirLock
 from .pipeline import Pipeline, extract_limits
 from .processor import Processor
@@ -189,6 +190,7 @@ class Listener:
         self._closing = False
         self._cond = threading.Condition()
         self.server: Any = None
+        self.heartbeat: Heartbeat | None = None
 
     # -- event handlers -------------------------------------------------------------------
     def _on_store(self, event: Any) -> int | Dataset:
@@ -299,6 +301,9 @@ class Listener:
         self.server = guard.start_server(
             self.ae, (lst.host, lst.port), self.gate, evt_handlers=handlers, ssl_context=self.ssl_context,
         )
+        host, port = self.server.server_address[:2]
+        self.heartbeat = Heartbeat(self.data_dir, {"ae_title": lst.ae_title, "address": f"{host}:{port}"})
+        self.heartbeat.start()  # what `dosereg status` reads
 
     def startup_line(self) -> str:
         lst = self.cfg.listener
@@ -332,6 +337,8 @@ class Listener:
             log.warning("aborting association from %s at shutdown", str(assoc.requestor.ae_title).strip())
             assoc.abort()
         self.processor.stop(drain_s=5.0)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.catalog.close()
         self.lock.release()
 

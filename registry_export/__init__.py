@@ -16,13 +16,13 @@ Public API:
 * :func:`without_implausible` -- a JSON study record with null at each implausible value
 * :func:`export_batch` (cfg, source, ``out_dir``: a preview that records nothing), where the
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
-  :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
+  :class:`CatalogSource`) or a function giving the records; :func:`export_marks`, :func:`last_export`,
   :func:`studies_table`, :func:`write_report`
 * :func:`change_secret` (``dosereg secret change``); :class:`SecretChangedError` when the
   configured secret is not the one export state recorded
 """
 
-from .export import export_batch, export_marks
+from .export import export_batch, export_marks, last_export
 from .report import write_report
 from .rules import (
     Evaluation,
@@ -42,6 +42,6 @@ from .table import studies_table
 __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
-    "export_batch", "export_marks", "studies_table", "write_report", "change_secret", "SecretChangedError",
+    "export_batch", "export_marks", "last_export", "studies_table", "write_report", "change_secret", "SecretChangedError",
     "CatalogSource", "StudySource", "VersionedSource",
 ]

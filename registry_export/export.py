@@ -321,6 +321,19 @@ def _write_staged(batch: _Batch, rules: Rules, rkey: str, source: StudySource, s
     return staging.files(hashes)
 
 
+def last_export(cfg: Config) -> dict[str, str] | None:
+    """``{"batch_id", "created_at"}`` of the last batch placed (``dosereg status``), None before the first."""
+    path = state_path(cfg)
+    if not path.exists():
+        return None
+    state = ExportState(path, readonly=True)
+    try:
+        last = state.last_batch()
+    finally:
+        state.close()
+    return {"batch_id": last[0], "created_at": last[1]} if last else None
+
+
 def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:
     """study_instance_uid -> {"batch_id", "exported_at"} of the last batch the study was in."""
     path = state_path(cfg)
