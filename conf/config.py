@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .logging import LoggingSettings, parse_logging
 from .web import WebSettings, parse_web
 
 if sys.version_info >= (3, 11):
@@ -186,6 +187,7 @@ class Config:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     web: WebSettings = field(default_factory=WebSettings)
     pacs: PacsSettings | None = None  # [pacs] (conf/pacs.py): None when not configured
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -447,6 +449,8 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
             from .pacs import parse_pacs
             listener = kwargs.get("listener") or _listener_of(data, base, where)
             kwargs[key] = parse_pacs(value, where, listener.ae_title)
+        elif key == "logging":
+            kwargs[key] = parse_logging(value, base.logging, where)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg import cli_batches, cli_reconcile, cli_web
+from dosereg import cli_batches, cli_quarantine, cli_reconcile, cli_status, cli_web
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -38,29 +38,86 @@ def _port(text: str) -> int:
     return port
 
 
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"{jobs} is not a number of workers (at least 1)")
+    return jobs
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option (as dcmtk's and pynetdicom's apps do), examples kept as written.
+
+    An option without a default of its own (None, False: its value comes from the configuration
+    or is a switch) says nothing, rather than "(default: None)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser and sub-parser (also those other modules add) formats its help the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+#: one example per command, shown at the end of its --help (modules adding verbs give their own epilog)
+EXAMPLES: dict[str, str] = {
+    "listen": "dosereg listen --port 11112 --ae-title DOSEREG --config /etc/dosereg/dosereg.toml",
+    "import": "dosereg import /archive/dose-reports --jobs 2",
+    "extract": "dosereg extract report.dcm | python3 -m json.tool",
+    "studies": "dosereg studies --json > studies.jsonl",
+    "export": "dosereg export --out /tmp/preview   # with the pseudonym secret in $DOSEREG_SECRET",
+    "report": "dosereg report --out /tmp/report",
+    "secret": "dosereg secret change --by 'J. Physicist'",
+    "secret change": "dosereg secret change --by 'J. Physicist'",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dosereg")
+    except PackageNotFoundError:  # pragma: no cover -- run from a source tree without installing
+        return "unknown"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="F", help="configuration file (default: $DOSEREG_CONFIG, else packaged)")
-    p.add_argument("--data-dir", metavar="DIR", help="overrides storage.data_dir")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: DEBUG, may show PHI)")
+    p.add_argument("--config", metavar="F",
+                   help="configuration file (default: $DOSEREG_CONFIG, else the packaged conf/dosereg.toml)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (default: storage.data_dir of the configuration)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging: -v one line per object, -vv DEBUG (may show PHI)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dosereg",
         description="CT radiation-dose registry pipeline: receive, extract, evaluate, export.",
+        epilog="Run `dosereg COMMAND --help` for a command's options and an example.",
     )
+    parser.add_argument("--version", action="version", version=f"dosereg {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("listen", help="run the DICOM C-STORE SCP until SIGINT/SIGTERM")
     _common(p)
-    p.add_argument("--port", type=_port, help="TCP port (overrides listener.port)")
-    p.add_argument("--host", help="address to bind (overrides listener.host)")
-    p.add_argument("--ae-title", help="our AE title (overrides listener.ae_title)")
+    p.add_argument("--port", type=_port, help="TCP port (default: listener.port, 11112 as packaged)")
+    p.add_argument("--host", help="address to bind (default: listener.host, 0.0.0.0 as packaged)")
+    p.add_argument("--ae-title", help="our AE title (default: listener.ae_title, DOSEREG as packaged)")
 
     p = sub.add_parser("import", help="ingest files and folders (recursive) as if received")
     _common(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--jobs", type=int, default=None, help="parallel workers (default: all cores)")
+    p.add_argument("--jobs", type=_jobs, default=None, help="parallel workers, at least 1 (default: all cores)")
 
     p = sub.add_parser("extract", help="parse dose objects, store nothing, print JSON Lines")
     _common(p)
@@ -88,12 +145,40 @@ def build_parser() -> argparse.ArgumentParser:
     cli_web.add_parsers(sub, _common)
     cli_batches.add_parsers(sub, _common)
     cli_reconcile.add_parsers(sub, _common)
+    cli_quarantine.add_parsers(sub, _common)
+    cli_status.add_parsers(sub, _common)
+    _add_examples(sub)
     return parser
+
+
+def _add_examples(sub: Any, prefix: str = "") -> None:
+    """The example of :data:`EXAMPLES` as the epilog of every command that has none yet."""
+    for name, p in sub.choices.items():
+        key = f"{prefix}{name}"
+        if p.epilog is None and key in EXAMPLES:
+            p.epilog = f"example:\n  {EXAMPLES[key]}"
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_examples(action, f"{key} ")
 
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # pynetdicom's INFO lines ("Accepting Association", "Received Store Request", ...) are
+    # per message; -v promises one line per object, so they show only with -vv
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def _log_file(cfg: Config) -> None:
+    """``[logging] file``: a log file beside stderr, at its own level (conf/logging.py)."""
+    from dosereg.conf.logging import add_file
+
+    try:
+        add_file(cfg.logging)  # stderr keeps the level -v/-vv chose
+    except OSError as exc:
+        raise CommandError(f"{cfg.logging.file}: cannot open the log file (logging.file in {cfg.path}): "
+                           f"{exc.strerror or exc}") from None
 
 
 def cmd_extract(cfg: Config, args: argparse.Namespace) -> int:
@@ -126,6 +211,11 @@ def cmd_listen(cfg: Config, args: argparse.Namespace) -> int:
     if args.host is not None:
         overrides["host"] = args.host
     if args.ae_title is not None:
+        from dosereg.ingest import ae_title_problem
+
+        problem = ae_title_problem(args.ae_title)
+        if problem:
+            raise CommandError(f"--ae-title {args.ae_title!r} (overrides listener.ae_title): {problem}")
         overrides["ae_title"] = args.ae_title
     if overrides:
         cfg = replace(cfg, listener=replace(cfg.listener, **overrides))
@@ -156,7 +246,41 @@ def _evaluated_studies(cfg: Config) -> Any:
         catalog.close()
 
 
+def _origin(args: argparse.Namespace, cfg: Config, option: str, key: str) -> str:
+    """Where a setting's value came from, for an error message: the option, or the file."""
+    if getattr(args, option.lstrip("-").replace("-", "_"), None) is not None:
+        return f"{option}, which overrides {key}"
+    return f"{key} in {cfg.path}"
+
+
+def _check_data_dir(cfg: Config, args: argparse.Namespace) -> None:
+    """A data directory that is a file is one clear line, whichever command meets it first."""
+    path = cfg.data_dir
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{path}: the data directory ({_origin(args, cfg, '--data-dir', 'storage.data_dir')}) "
+                           "is a file, not a folder")
+
+
+def _require_catalog(cfg: Config, args: argparse.Namespace) -> None:
+    """Commands that read the catalog refuse a data directory holding none.
+
+    A data directory without ``catalog.sqlite`` is taken for a mistyped one (``listen`` and
+    ``import`` create the catalog before they keep anything): better to say so than to list
+    "no studies" or write an empty report with exit status 0.
+    """
+    from dosereg.ingest import catalog_path
+
+    path = catalog_path(cfg.data_dir)
+    if not path.is_file():
+        where = _origin(args, cfg, "--data-dir", "storage.data_dir")
+        raise CommandError(
+            f"{cfg.data_dir}: no catalog in this data directory ({where}): is the folder right? "
+            f"(`dosereg listen` or `dosereg import` creates {path.name})"
+        )
+
+
 def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
+    _require_catalog(cfg, args)
     if args.json:
         for d in _evaluated_studies(cfg):
             sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
@@ -186,6 +310,7 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     from dosereg.ingest import open_catalog
     from dosereg.registry_export import CatalogSource, ExportBusyError, export_batch
 
+    _require_catalog(cfg, args)
     catalog = open_catalog(cfg, readonly=True)
     try:
         # the catalog's study versions let an export with nothing new decide so reading no record
@@ -201,6 +326,7 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from dosereg.registry_export import write_report
 
+    _require_catalog(cfg, args)
     paths = _with_catalog(cfg, lambda studies: write_report(cfg, studies, out_dir=_out_dir(args)))
     for p in paths:
         print(p)
@@ -249,6 +375,8 @@ COMMANDS = {
     **cli_web.COMMANDS,
     **cli_batches.COMMANDS,
     **cli_reconcile.COMMANDS,
+    **cli_quarantine.COMMANDS,
+    **cli_status.COMMANDS,
 }
 
 
@@ -257,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         cfg = load_config(args.config, data_dir=args.data_dir)
+        _check_data_dir(cfg, args)
+        _log_file(cfg)
         return COMMANDS[args.command](cfg, args)
     except ConfigError as exc:
         print(f"dosereg: configuration error: {exc}", file=sys.stderr)

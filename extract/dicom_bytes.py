@@ -112,6 +112,11 @@ class DicomReadError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        #: what :func:`parse` had read of the top-level dataset when it stopped (a truncated
+        #: file's header precedes the cut), and the size of the bytes it read (the cut's offset)
+        self.partial: ParsedFile | None = None
+        self.size: int | None = None
+        self.inflated = False
 
 
 Dataset = dict[int, tuple[str, Any]]  # tag -> (VR, bytes | list[Dataset])
@@ -501,7 +506,12 @@ def parse(data: bytes, limits: ExtractLimits = DEFAULT_LIMITS, *, stream: bool =
     parser = _Parser(body, limits.max_nesting)
     ds: Dataset = {}
     stack = [_Frame(False, ds, len(body), 0, _CODECS[(explicit, little)], 0)]
-    pos = parser._run(stack, start, stop=CONTENT_SEQUENCE if stream else None)
+    try:
+        pos = parser._run(stack, start, stop=CONTENT_SEQUENCE if stream else None)
+    except DicomReadError as exc:  # keep what precedes the cut: it still names the study
+        exc.partial = ParsedFile(meta, ds, ts, little)
+        exc.size, exc.inflated = len(body), body is not buf
+        raise
     if not stack:
         return ParsedFile(meta, ds, ts, little)
     streamed = StreamedItems(parser, stack, pos)

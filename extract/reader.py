@@ -224,6 +224,26 @@ def _header_only(h: Header | None, source: str) -> dict[str, Any]:
     }
 
 
+def _truncated(exc: DicomReadError, h: Header | None, data: bytes, source: str) -> StudyRecord:
+    """The record of a file cut short: every header value read before the cut (a physicist can
+    tell which study it was: study UID, accession number, patient, scanner), and where the cut is."""
+    if h is None and exc.partial is not None:
+        try:
+            h = Header(exc.partial)
+        except Exception:  # pragma: no cover - what was read cannot even make a header
+            h = None
+    size = exc.size if exc.size is not None else len(data)
+    where = f"the inflated dataset ends at byte {size}" if exc.inflated else f"the file ends at byte {size}"
+    message = f"{source}: {exc.message} (cut at byte {size}: {where})"
+    header: dict[str, Any] = {"source_file": source}
+    if h is not None:
+        try:
+            header.update(read_header(h))
+        except Exception:  # pragma: no cover - a value cut in the middle that no reader foresaw
+            header.update(_header_only(h, source))
+    return error_record("truncated", message, **header)
+
+
 def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | None = None,
                   limits: ExtractLimits = DEFAULT_LIMITS) -> StudyRecord:
     """Parse one encoded object (DICOM Part 10 bytes) within ``limits``. Never raises.
@@ -238,6 +258,8 @@ def extract_bytes(data: bytes, *, source: str = "<bytes>", received_at: str | No
         h = Header(parsed)
         return _extract(h, parsed, source, received_at)
     except DicomReadError as exc:  # the structure (or a content item) cannot be read
+        if exc.code == "truncated":
+            return _truncated(exc, h, data, source)
         return error_record(exc.code, f"{source}: {exc.message}", source_file=source)
     except Exception as exc:  # the safety net: an object no rule foresaw never escapes as an exception
         what = "the header" if h is not None else "the file structure"

@@ -3,7 +3,8 @@
 Public API: :func:`serve`, :func:`import_paths` (-> :class:`ImportSummary`),
 :func:`reconcile` / :func:`reconcile_csv` (-> :class:`ReconcileSummary`, docs/reconcile.md),
 :func:`open_catalog` (-> :class:`Catalog`), :func:`extract_limits` (the configured bounds
-on reading one object). Nothing received stays in the spool: a failure of the environment
+on reading one object), the quarantine's tools :func:`list_quarantine`, :func:`reprocess`, :func:`purge`, and
+:func:`health` (listener heartbeat, spool, disk: ``dosereg status``). Nothing received stays in the spool: a failure of the environment
 (:class:`TransientError`) is retried, anything else is quarantined.
 Every file of the data directory written here is owner-only (:mod:`dosereg.conf.fsutil`).
 """
@@ -13,11 +14,20 @@ from __future__ import annotations
 from dosereg.conf.config import Config
 
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
+from .health import STUCK_AFTER_S, health
 from .importer import ImportSummary, import_paths
 from .pipeline import Pipeline, Received, TransientError, extract_limits
 from .qr_session import PacsUnreachable, QueryError
+from .quarantine import QuarantineEntry, list_quarantine, purge, reprocess
 from .reconcile import ReconcileError, ReconcileSummary, default_period, reconcile
 from .reconcile_csv import CsvError, reconcile_csv
+
+
+def ae_title_problem(value: str) -> str | None:
+    """Why ``value`` cannot be our AE title (PS3.5 6.2: 1-16 characters of the default repertoire), or None."""
+    from .listener import ae_title_problem as _problem
+
+    return _problem(value)
 
 
 def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
@@ -36,4 +46,6 @@ __all__ = [
     "SCHEMA_VERSION", "Catalog", "CatalogError", "CsvError", "ImportSummary", "PacsUnreachable", "Pipeline",
     "QueryError", "Received", "ReconcileError", "ReconcileSummary", "TransientError", "default_period",
     "extract_limits", "import_paths", "open_catalog", "reconcile", "reconcile_csv", "serve",
+    "STUCK_AFTER_S", "QuarantineEntry", "ae_title_problem", "health", "catalog_path", "list_quarantine", "purge",
+    "reprocess",
 ]

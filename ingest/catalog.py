@@ -300,6 +300,20 @@ class Catalog(ExamsMixin):
                 "SELECT 'quarantine' FROM quarantine WHERE sha256 = ?1 LIMIT 1", (sha256,)).fetchone()
         return str(row[0]) if row else None
 
+    def quarantined_by_sop(self, sop_instance_uid: str) -> list[dict[str, Any]]:
+        """The quarantine rows of one SOP Instance UID (the same object may arrive in several encodings)."""
+        return self._dicts("SELECT * FROM quarantine WHERE sop_instance_uid = ? ORDER BY received_at",
+                           (sop_instance_uid,))
+
+    def received_by_name(self, name: str) -> dict[str, Any] | None:
+        """The ledger row of the spool file ``name`` (its sender, its source), if any."""
+        rows = self._dicts("SELECT * FROM received WHERE name = ? ORDER BY id LIMIT 1", (name,))
+        return rows[0] if rows else None
+
+    def remove_quarantined(self, sha256: str) -> bool:
+        """Forget a quarantined object (it is being reprocessed or purged); False if it was not there."""
+        return self._write("DELETE FROM quarantine WHERE sha256 = ?", (sha256,)) == 1
+
     def quarantine_path(self, sha256: str) -> str | None:
         row = self._conn.execute("SELECT path FROM quarantine WHERE sha256 = ?", (sha256,)).fetchone()
         return row[0] if row else None

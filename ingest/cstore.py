@@ -62,7 +62,8 @@ def take_in(pipeline: Pipeline, event: Any, state: str = "spooled") -> tuple[int
                   "(nothing kept, the sender may retry)",
                   sop_uid, calling, pipeline.spool_dir, exc.strerror or exc)
         return STATUS_OUT_OF_RESOURCES, None
-    log.info("stored %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
+    # -v shows one line per object: the processing's "stored ... outcome=" line (this one at -vv)
+    log.debug("received %s from %s (%d bytes) as %s", sop_uid, calling, len(data), item.name)
     return STATUS_SUCCESS, item
 
 

@@ -16,6 +16,7 @@ for a few seconds; an object whose processing raises otherwise is quarantined.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -215,9 +216,14 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
     catalog = Catalog(catalog_path(data_dir))
     pipeline = Pipeline(data_dir, catalog, limits=extract_limits(cfg))
     bar = None
+    redirect = contextlib.ExitStack()
     if progress:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
+        # log lines go through tqdm.write while the bar shows: each is a whole line above the
+        # bar (written to the console directly they broke it, and its redraw ate their start)
+        redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
         bar = tqdm(total=len(files), unit="file", desc="import", leave=False)
     tick: Callable[[], object] = bar.update if bar is not None else _no_progress
     takers: ThreadPoolExecutor | None = None
@@ -260,6 +266,7 @@ def import_paths(cfg: Config, paths: list[Path], jobs: int | None = None,
             _discard_unnoted(taking, pipeline)
         if bar is not None:
             bar.close()
+        redirect.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         pipeline.close()

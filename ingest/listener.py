@@ -44,6 +44,7 @@ from . import guard
 from .catalog import Catalog, catalog_path
 from .classes import ACCEPTED_SOP_CLASSES
 from .cstore import STATUS_OUT_OF_RESOURCES, take_in
+from .health import Heartbeat
 from .locking import DataDirLock
 from .pipeline import Pipeline, extract_limits
 from .processor import Processor
@@ -89,6 +90,48 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+# A-ASSOCIATE-RJ (result, source, reason) pynetdicom's acceptor sends (PS3.8 9.3.4, Table 9-21)
+REJECT_CALLING = (1, 1, 3)
+REJECT_CALLED = (1, 1, 7)
+REJECT_LIMIT = (2, 3, 2)
+_RJ_RESULT = {1: "rejected-permanent", 2: "rejected-transient"}
+_RJ_SOURCE = {1: "service-user", 2: "service-provider (ACSE)", 3: "service-provider (presentation)"}
+_RJ_REASON = {
+    (1, 1): "no-reason-given", (1, 2): "application-context-name-not-supported",
+    (1, 3): "calling-AE-title-not-recognized", (1, 7): "called-AE-title-not-recognized",
+    (2, 1): "no-reason-given", (2, 2): "protocol-version-not-supported",
+    (3, 1): "temporary-congestion", (3, 2): "local-limit-exceeded",
+}
+# presentation context results (PS3.8 9.3.3.2, Table 9-18)
+_CX_RESULT = {1: "user-rejection", 2: "no-reason (provider rejection)", 3: "abstract-syntax-not-supported",
+              4: "transfer-syntaxes-not-supported"}
+
+
+def reject_code_text(result: int, source: int, reason: int) -> str:
+    """``A-ASSOCIATE-RJ result 1 rejected-permanent, source 1 service-user, reason 3 calling-AE-title-not-recognized``."""
+    return (f"A-ASSOCIATE-RJ result {result} {_RJ_RESULT.get(result, '?')}, source {source} "
+            f"{_RJ_SOURCE.get(source, '?')}, reason {reason} {_RJ_REASON.get((source, reason), '?')}")
+
+
+def context_refusal(abstract_syntax: str, result: int | None) -> str:
+    """One refused presentation context for a log line: the SOP class by name and UID, the PS3.8 result."""
+    from pydicom.uid import UID
+
+    name = UID(abstract_syntax).name
+    shown = abstract_syntax if name == abstract_syntax else f"{name} ({abstract_syntax})"
+    code = int(result) if result is not None else 2
+    return f"{shown}: presentation context result {code} {_CX_RESULT.get(code, '?')}"
+
+
+def ae_title_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an AE title (PS3.5 6.2, AE: at most 16 characters of the default
+    repertoire, no backslash, not only spaces), or None. Checked before pynetdicom sees it, which
+    would log a line of its own besides ours."""
+    if len(value) > 16:
+        return f"{len(value)} characters, at most 16 are allowed"
+    return guard.ae_title_problem(value.encode("utf-8"))
+
+
 class Listener:
     """The SCP with its spool worker; :func:`serve` runs one until a signal."""
 
@@ -96,10 +139,10 @@ class Listener:
         self.cfg = cfg
         lst = cfg.listener
         self.ssl_context = _ssl_context(cfg)
-        try:
-            ae = AE(ae_title=lst.ae_title)
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.path}: listener.ae_title (or --ae-title): {exc}") from None
+        problem = ae_title_problem(lst.ae_title)
+        if problem:
+            raise ConfigError(f"{cfg.path}: listener.ae_title {lst.ae_title!r}: {problem}")
+        ae = AE(ae_title=lst.ae_title)
         ae.require_called_aet = lst.require_called_ae_title
         try:
             ae.require_calling_aet = list(lst.allowed_calling_ae_titles)
@@ -134,6 +177,7 @@ class Listener:
         self._closing = False
         self._cond = threading.Condition()
         self.server: Any = None
+        self.heartbeat: Heartbeat | None = None
 
     # -- event handlers -------------------------------------------------------------------
     def _on_store(self, event: Any) -> int | Dataset:
@@ -161,17 +205,36 @@ class Listener:
         calling = str(rq.ae_title).strip()
         called = str(getattr(rq.primitive, "called_ae_title", "") or "").strip()
         allowed = self.cfg.listener.allowed_calling_ae_titles
+        # the same tests as pynetdicom's acceptor, in its order; the codes are those it sent (PS3.8 9.3.4)
         if allowed and calling not in [a.strip() for a in allowed]:
             why = f"calling AE title {calling!r} is not in listener.allowed_calling_ae_titles"
+            code = REJECT_CALLING
         elif self.cfg.listener.require_called_ae_title and called != self.cfg.listener.ae_title.strip():
             why = f"called AE title {called!r} is not ours ({self.cfg.listener.ae_title!r})"
+            code = REJECT_CALLED
         else:
             why = f"too many associations (listener.max_associations = {self.cfg.listener.max_associations})"
-        log.warning("refused association from %s (%s:%s): %s", calling, rq.address, rq.port, why)
+            code = REJECT_LIMIT
+        self.gate.warn(rq.address, f"rj-{code}", "refused association from %s (%s:%s): %s (%s)",
+                       calling, rq.address, rq.port, why, reject_code_text(*code))
+
+    def _on_accepted(self, event: Any) -> None:
+        """Presentation contexts refused at negotiation (e.g. CT images forwarded by mistake)."""
+        rejected = list(event.assoc.rejected_contexts)
+        if not rejected:
+            return
+        rq = event.assoc.requestor
+        calling = str(rq.ae_title).strip()
+        parts = sorted({context_refusal(str(cx.abstract_syntax), cx.result) for cx in rejected})
+        accepted = len(event.assoc.accepted_contexts)
+        key = "cx-" + ",".join(parts)
+        self.gate.warn(rq.address, key, "refused presentation context(s) from %s (%s:%s): %s; %d accepted%s",
+                       calling, rq.address, rq.port, "; ".join(parts), accepted,
+                       "" if accepted else " (nothing can be stored on this association)")
 
     def _on_established(self, event: Any) -> None:
         rq = event.assoc.requestor
-        log.info("association from %s (%s:%s) established", str(rq.ae_title).strip(), rq.address, rq.port)
+        log.debug("association from %s (%s:%s) established", str(rq.ae_title).strip(), rq.address, rq.port)
 
     def _on_aborted(self, event: Any) -> None:
         rq = event.assoc.requestor
@@ -189,12 +252,16 @@ class Listener:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
         self.server = guard.start_server(
             self.ae, (lst.host, lst.port), self.gate, evt_handlers=handlers, ssl_context=self.ssl_context,
         )
+        host, port = self.server.server_address[:2]
+        self.heartbeat = Heartbeat(self.data_dir, {"ae_title": lst.ae_title, "address": f"{host}:{port}"})
+        self.heartbeat.start()  # what `dosereg status` reads
 
     def startup_line(self) -> str:
         lst = self.cfg.listener
@@ -228,6 +295,8 @@ class Listener:
             log.warning("aborting association from %s at shutdown", str(assoc.requestor.ae_title).strip())
             assoc.abort()
         self.processor.stop(drain_s=5.0)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.catalog.close()
         self.lock.release()
 

@@ -68,6 +68,8 @@ class Received:
     received_at: str
     source: str
     sop_instance_uid: str | None = None
+    #: the sender's AE title (None for an import): named in log lines and quarantine reasons
+    calling_ae_title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,24 @@ def content_sha256(data: bytes) -> str:
             if start <= len(data):
                 return hashlib.sha256(memoryview(data)[start:]).hexdigest()
     return hashlib.sha256(data).hexdigest()
+
+
+def dataset_sha256(data: bytes) -> str | None:
+    """SHA-256 of the dataset re-encoded in explicit VR little endian: the same for one object
+    whatever transfer syntax it came in (None when it cannot be read). Costs a full parse: used
+    only to tell whether a quarantined object is already kept."""
+    from io import BytesIO
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=True)
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        buf = BytesIO()
+        ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    except Exception:  # an unreadable object has no canonical form; its bytes' hash still dedupes it
+        return None
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 # -- failures: the environment's (retry) or the object's (quarantine) -------------------------
@@ -201,6 +221,11 @@ def _writer_alive(name: str) -> bool:
     except OSError:  # EPERM: it exists
         return True
     return True
+
+
+def _sender(item: Received) -> str:
+    """Who sent ``item``, for a log line or a reason file: the calling AE title, else "import"."""
+    return quote_value(item.calling_ae_title) if item.calling_ae_title else "import"
 
 
 def extract_limits(cfg: Config) -> ExtractLimits:
@@ -318,7 +343,8 @@ class Pipeline:
             if isinstance(exc, OSError):
                 raise
             raise OSError(errno.EIO, f"catalog write failed: {exc}") from exc
-        return Received(rid, name, path, sha, spooled.received_at, source or name, sop_instance_uid)
+        return Received(rid, name, path, sha, spooled.received_at, source or name, sop_instance_uid,
+                        calling_ae_title)
 
     def discard(self, spooled: Spooled) -> None:
         """Remove a spooled object that was never noted (and give up its claim)."""
@@ -421,8 +447,9 @@ class Pipeline:
         )
         self._place(item.path, final)
         uid = record.dose_objects[0].sop_instance_uid if record.dose_objects else None
-        log.info("processed %s: sop=%s study=%s outcome=%s", item.name, quote_value(uid or ""),
-                 quote_value(record.study_instance_uid or ""), outcome)
+        # the one line per object of -v (the listener's own "received" line is DEBUG)
+        log.info("stored %s from %s: sop=%s study=%s outcome=%s", item.name, _sender(item),
+                 quote_value(uid or ""), quote_value(record.study_instance_uid or ""), outcome)
         return outcome
 
     def _gone(self, item: Received) -> str:
@@ -459,10 +486,44 @@ class Pipeline:
         log.debug("processing %s: %s raised", item.name, stage, exc_info=exc)
         return self._quarantine(item, PROCESSING_ERROR, message, self._sop_uid(item, None, header_sop_uid), shown)
 
+    def _same_quarantined(self, item: Received, sop_uid: str | None) -> str | None:
+        """The quarantined file holding the same object as ``item`` in another encoding, if any.
+
+        The bytes' hash already finds the same bytes; a PACS sending an object in implicit VR
+        and an archive export of it in explicit VR differ byte for byte, so objects of the same
+        SOP Instance UID are compared by :func:`dataset_sha256` (rare: only quarantined ones).
+        """
+        if not sop_uid:
+            return None
+        rows = self.catalog.quarantined_by_sop(sop_uid)
+        if not rows:
+            return None
+        try:
+            mine = dataset_sha256(item.path.read_bytes())
+        except OSError:
+            return None
+        for row in rows:
+            if row["sha256"] == item.sha256 or not row["path"]:
+                continue
+            try:
+                theirs = dataset_sha256((self.data_dir / row["path"]).read_bytes())
+            except OSError:
+                continue
+            if mine is not None and mine == theirs:
+                return str(row["path"])
+        return None
+
     def _quarantine(self, item: Received, code: str, message: str, sop_uid: str | None,
                     shown: str | None = None) -> str:
         """Catalog row, reason file, then the file itself; ``shown`` is what the log says instead of ``message``."""
         qpath = self.quarantine_dir / item.name
+        same = self._same_quarantined(item, sop_uid)
+        if same is not None:
+            self.catalog.mark_processed(item.id, "duplicate")
+            item.path.unlink(missing_ok=True)
+            log.info("%s from %s: already quarantined as %s (the same object in another encoding)",
+                     item.name, _sender(item), Path(same).name)
+            return "duplicate"
         outcome = self.catalog.add_quarantined(
             sha256=item.sha256, name=item.name, sop_instance_uid=sop_uid, error_code=code, message=message,
             received_at=item.received_at, path=str(qpath.relative_to(self.data_dir)), received_id=item.id,
@@ -476,13 +537,15 @@ class Pipeline:
             text = reason_text([
                 ("error_code", code), ("message", message), ("source", item.source),
                 ("received_at", item.received_at), ("sop_instance_uid", sop_uid), ("sha256", item.sha256),
+                ("calling_ae_title", item.calling_ae_title or "(import)"),  # the sender
             ])
             self._write_durable(self.quarantine_dir, reason.name, text.encode("ascii"))
         self._place(item.path, qpath)
         if outcome == "duplicate":
             log.info("%s: already quarantined (same bytes as %s)", item.name, qpath.name)
             return "duplicate"
-        log.warning("quarantined %s: %s: %s", qpath.name, code, shown or quote_value(message))
+        log.warning("quarantined %s: %s: %s (sender %s)", qpath.name, code, shown or quote_value(message),
+                    _sender(item))
         return f"quarantined:{code}"
 
     # -- 3. recovery at start ------------------------------------------------------------
@@ -565,5 +628,5 @@ class Pipeline:
                     log.warning("spooled object %s is no longer in %s; marked lost", r["name"], self.spool_dir)
                 continue
             items.append(Received(r["id"], r["name"], path, r["sha256"], r["received_at"],
-                                  r["source"] or r["name"], r["sop_instance_uid"]))
+                                  r["source"] or r["name"], r["sop_instance_uid"], r.get("calling_ae_title")))
         return items

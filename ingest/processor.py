@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dosereg.conf.fsutil import private_file
+from dosereg.conf.logging import LoggingSettings, add_file, logging_setup
 from dosereg.extract import ExtractLimits
 
 from .catalog import Catalog, CatalogError, catalog_path
@@ -270,9 +271,14 @@ def _stop_requested(conn: Connection) -> bool:
 
 
 def processor_main(data_dir: str, conn: Connection, log_level: int, busy: Any = None,
-                   limits: ExtractLimits | None = None) -> None:
+                   limits: ExtractLimits | None = None, log_file: LoggingSettings | None = None) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if log_file is not None:  # the listener's [logging] file; the listener alone rotates it
+        try:
+            add_file(log_file, rotate=False)
+        except OSError:  # pragma: no cover - the listener opened it a moment ago
+            pass
     # The parent decides when to stop (after its in-flight stores); a signal to the whole
     # process group must not cut an object in half here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -356,10 +362,10 @@ class Processor:
 
     def start(self) -> None:
         parent, child = self._ctx.Pipe()
-        level = logging.getLogger("dosereg").getEffectiveLevel()
+        level, log_file = logging_setup()
         self._busy.value = 0.0
         self._proc = self._ctx.Process(
-            target=processor_main, args=(str(self.data_dir), child, level, self._busy, self.limits),
+            target=processor_main, args=(str(self.data_dir), child, level, self._busy, self.limits, log_file),
             name="dosereg-processor", daemon=False,
         )
         self._proc.start()

@@ -16,7 +16,7 @@ Public API:
 * :func:`without_implausible` -- a JSON study record with null at each implausible value
 * :func:`export_batch` (cfg, source, ``out_dir``: a preview that records nothing), where the
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
-  :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
+  :class:`CatalogSource`) or a function giving the records; :func:`export_marks`, :func:`last_export`,
   :func:`studies_table`, :func:`write_report`, :func:`scanner_label` (a scanner as the report names it)
 * the batch lifecycle (docs/lifecycle.md): :func:`list_batches`, :func:`review_batch`,
   :func:`approve`, :func:`hold`, :func:`release`, :func:`reject` (each with ``by``, recorded in
@@ -28,7 +28,7 @@ Public API:
   another export holds the export state
 """
 
-from .export import export_batch, export_marks
+from .export import export_batch, export_marks, last_export
 from .report import scanner_label, write_report
 from .review import (
     BatchNotFoundError,
@@ -63,7 +63,7 @@ from .table import studies_table
 __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
-    "export_batch", "export_marks", "studies_table", "write_report", "scanner_label", "change_secret", "recorded_secret",
+    "export_batch", "export_marks", "last_export", "studies_table", "write_report", "scanner_label", "change_secret", "recorded_secret",
     "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",

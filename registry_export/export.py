@@ -121,28 +121,35 @@ class ExportResult:
         if self.batch_id is None:
             since = f" since batch {self.previous_batch}" if self.previous_batch else ""
             return "\n".join([*repaired, (
-                f"nothing new to export{since}: {self.studies_seen} studies in the catalog, "
+                f"nothing new to export{since}: {_n(self.studies_seen, 'study', 'studies')} in the catalog, "
                 f"none new or changed; no batch written (`dosereg report` writes the completeness report)")])
         if self.preview:
             lines = [
                 f"preview of batch {self.batch_id} (nothing recorded: the next export is unaffected): "
-                f"{self.studies_seen} studies evaluated; {self.registry_studies} would go to the registry "
-                f"({self.registry_resubmitted} re-submitted after a change, {self.registry_events} events), "
-                f"{self.flag_rows} billing flag rows would be written (not in a preview)"
+                f"{_n(self.studies_seen, 'study', 'studies')} evaluated; {self.registry_studies} would go to the "
+                f"registry ({self.registry_resubmitted} re-submitted after a change, "
+                f"{_n(self.registry_events, 'event')}), {_n(self.flag_rows, 'billing flag row')} would be written "
+                f"(not in a preview)"
             ]
         else:
             lines = [*repaired,
-                     f"batch {self.batch_id}: {self.studies_seen} studies evaluated; "
+                     f"batch {self.batch_id}: {_n(self.studies_seen, 'study', 'studies')} evaluated; "
                      f"{self.registry_studies} to the registry ({self.registry_resubmitted} re-submitted after a "
-                     f"change, {self.registry_events} events), {self.flag_rows} billing flag rows "
+                     f"change, {_n(self.registry_events, 'event')}), {_n(self.flag_rows, 'billing flag row')} "
                      f"{'written' if self.state == ACKNOWLEDGED else 'when the registry acknowledges it'}",
                      f"  {_STATE_LINES.get(self.state or '', self.state or '').format(batch=self.batch_id)}"]
         if self.skipped_no_uid:
-            lines.append(f"  {self.skipped_no_uid} studies without a Study Instance UID were skipped")
+            lines.append(f"  {_n(self.skipped_no_uid, 'study', 'studies')} without a Study Instance UID "
+                         f"{'was' if self.skipped_no_uid == 1 else 'were'} skipped")
         if self.registry_dir is None:
             lines.append("  registry: nothing to submit in this batch (no new or changed G9327 study)")
         lines += [f"  {p}" for p in self.paths]
         return "\n".join(lines)
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    """``1 study``, ``2 studies``: a count with its noun in the right number."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 @contextmanager
@@ -354,6 +361,19 @@ def _report_note(cfg: Config, preview: bool) -> str:
     if cfg.review.required:
         return " (awaiting review: `dosereg review` it, then approve; billing flags follow the registry's receipt)"
     return " (approved at export: [review] required = false; billing flags follow the registry's receipt)"
+
+
+def last_export(cfg: Config) -> dict[str, str] | None:
+    """``{"batch_id", "created_at"}`` of the last batch placed (``dosereg status``), None before the first."""
+    path = state_path(cfg)
+    if not path.exists():
+        return None
+    state = ExportState(path, readonly=True)
+    try:
+        last = state.last_batch()
+    finally:
+        state.close()
+    return {"batch_id": last[0], "created_at": last[1]} if last else None
 
 
 def export_marks(cfg: Config) -> dict[str, dict[str, Any]]:

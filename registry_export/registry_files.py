@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from .writers import (
     STUDY_SCHEMA,
     ChunkedParquet,
     JsonStudies,
+    event_row,
     sha256_file,
+    study_row,
 )
 
 SUBMISSION_SCHEMA_ID = "dosereg.submission/1"
@@ -56,7 +59,7 @@ def submission_header(cfg: Config, rules: Any, batch_id: str, created_at: str) -
 
 def add_registry_values(deid: dict[str, Any], events: list[Event], timing: list[bool]) -> None:
     """Phantom-normalised CTDIvol/DLP, body region and SSDE on each de-identified event."""
-    total: float | None = None
+    summed: list[float] = []
     for out, ev, is_timing in zip(deid["events"], events, timing, strict=True):
         head = dosimetry.is_head_exam(ev)
         ctdi, dlp = dosimetry.normalised_dose(ev, head)
@@ -66,8 +69,9 @@ def add_registry_values(deid: dict[str, Any], events: list[Event], timing: list[
         out["normalised_dlp_mGycm"] = dlp
         out["ssde_estimate_mGy"] = dosimetry.ssde_mGy(ev, head)
         if dlp is not None and not is_timing:
-            total = (total or 0.0) + dlp
-    deid["normalised_total_dlp_mGycm"] = total
+            summed.append(dlp)
+    # the exact sum (no float noise such as 2002.3900000000003), as the record's own totals
+    deid["normalised_total_dlp_mGycm"] = math.fsum(summed) if summed else None
 
 
 class RegistryFiles:
@@ -80,8 +84,8 @@ class RegistryFiles:
         self.folder = folder
         self.header = header
         self.pseudo = pseudo
-        self.studies = ChunkedParquet(folder / "studies.parquet", STUDY_SCHEMA, groups=STUDY_GROUPS)
-        self.events = ChunkedParquet(folder / "events.parquet", EVENT_SCHEMA, groups=EVENT_GROUPS)
+        self.studies = ChunkedParquet(folder / "studies.parquet", STUDY_SCHEMA, groups=STUDY_GROUPS, typed=study_row)
+        self.events = ChunkedParquet(folder / "events.parquet", EVENT_SCHEMA, groups=EVENT_GROUPS, typed=event_row)
         self.submission: JsonStudies | None = None
         # what every row carries before the record's own fields
         self.prefix = {"facility_id": header["facility_id"], "batch_id": header["batch_id"],

@@ -15,6 +15,9 @@ import csv
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,11 @@ log = logging.getLogger("dosereg.export")
 
 _STR = pa.string()
 _F64 = pa.float64()
+_DATE = pa.date32()
+_TIME = pa.time64("us")
+_LOCAL_TS = pa.timestamp("us")  # wall-clock time as the scanner stated it (its UTC offset beside it)
+_UTC_TS = pa.timestamp("us", tz="UTC")
+_OFFSET = pa.int16()  # minutes east of UTC, as stated (null: not stated)
 _CODE_STRUCT = pa.struct([("value", _STR), ("scheme", _STR), ("meaning", _STR)])
 
 
@@ -44,8 +52,8 @@ STUDY_SCHEMA = pa.schema(
         pa.field("registry_profile_name", _STR),
         pa.field("registry_profile_version", _STR),
         pa.field("date_precision", _STR),
-        pa.field("study_date", _STR),  # YYYY-MM-DD, YYYY-MM or YYYY (date_precision)
-        pa.field("study_time", _STR),
+        pa.field("study_date", _DATE),  # with date_precision month or year: the first day of the period
+        pa.field("study_time", _TIME),
         pa.field("study_description", _STR),
         pa.field("requested_procedure_description", _STR),
         pa.field("procedure_codes", pa.list_(_CODE_STRUCT)),
@@ -61,12 +69,12 @@ STUDY_SCHEMA = pa.schema(
         pa.field("equipment_software_versions", _STR),
         pa.field("equipment_device_observer_uid", _STR),
         pa.field("dose_objects", pa.list_(pa.struct([
-            ("sop_instance_uid", _STR), ("sop_class_uid", _STR), ("kind", _STR), ("received_at", _STR),
+            ("sop_instance_uid", _STR), ("sop_class_uid", _STR), ("kind", _STR), ("received_at", _UTC_TS),
         ]))),
         *_code_fields("report_procedure_reported"),
         *_code_fields("report_has_intent"),
-        pa.field("report_start_datetime", _STR),
-        pa.field("report_end_datetime", _STR),
+        pa.field("report_start_datetime", _LOCAL_TS),
+        pa.field("report_end_datetime", _LOCAL_TS),
         *_code_fields("report_source_of_dose_information"),
         pa.field("total_events", pa.int32()),
         pa.field("total_dlp_mGycm", _F64),
@@ -83,6 +91,8 @@ STUDY_SCHEMA = pa.schema(
         pa.field("flags_registry_reasons", pa.list_(_STR)),
         pa.field("flags_nomenclature_code", _STR),
         pa.field("flags_nomenclature_reasons", pa.list_(_STR)),
+        pa.field("report_start_datetime_utc_offset_min", _OFFSET),
+        pa.field("report_end_datetime_utc_offset_min", _OFFSET),
     ],
     metadata={"dosereg.schema": "dosereg.registry.studies/1"},
 )
@@ -97,13 +107,13 @@ EVENT_SCHEMA = pa.schema(
         pa.field("acquisition_type", _STR),
         *_code_fields("acquisition_type_code"),
         *_code_fields("procedure_context"),
-        pa.field("start_datetime", _STR),
+        pa.field("start_datetime", _LOCAL_TS),
         pa.field("exposure_time_s", _F64),
         pa.field("scanning_length_mm", _F64),
         pa.field("nominal_single_collimation_mm", _F64),
         pa.field("nominal_total_collimation_mm", _F64),
         pa.field("pitch_factor", _F64),
-        pa.field("number_of_xray_sources", _F64),
+        pa.field("number_of_xray_sources", pa.int32()),
         pa.field("sources", pa.list_(pa.struct([
             ("id", _STR), ("kvp_kV", _F64), ("max_tube_current_mA", _F64), ("tube_current_mA", _F64),
             ("exposure_time_per_rotation_s", _F64),
@@ -127,6 +137,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("normalised_ctdivol_mGy", _F64),
         pa.field("normalised_dlp_mGycm", _F64),
         pa.field("ssde_estimate_mGy", _F64),  # stated SSDE, else AAPM 204/220 where the size is known
+        pa.field("start_datetime_utc_offset_min", _OFFSET),
     ],
     metadata={"dosereg.schema": "dosereg.registry.events/1"},
 )
@@ -146,6 +157,104 @@ FLAG_COLUMNS = ("accession_number", "study_instance_uid", "patient_id", "study_d
                 "registry_code", "nomenclature_code", "reasons", "reported_at", "receipt")
 FLAG_SCHEMA = pa.schema([pa.field(name, _STR) for name in FLAG_COLUMNS],
                         metadata={"dosereg.schema": "dosereg.flags/1"})
+
+
+# -- typed values: the record's ISO text as Arrow dates, times and timestamps -----------------
+_ISO = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?)?)?"
+    r"(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _parts(value: Any) -> tuple[datetime, int | None] | None:
+    """``YYYY[-MM[-DD[THH:MM[:SS[.f]]]]][Z|+hh:mm]`` -> (wall-clock datetime, UTC offset in minutes).
+
+    A date truncated by ``date_precision`` (``2024-03``, ``2024``) is the first day of its period.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _ISO.fullmatch(value.strip())
+    if m is None:
+        return None
+    y, mo, d, hh, mi, ss, frac, tz = m.groups()
+    try:
+        wall = datetime(int(y), int(mo or 1), int(d or 1), int(hh or 0), int(mi or 0), int(ss or 0),
+                        int((frac or "0").ljust(6, "0")))
+    except ValueError:
+        return None
+    offset: int | None = None
+    if tz == "Z":
+        offset = 0
+    elif tz:
+        sign = -1 if tz[0] == "-" else 1
+        digits = tz[1:].replace(":", "")
+        offset = sign * (int(digits[:2]) * 60 + int(digits[2:]))
+    return wall, offset
+
+
+def as_date(value: Any) -> date | None:
+    parts = _parts(value)
+    return parts[0].date() if parts else None
+
+
+def as_time(value: Any) -> time | None:
+    """``HH:MM[:SS[.ffffff]]`` -> a time of day (None for anything else)."""
+    parts = _parts(f"2000-01-01T{value}") if isinstance(value, str) else None
+    return parts[0].time() if parts else None
+
+
+def as_local(value: Any) -> tuple[datetime | None, int | None]:
+    """A date-time as stated (wall clock) and its stated UTC offset in minutes."""
+    parts = _parts(value)
+    return parts if parts else (None, None)
+
+
+def as_utc(value: Any) -> datetime | None:
+    """A date-time as an instant in UTC (a stated offset applied; none stated: taken as UTC)."""
+    parts = _parts(value)
+    if parts is None:
+        return None
+    wall, offset = parts
+    return (wall - timedelta(minutes=offset or 0)).replace(tzinfo=timezone.utc)
+
+
+def as_count(value: Any, column: str) -> int | None:
+    """A count stated as a number: an integer when it is a whole one, else null (logged)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        whole = int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = None
+    if whole is None or whole != value:
+        log.warning("column %s: %r is not a whole number; written as null", column, value)
+        return None
+    return whole
+
+
+def study_row(d: dict[str, Any]) -> dict[str, Any]:
+    """A de-identified study as :data:`STUDY_SCHEMA` types it (a copy: the JSON files keep the text)."""
+    row = dict(d)
+    row["study_date"] = as_date(d.get("study_date"))
+    row["study_time"] = as_time(d.get("study_time"))
+    report = d.get("report")
+    if isinstance(report, dict):
+        report = dict(report)
+        for key in ("start_datetime", "end_datetime"):
+            report[key], report[f"{key}_utc_offset_min"] = as_local(report.get(key))
+        row["report"] = report
+    objects = d.get("dose_objects")
+    if isinstance(objects, list):
+        row["dose_objects"] = [{**o, "received_at": as_utc(o.get("received_at"))} if isinstance(o, dict) else o
+                               for o in objects]
+    return row
+
+
+def event_row(e: dict[str, Any]) -> dict[str, Any]:
+    """A de-identified event as :data:`EVENT_SCHEMA` types it (a copy)."""
+    row = dict(e)
+    row["start_datetime"], row["start_datetime_utc_offset_min"] = as_local(e.get("start_datetime"))
+    row["number_of_xray_sources"] = as_count(e.get("number_of_xray_sources"), "number_of_xray_sources")
+    return row
 
 
 def flatten(d: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -232,8 +341,10 @@ class ChunkedParquet:
     """
 
     def __init__(self, path: Path, schema: pa.Schema, chunk_rows: int | None = None,
-                 groups: dict[str, Any] | None = None) -> None:
+                 groups: dict[str, Any] | None = None,
+                 typed: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.path = path
+        self._typed = typed  # a row's values as the schema types them (:func:`study_row`, :func:`event_row`)
         self.schema = schema
         self.rows = 0
         self._names = schema.names
@@ -260,7 +371,7 @@ class ChunkedParquet:
             raise ValueError("append_nested needs the nested groups of the schema")
         if self._cols[self._names[0]]:
             self._convert_flat()  # the rows before it first, so the order is kept
-        self._nested_rows.append(row)
+        self._nested_rows.append(self._typed(row) if self._typed is not None else row)
         if len(self._nested_rows) >= CONVERT_ROWS:
             self._convert_nested()
         self._added()

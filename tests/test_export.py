@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -91,7 +92,8 @@ def test_first_batch_writes_every_file_with_the_contracted_content(cfg: Config) 
     assert s7["patient_age_years"] == 27 and s7["patient_sex"] == "F"
     assert s7["facility_id"] == "FACILITY-0001" and s7["batch_id"] == batch
     assert s7["registry_profile_name"] == "acr-dir" and s7["registry_profile_version"] == "2026.1"
-    assert s7["equipment_manufacturer"] == "GE MEDICAL SYSTEMS" and s7["study_date"] == "2025-01-08"
+    # Parquet types dates as dates (issue 14)
+    assert s7["equipment_manufacturer"] == "GE MEDICAL SYSTEMS" and s7["study_date"] == date(2025, 1, 8)
     assert s7["flags_registry_code"] == "G9327" and s7["completeness_status"] == "complete"
     assert s7["total_dlp_mGycm"] == pytest.approx(records[7].total_dlp_mGycm)
     assert s7["dose_objects"][0]["sop_instance_uid"] == pseudo(records[7].dose_objects[0].sop_instance_uid)
@@ -274,7 +276,8 @@ def test_out_dir_and_year_precision(cfg: Config, tmp_path: Path) -> None:
     result = export_batch(cfg, source(corpus_of(4)), out_dir=out)
     reg = out / "registry" / "HOSP-42" / str(result.batch_id)
     studies = pq.read_table(reg / "studies.parquet").to_pylist()
-    assert {s["study_date"] for s in studies} == {"2025"} and all(s["study_time"] is None for s in studies)
+    # year precision: only the year is left (a date32 column holds it as 1 January, issue 14)
+    assert {s["study_date"] for s in studies} == {date(2025, 1, 1)} and all(s["study_time"] is None for s in studies)
     assert all(s["date_precision"] == "year" for s in studies)
     # --out is a preview (spec section 1): no flags, no state; the next export is unaffected
     assert result.preview and [p.name for p in result.report_paths] == [

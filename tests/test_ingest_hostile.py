@@ -34,7 +34,7 @@ from .conftest import ROOT, SAMPLES
 JUNK = b"this is not a DICOM file\n" * 10
 GOOD = "ct_siemens_single_source.dcm"
 OTHER = "ct_ge_enhanced_sr.dcm"
-REASON_KEYS = ["error_code", "message", "source", "received_at", "sop_instance_uid", "sha256"]
+REASON_KEYS = ["error_code", "message", "source", "received_at", "sop_instance_uid", "sha256", "calling_ae_title"]
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_reason_file_values_cannot_forge_lines(data_dir: Path) -> None:
     assert pipe.process(item) == "quarantined:not_dicom"
     text = (data_dir / "quarantine" / f"{item.name}.reason.txt").read_text(encoding="ascii")
     lines = text.split("\n")
-    assert lines[-1] == "" and len(lines) == 7  # six lines, whatever the values hold
+    assert lines[-1] == "" and len(lines) == 8  # seven lines, whatever the values hold
     fields = reason_fields(data_dir / "quarantine" / f"{item.name}.reason.txt")
     assert [k for k, _ in fields] == REASON_KEYS
     values = dict(fields)
