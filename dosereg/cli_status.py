@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from dosereg.conf.config import Config
+
+log = logging.getLogger("dosereg")
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -37,10 +40,31 @@ def status(cfg: Config, stuck_after_s: float) -> dict[str, Any]:
     except Exception as exc:  # an unreadable export state is itself worth attention
         report["last_export"] = None
         report["problems"].append(f"export state unreadable: {exc}")
-    # filled once `dosereg send` exists in this build; null until then
-    report["last_send"] = None
+    report["last_send"] = _last_send(cfg, report["problems"])
     report["ok"] = not report["problems"]
     return report
+
+
+def _last_send(cfg: Config, problems: list[str]) -> dict[str, Any] | None:
+    """The newest batch a send reached a destination for (``batch_id``, ``state``, its
+    destinations), None before the first; a ``failed`` batch is a problem to attend to."""
+    from dosereg.registry_export import list_batches
+
+    try:
+        batches = list_batches(cfg)
+    except Exception as exc:  # reported above with last_export when the state is unreadable
+        log.debug("batches unreadable", exc_info=True)
+        problems.append(f"batches unreadable: {exc}")
+        return None
+    problems += [f"batch {b['batch_id']} failed to send: {b.get('last_error') or 'see dosereg batches'}"
+                 for b in batches if b["state"] == "failed"]
+    sent = [b for b in batches if any(d.get("attempts") for d in b.get("destinations") or ())]
+    if not sent:
+        return None
+    b = sent[-1]
+    return {"batch_id": b["batch_id"], "state": b["state"], "acknowledged_at": b.get("acknowledged_at"),
+            "destinations": [{k: d.get(k) for k in ("name", "state", "last_error", "attempts")}
+                             for d in b["destinations"]]}
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -55,7 +79,8 @@ def _text(report: dict[str, Any]) -> str:
         f"listener: {listener}",
         f"spool: {spool['depth']} waiting{oldest}" + (" (STUCK)" if spool["stuck"] else ""),
         f"last export: {export['batch_id']} at {export['created_at']}" if export else "last export: none",
-        "last send: unknown (not recorded by this build)",
+        (f"last send: batch {report['last_send']['batch_id']} {report['last_send']['state']}"
+         if report["last_send"] else "last send: none"),
         f"disk: {free / 2**30:.1f} GiB free" if free is not None else "disk: unknown",
     ]
     lines += [f"NEEDS ATTENTION: {p}" for p in report["problems"]] or ["ok"]

@@ -231,6 +231,9 @@ def test_a_failing_registry_leaves_the_batch_failed_and_the_next_send_completes_
     assert {"500": "500", "wrong": "SHA-256", "cut-once": "registry"}[mode] in (dest["registry"]["last_error"]
                                                                               + " registry")
     assert not (site.data / "flags" / f"{batch}.csv").exists()
+    status = json.loads(site.cli("status", "--json").stdout)  # what monitoring sees
+    assert status["last_send"]["batch_id"] == batch and status["last_send"]["state"] == "failed"
+    assert any(p.startswith(f"batch {batch} failed to send") for p in status["problems"])
     site.registry.state.mode = "ok"
     before = len(site.gateway.received())
     site.ok("send")
@@ -240,6 +243,8 @@ def test_a_failing_registry_leaves_the_batch_failed_and_the_next_send_completes_
     assert dest["dirlink"]["attempts"] == dicom_attempts  # not contacted again: it had acknowledged
     assert len(site.gateway.received()) == before
     assert len(site.audit("flags")) == 1 and any(r["receipt"] for r in flags(site, batch))
+    status = json.loads(site.cli("status", "--json").stdout)
+    assert status["last_send"]["state"] == "acknowledged" and not [p for p in status["problems"] if "failed" in p]
 
 
 @pytest.mark.parametrize("point", ["send_before_deliver", "send_after_deliver", "send_after_record",
