@@ -28,6 +28,16 @@ class CommandError(Exception):
         self.status = status
 
 
+def _date(text: str) -> str:
+    """A ``YYYY-MM-DD`` date option (as the study record writes dates)."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -74,7 +84,7 @@ EXAMPLES: dict[str, str] = {
     "listen": "dosereg listen --port 11112 --ae-title DOSEREG --config /etc/dosereg/dosereg.toml",
     "import": "dosereg import /archive/dose-reports --jobs 2",
     "extract": "dosereg extract report.dcm | python3 -m json.tool",
-    "studies": "dosereg studies --json > studies.jsonl",
+    "studies": "dosereg studies --since 2026-11-01 --incomplete   (or --json > studies.jsonl)",
     "export": "dosereg export --out /tmp/preview   # with the pseudonym secret in $DOSEREG_SECRET",
     "report": "dosereg report --out /tmp/report",
     "secret": "dosereg secret change --by 'J. Physicist'",
@@ -126,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studies", help="list the catalog's studies")
     _common(p)
     p.add_argument("--json", action="store_true", help="JSON Lines of study records")
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="studies of this date or later")
+    p.add_argument("--until", type=_date, metavar="YYYY-MM-DD", help="studies of this date or earlier")
+    p.add_argument("--scanner", metavar="TEXT", help="scanners whose name (station, model) contains TEXT")
+    p.add_argument("--code", choices=("G9327", "G9326", "excluded", "G9318", "G9319", "G9320"),
+                   help="studies with this registry or nomenclature code")
+    p.add_argument("--incomplete", action="store_true", help="only studies that are not complete")
+    p.add_argument("--wide", action="store_true",
+                   help="every column, whole (default: the table fits the terminal)")
 
     p = sub.add_parser("export", help="write a registry submission batch, billing flags and report")
     _common(p)
@@ -280,14 +298,20 @@ def _require_catalog(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
+    import shutil
+
+    from dosereg.registry_export import StudyFilter, studies_table
+
     _require_catalog(cfg, args)
+    chosen = StudyFilter(args.since, args.until, args.scanner, args.code, args.incomplete)
+    studies = chosen.apply(_evaluated_studies(cfg))
     if args.json:
-        for d in _evaluated_studies(cfg):
+        for d in studies:
             sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
         return 0
-    from dosereg.registry_export import studies_table
-
-    sys.stdout.write(studies_table(_evaluated_studies(cfg)))
+    empty = "no studies in the catalog" if chosen == StudyFilter() else "no study matches these filters"
+    sys.stdout.write(studies_table(studies, wide=args.wide, width=shutil.get_terminal_size((100, 24)).columns,
+                                   empty=empty))
     return 0
 
 

@@ -17,7 +17,7 @@ Public API:
 * :func:`export_batch` (cfg, source, ``out_dir``: a preview that records nothing), where the
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
   :class:`CatalogSource`) or a function giving the records; :func:`export_marks`, :func:`last_export`,
-  :func:`studies_table`, :func:`write_report`, :func:`scanner_label` (a scanner as the report names it)
+  :func:`studies_table` and its :class:`StudyFilter`, :func:`write_report`, :func:`scanner_label` (a scanner as the report names it)
 * the batch lifecycle (docs/lifecycle.md): :func:`list_batches`, :func:`review_batch`,
   :func:`approve`, :func:`hold`, :func:`release`, :func:`reject` (each with ``by``, recorded in
   the audit log) and :func:`send` (cfg, catalog object rows, batch) -> :class:`SendResult`;
@@ -58,12 +58,12 @@ from .send import SendResult, send
 from .source import CatalogSource, StudySource, VersionedSource
 from .state import ExportBusyError
 from .submission import submission_lookup
-from .table import studies_table
+from .table import StudyFilter, studies_table
 
 __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
-    "export_batch", "export_marks", "last_export", "studies_table", "write_report", "scanner_label", "change_secret", "recorded_secret",
+    "export_batch", "export_marks", "last_export", "studies_table", "StudyFilter", "write_report", "scanner_label", "change_secret", "recorded_secret",
     "SecretChangedError", "ExportBusyError",
     "CatalogSource", "StudySource", "VersionedSource",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",

@@ -293,7 +293,8 @@ def test_studies_table_is_readable(cfg: Config) -> None:
     result = export_batch(cfg, source(records))
     rules = rules_from_config(cfg)
     marks = export_marks(cfg)
-    text = studies_table(evaluated_dict(r, rules, export=marks.get(r.study_instance_uid or "")) for r in records)
+    text = studies_table((evaluated_dict(r, rules, export=marks.get(r.study_instance_uid or "")) for r in records),
+                         wide=True)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["Date", "Accession", "Description"]
     assert "Registry" in lines[0] and "Nomencl." in lines[0]
