@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .dose import DoseSettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -132,9 +134,15 @@ class ReviewSettings:
 
 @dataclass(frozen=True)
 class NonPatientSettings:
+    """Globs on patient ID / name and study description; regular expressions (case-insensitive,
+    docs/classification.md) on event protocols, requested procedure and station name."""
+
     patient_id: tuple[str, ...] = ()
     patient_name: tuple[str, ...] = ()
     study_description: tuple[str, ...] = ()
+    acquisition_protocol: tuple[str, ...] = ()
+    requested_procedure: tuple[str, ...] = ()
+    station_name: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,7 @@ class Config:
     notification: NotificationSettings = field(default_factory=NotificationSettings)
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    dose: DoseSettings = field(default_factory=DoseSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -216,6 +225,7 @@ _SECTIONS: dict[str, type] = {
     "notification": NotificationSettings,
     "extract": ExtractSettings,
     "review": ReviewSettings,
+    "dose": DoseSettings,
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
@@ -235,6 +245,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("listener", "reserved_for_allowed"): (0, 1000),
     ("extract", "max_inflated_bytes"): (1 << 16, 1 << 40),
     ("extract", "max_nesting"): (8, 10000),
+    ("dose", "timing_run_max_ctdivol_mgy"): (0.0, 10000.0),
+    ("dose", "patient_history_days"): (1, 36500),
 }
 
 
