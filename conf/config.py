@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .dose import DoseSettings
+from .reference_levels import ReferenceLevelsSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -188,6 +189,7 @@ class Config:
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     dose: DoseSettings = field(default_factory=DoseSettings)
+    reference_levels: ReferenceLevelsSettings = field(default_factory=ReferenceLevelsSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -226,6 +228,7 @@ _SECTIONS: dict[str, type] = {
     "extract": ExtractSettings,
     "review": ReviewSettings,
     "dose": DoseSettings,
+    "reference_levels": ReferenceLevelsSettings,
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
@@ -247,6 +250,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("extract", "max_nesting"): (8, 10000),
     ("dose", "timing_run_max_ctdivol_mgy"): (0.0, 10000.0),
     ("dose", "patient_history_days"): (1, 36500),
+    ("reference_levels", "local_period_days"): (1, 36500),
+    ("reference_levels", "local_min_n"): (1, 1000000),
 }
 
 

@@ -60,6 +60,7 @@ from .report_data import (
     TimingSummary,
     dose_stats,
 )
+from .review_data import ReviewBuilder
 from .rules import Evaluation
 
 __all__ = ["ReportBuilder", "ReportSummary", "scanner_label", "write_report"]
@@ -231,11 +232,15 @@ class ReportBuilder:
         self.details = {name: _Detail(name, columns) for name, columns in _DETAIL_COLUMNS.items()}
         self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
         self._spool_csv = detail_writer(self._spool)
+        self.review = ReviewBuilder(cfg)  # the dose review's sections (review_data, docs/dose-review.md)
 
     # -- accumulation -------------------------------------------------------------------
     def add_evaluated(self, record: StudyRecord, evaluation: Evaluation) -> None:
         """Account for one study: ``record`` and ``evaluate(record, rules)``."""
-        self._account(_study(record, evaluation))
+        s = _study(record, evaluation)
+        self._account(s)
+        self.review.add(record.study_description, s.accession_number, s.study_date, s.scanner, s.registry_code,
+                        s.events, s.timing_runs, s.age_years)
 
     def add(self, record: StudyRecord | None, d: dict[str, Any], events: Sequence[Event] | None = None) -> None:
         """Adapter for ``export``, which holds the evaluated dict form (``d`` =
@@ -246,7 +251,10 @@ class ReportBuilder:
         """
         if events is None:
             events = record.events if record is not None else [Event.from_dict(e) for e in d.get("events") or ()]
-        self._account(_study_from_dict(d, events))
+        s = _study_from_dict(d, events)
+        self._account(s)
+        self.review.add(d.get("study_description"), s.accession_number, s.study_date, s.scanner, s.registry_code,
+                        s.events, s.timing_runs, s.age_years)
 
     def _account(self, s: _Study) -> None:
         self.studies += 1
@@ -360,7 +368,8 @@ class ReportBuilder:
             scanners=tuple(g.summary(n) for n, g in sorted(self.scanners.items())),
             protocols=tuple(g.summary(n) for n, g in sorted(self.protocols.items())),
             distributions=distributions, timing=timing,
-            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()})
+            details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()},
+            review=self.review.summary())
 
     def write(self, folder: Path, stem: str, batch_id: str | None = None) -> list[Path]:
         """Write ``<stem>.html`` and ``<stem>.csv`` into ``folder``; returns both paths."""

@@ -143,6 +143,7 @@ class ReportSummary:
     distributions: tuple[Distribution, ...]
     timing: tuple[TimingSummary, ...]
     details: Mapping[str, DetailTable]
+    review: Any = None  # the dose review (review_data.ReviewSummary; docs/dose-review.md)
 
     @property
     def rate(self) -> float:
