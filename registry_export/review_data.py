@@ -32,7 +32,7 @@ from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels,
 from dosereg.extract import Event
 
 from . import dosimetry
-from .effective_dose import effective_dose_mSv
+from .effective_dose import k_factor
 from .nomenclature import Nomenclature, load_nomenclature
 
 __all__ = ["ExamStats", "LevelCheck", "ReviewBuilder", "ReviewSummary", "TrendPoint"]
@@ -177,12 +177,12 @@ class ReviewBuilder:
             ssde = dosimetry.ssde_mGy(ev, head)
             category = dosimetry.notification_category(ev, age)
             acc = per_region.setdefault(head, [0.0, 0.0, 0.0])  # dlp sum, effective dose sum, events
-            acc[0] += _num(dlp) if dlp is not None else math.nan
-            eff = effective_dose_mSv(ev, head)
-            acc[1] += eff if eff is not None else math.nan
+            dlp_value = _num(dlp)
+            acc[0] += dlp_value
+            acc[1] += k_factor(ev, head)[1] * dlp_value  # AAPM Report 96 estimate (effective_dose_mSv)
             acc[2] += 1
             self._pending.append((head, codes(ev.acquisition_protocol or _NO_PROTOCOL), codes(category),
-                                  _num(ctdi), _num(ssde), _num(dlp)))
+                                  _num(ctdi), _num(ssde), dlp_value))
         day = _day(study_date)
         for head, (dlp_sum, eff_sum, _n) in per_region.items():
             row = len(self.st_study)
