@@ -153,7 +153,9 @@ def _evaluated_studies(cfg: Config) -> Any:
 
 def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
-        for d in _evaluated_studies(cfg):
+        from dosereg.cli_review import with_patient_history  # the patient's cumulative dose
+
+        for d in with_patient_history(cfg, _evaluated_studies(cfg)):
             sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
         return 0
     from dosereg.registry_export import studies_table

@@ -18,11 +18,14 @@ Public API:
   source is a :class:`StudySource` (``records()``, optionally ``versions()``; a catalog as
   :class:`CatalogSource`) or a function giving the records; :func:`export_marks`,
   :func:`studies_table`, :func:`write_report`
+* :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
+  study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
 * :func:`change_secret` (``dosereg secret change``); :class:`SecretChangedError` when the
   configured secret is not the one export state recorded
 """
 
 from .export import export_batch, export_marks
+from .patient_history import PatientHistory
 from .report import write_report
 from .rules import (
     Evaluation,
@@ -43,5 +46,5 @@ __all__ = [
     "Evaluation", "Rules", "evaluate", "evaluated_dict", "study_dict", "rules_from_config", "load_profile",
     "load_nomenclature", "without_implausible",
     "export_batch", "export_marks", "studies_table", "write_report", "change_secret", "SecretChangedError",
-    "CatalogSource", "StudySource", "VersionedSource",
+    "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
 ]

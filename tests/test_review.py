@@ -12,7 +12,7 @@ import pytest
 
 from dosereg.conf.config import CONF_DIR, ConfigError, default_config, load_config
 from dosereg.conf.reference_levels import load_reference_levels, reference_levels_path
-from dosereg.extract import Code, Equipment, Event, Patient
+from dosereg.extract import Code, Event, Patient
 from dosereg.registry_export import evaluate, rules_from_config
 from dosereg.registry_export.effective_dose import effective_dose_mSv, k_factor
 from dosereg.registry_export.report import ReportBuilder
@@ -165,3 +165,41 @@ def test_local_levels_cover_only_the_period(tmp_path: Path) -> None:
     head = summary.review.exams[0]
     assert head.studies == 6 and head.local_ctdivol == 51.5  # 75th percentile of 50, 51, 52
     assert summary.review.local_period == ("2025-05-03", "2025-06-01")
+
+
+# --- patient history ---------------------------------------------------------------------------
+
+
+def test_cumulative_dose_per_patient_over_the_window() -> None:
+    from dosereg.registry_export import PatientHistory
+
+    rules = rules_from_config(default_config())
+    a1, a2, a3 = (replace(_head_study(i, 50, dlp, day), patient=Patient(id="P1", name="A^B", sex="F", age_years=50.0))
+                  for i, (dlp, day) in enumerate([(800, "2024-01-10"), (900, "2024-12-01"), (1000, "2025-06-01")]))
+    other = replace(_head_study(7, 50, 700, "2024-12-01"), patient=Patient(id="P2", name="C^D", sex="M"))
+    qa = replace(_head_study(8, 50, 5000, "2024-12-01"), patient=Patient(id="P1", name="MONTHLY_QC^X", sex="O"))
+    history = PatientHistory.of([a1, a2, a3, other, qa], rules, 365)
+    assert history.cumulative("P1", "2024-12-01") == {
+        "window_days": 365, "studies": 2, "cumulative_dlp_mGycm": 1700.0,
+        "cumulative_effective_dose_mSv": 3.57, "effective_dose_is_estimate": True}  # 1700 x 0.0021; QC left out
+    assert history.cumulative("P1", "2025-06-01")["studies"] == 2  # 2024-01-10 is outside the window
+    assert history.cumulative("P1", "2025-06-01")["cumulative_dlp_mGycm"] == 1900.0
+    assert history.cumulative("P2", "2024-12-01")["cumulative_dlp_mGycm"] == 700.0
+    assert history.cumulative("P3", "2024-12-01") is None and history.cumulative("P1", None) is None
+
+
+def test_studies_json_carries_the_patient_history(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    from tests.test_classification_evidence import SAMPLES
+
+    data = tmp_path / "data"
+    assert run_cli("import", str(SAMPLES / "ct_head_sequenced.dcm"), str(SAMPLES / "ct_qa_phantom.dcm"),
+                   "--data-dir", str(data)).returncode == 0
+    out = run_cli("studies", "--json", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    by_desc = {d["study_description"]: d for d in map(__import__("json").loads, out.stdout.splitlines())}
+    head = by_desc["Head^HeadSeq (Adult)"]["patient_history"]
+    # the localizer (2.3 mGy.cm) and the head scan (754.13), both on the 16 cm phantom
+    assert head["studies"] == 1 and head["cumulative_dlp_mGycm"] == pytest.approx(756.43, abs=0.01)
+    assert head["cumulative_effective_dose_mSv"] == pytest.approx(756.43 * 0.0021, abs=0.001)
+    assert by_desc["Daily QA"]["patient_history"] is None
