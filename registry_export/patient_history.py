@@ -17,21 +17,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from dosereg.extract import StudyRecord
+from dosereg.extract import Event, StudyRecord
 
 from . import dosimetry
 from .classification import non_patient_reasons
 from .effective_dose import k_factor
 from .rules import Rules
 
-__all__ = ["PatientHistory", "study_dose"]
+__all__ = ["PatientHistory", "events_dose"]
 
 
-def study_dose(record: StudyRecord) -> tuple[float, float]:
-    """(DLP mGy.cm on the standard phantoms, effective-dose estimate mSv) of the study's events
-    whose DLP can be normalised."""
+def events_dose(events: Iterable[Event]) -> tuple[float, float]:
+    """(DLP mGy.cm on the standard phantoms, effective-dose estimate mSv) of a study's events
+    whose DLP can be normalised (all of them: timing runs and localizers are dose too)."""
     dlp_sum = eff_sum = 0.0
-    for ev in record.events or ():
+    for ev in events:
         head = dosimetry.is_head_exam(ev)
         _, dlp = dosimetry.normalised_dose(ev, head)
         if dlp is not None and dlp == dlp:
@@ -66,7 +66,7 @@ class PatientHistory:
             day = _day(record.study_date)
             if record.error is not None or not pid or day is None or non_patient_reasons(record, rules.non_patient):
                 continue
-            rows.setdefault(pid, []).append((day, *study_dose(record)))
+            rows.setdefault(pid, []).append((day, *events_dose(record.events or ())))
         history = cls(window_days)
         for pid, items in rows.items():
             items.sort()

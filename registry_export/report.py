@@ -240,7 +240,7 @@ class ReportBuilder:
         s = _study(record, evaluation)
         self._account(s)
         self.review.add(record.study_description, s.accession_number, s.study_date, s.scanner, s.registry_code,
-                        s.events, s.timing_runs, s.age_years)
+                        s.events, s.timing_runs, s.age_years, record.patient.id)
 
     def add(self, record: StudyRecord | None, d: dict[str, Any], events: Sequence[Event] | None = None) -> None:
         """Adapter for ``export``, which holds the evaluated dict form (``d`` =
@@ -254,7 +254,7 @@ class ReportBuilder:
         s = _study_from_dict(d, events)
         self._account(s)
         self.review.add(d.get("study_description"), s.accession_number, s.study_date, s.scanner, s.registry_code,
-                        s.events, s.timing_runs, s.age_years)
+                        s.events, s.timing_runs, s.age_years, (d.get("patient") or {}).get("id"))
 
     def _account(self, s: _Study) -> None:
         self.studies += 1

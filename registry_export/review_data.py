@@ -34,10 +34,12 @@ from dosereg.extract import Event
 from . import dosimetry
 from .effective_dose import k_factor
 from .nomenclature import Nomenclature, load_nomenclature
+from .patient_history import events_dose
 
 __all__ = ["ExamStats", "LevelCheck", "ReviewBuilder", "ReviewSummary", "TrendPoint"]
 
 ABOVE_ROWS = 200  # studies above a level shown on the page
+HIGH_DOSE_ROWS = 50  # patients in the high-dose table
 _NO_EXAM = "(no study description)"
 _NO_PROTOCOL = "(no protocol name)"
 
@@ -102,6 +104,8 @@ class ReviewSummary:
     local_period: tuple[str, str] | None  # (first, last day) of the local levels' period
     local_min_n: int
     studies: int
+    high_dose: tuple[Mapping[str, Any], ...] = ()  # patients with the highest cumulative DLP (no patient ID)
+    history_days: int = 365
 
 
 def _month(study_date: Any) -> str:
@@ -155,14 +159,19 @@ class ReviewBuilder:
         self.accessions: list[Any] = []
         self.dates: list[Any] = []
         self.studies = 0
+        self._patients: dict[str, int] = {}
+        self.pt_patient, self.pt_day = array("i"), array("i")
+        self.pt_dlp, self.pt_eff = array("d"), array("d")
+        self.pt_accession: list[Any] = []
         self._pending: list[tuple[bool, int, int, float, float, float]] = []  # one study's events, by region
 
     # -- accumulation ------------------------------------------------------------------------
     def add(self, description: Any, accession: Any, study_date: Any, scanner: str, registry_code: str,
-            events: Sequence[Event], timing_runs: Sequence[bool], age_years: Any) -> None:
+            events: Sequence[Event], timing_runs: Sequence[bool], age_years: Any, patient_id: Any = None) -> None:
         """Account for one study given by its parts (either form of the report's input)."""
         if registry_code in ("excluded", "unknown"):
             return
+        self._add_history(patient_id, study_date, accession, events)
         entry = self.nomenclature.lookup(description) if isinstance(description, str) else None
         exam = entry.playbook_id if entry is not None else (description or _NO_EXAM)
         codes = self.codes
@@ -207,6 +216,20 @@ class ReviewBuilder:
             self.accessions.append(accession)
             self.dates.append(study_date)
             self.studies += 1
+
+    def _add_history(self, patient_id: Any, study_date: Any, accession: Any, events: Sequence[Event]) -> None:
+        """The study's whole dose for its patient's history (the patient ID stays in this object:
+        the page names studies by accession number only)."""
+        day = _day(study_date)
+        if not isinstance(patient_id, str) or not patient_id or day < 0:
+            return
+        code = self._patients.setdefault(patient_id, len(self._patients))
+        dlp, eff = events_dose(events)
+        self.pt_patient.append(code)
+        self.pt_day.append(day)
+        self.pt_dlp.append(dlp)
+        self.pt_eff.append(eff)
+        self.pt_accession.append(accession)
 
     # -- aggregation ---------------------------------------------------------------------------
     def summary(self) -> ReviewSummary:

@@ -131,6 +131,18 @@ def _levels_list(r: ReviewSummary) -> list[str]:
             _table(("Level", "Region", "Quantity", "Value", "Kind", "Source"), rows, raw=(0, 5))]
 
 
+def _high_dose_html(r: ReviewSummary) -> list[str]:
+    parts = [f"<h2>Highest cumulative patient dose ({len(r.high_dose)})</h2><p class='note'>Per patient, the "
+             f"studies of the {r.history_days} days up to the latest: summed DLP (every event, on its standard "
+             "phantom) and <b>effective-dose estimate</b> (AAPM Report 96); patients named by the accession "
+             "numbers of their studies, latest first (no patient ID on this page).</p>"]
+    cols = ("accession_numbers", "latest_study_date", "studies", "cumulative_dlp_mGycm", "cumulative_effective_dose_mSv")
+    rows = [tuple(_fmt(row.get(c)) for c in cols) for row in r.high_dose]
+    parts.append(_table(("Accession numbers", "Latest study", "Studies", "Cumulative DLP mGy·cm",
+                         "Cumulative effective dose mSv (estimate)"), rows, numeric=(2, 3, 4), nowrap=(1,)))
+    return parts
+
+
 def review_sections(r: ReviewSummary | None) -> list[str]:
     """The review's HTML sections (empty without a review)."""
     if r is None:
@@ -149,6 +161,7 @@ def review_sections(r: ReviewSummary | None) -> list[str]:
               "protocol's events); head and body apart.</p>", _exam_table(r.protocols, "Protocol", local=False)]
     parts += _trends_html(r)
     parts += _above_html(r)
+    parts += _high_dose_html(r)
     return parts
 
 

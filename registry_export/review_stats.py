@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from dosereg.conf.reference_levels import ReferenceLevel
 
-from .review_data import ABOVE_ROWS, ExamStats, LevelCheck, Quartiles, ReviewSummary, TrendPoint, day_text
+from .review_data import (
+    ABOVE_ROWS,
+    HIGH_DOSE_ROWS,
+    ExamStats,
+    LevelCheck,
+    Quartiles,
+    ReviewSummary,
+    TrendPoint,
+    day_text,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,6 +194,34 @@ def _study_protocols(ev: pd.DataFrame, row: int, names: list[str]) -> str:
     return ", ".join(sorted({names[int(p)] for p in ev.loc[ev["row"] == row, "protocol"]}))
 
 
+def _high_dose(b: ReviewBuilder) -> tuple[dict[str, Any], ...]:
+    """The HIGH_DOSE_ROWS patients with the highest cumulative DLP over the history window ending
+    at their latest study, named by their studies' accession numbers (latest first)."""
+    import numpy as np
+    import pandas as pd
+
+    if not b.pt_day:
+        return ()
+    pt = pd.DataFrame({"patient": np.frombuffer(b.pt_patient, dtype=np.int32),
+                       "day": np.frombuffer(b.pt_day, dtype=np.int32),
+                       "dlp": np.frombuffer(b.pt_dlp, dtype=np.float64),
+                       "eff": np.frombuffer(b.pt_eff, dtype=np.float64)})
+    last = pt.groupby("patient")["day"].transform("max")
+    inside = pt[pt["day"] > last - b.cfg.dose.patient_history_days]
+    sums = inside.groupby("patient").agg(studies=("day", "size"), dlp=("dlp", "sum"), eff=("eff", "sum"),
+                                         last=("day", "max"))
+    top = sums.sort_values(["dlp", "studies"], ascending=False).head(HIGH_DOSE_ROWS)
+    rows = []
+    for patient, row in top.iterrows():
+        mine = inside[inside["patient"] == patient].sort_values("day", ascending=False)
+        accessions = [str(b.pt_accession[i]) for i in mine.index[:5]]
+        rows.append({"accession_numbers": ", ".join(accessions) + (" …" if len(mine) > 5 else ""),
+                     "latest_study_date": day_text(int(row["last"])), "studies": int(row["studies"]),
+                     "cumulative_dlp_mGycm": round(float(row["dlp"]), 2),
+                     "cumulative_effective_dose_mSv": round(float(row["eff"]), 3)})
+    return tuple(rows)
+
+
 def summarise(b: ReviewBuilder) -> ReviewSummary:
     """The review of everything ``b`` accounted for."""
     st, ev = _frames(b)
@@ -194,4 +231,4 @@ def summarise(b: ReviewBuilder) -> ReviewSummary:
     trends = _trends(st, ev, b)
     above, count = _above(st, ev, b)
     return ReviewSummary(exams, protocols, trends, tuple(above), count, b.levels, period,
-                         b.cfg.reference_levels.local_min_n, b.studies)
+                         b.cfg.reference_levels.local_min_n, b.studies, _high_dose(b), b.cfg.dose.patient_history_days)

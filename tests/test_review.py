@@ -203,3 +203,17 @@ def test_studies_json_carries_the_patient_history(tmp_path: Path) -> None:
     assert head["studies"] == 1 and head["cumulative_dlp_mGycm"] == pytest.approx(756.43, abs=0.01)
     assert head["cumulative_effective_dose_mSv"] == pytest.approx(756.43 * 0.0021, abs=0.001)
     assert by_desc["Daily QA"]["patient_history"] is None
+
+
+def test_report_high_dose_section_names_studies_not_patients(tmp_path: Path) -> None:
+    p1 = Patient(id="PID-9F3K", name="A^B", sex="F", age_years=50.0)
+    records = [replace(_head_study(i, 50, dlp, day), patient=p1)
+               for i, (dlp, day) in enumerate([(800, "2024-01-10"), (900, "2024-12-01"), (1000, "2025-06-01")])]
+    records.append(replace(_head_study(7, 50, 700, "2024-12-01"), patient=Patient(id="P2", name="C^D", sex="M")))
+    cfg, summary = _review(tmp_path, records)
+    # P1: its two studies within 365 days of its latest (900 + 1000); 2024-01-10 is outside
+    assert [(r["accession_numbers"], r["studies"], r["cumulative_dlp_mGycm"]) for r in summary.review.high_dose] == [
+        ("ACC2, ACC1", 2, 1900.0), ("ACC7", 1, 700.0)]
+    page = render_html(summary, cfg)
+    assert "Highest cumulative patient dose (2)" in page and "ACC2, ACC1" in page
+    assert "PID-9F3K" not in page
