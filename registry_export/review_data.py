@@ -34,7 +34,6 @@ from dosereg.extract import Event
 from . import dosimetry
 from .effective_dose import k_factor
 from .nomenclature import Nomenclature, load_nomenclature
-from .patient_history import events_dose
 
 __all__ = ["ExamStats", "LevelCheck", "ReviewBuilder", "ReviewSummary", "TrendPoint"]
 
@@ -171,24 +170,28 @@ class ReviewBuilder:
         """Account for one study given by its parts (either form of the report's input)."""
         if registry_code in ("excluded", "unknown"):
             return
-        self._add_history(patient_id, study_date, accession, events)
         entry = self.nomenclature.lookup(description) if isinstance(description, str) else None
         exam = entry.playbook_id if entry is not None else (description or _NO_EXAM)
         codes = self.codes
         study = self.studies
         per_region: dict[bool, list[float]] = {}
         age = age_years if isinstance(age_years, (int, float)) else None
+        whole_dlp = whole_eff = 0.0  # every event's, for the patient's history (patient_history.events_dose)
         for ev, timing in zip(events, timing_runs, strict=False):
-            if timing or ev.acquisition_type == "constant_angle":
-                continue
             head = dosimetry.is_head_exam(ev)
             ctdi, dlp = dosimetry.normalised_dose(ev, head)
+            dlp_value = _num(dlp)
+            eff = k_factor(ev, head)[1] * dlp_value  # AAPM Report 96 estimate (effective_dose_mSv)
+            if dlp_value == dlp_value:
+                whole_dlp += dlp_value
+                whole_eff += eff
+            if timing or ev.acquisition_type == "constant_angle":
+                continue
             ssde = dosimetry.ssde_mGy(ev, head)
             category = dosimetry.notification_category(ev, age)
             acc = per_region.setdefault(head, [0.0, 0.0, 0.0])  # dlp sum, effective dose sum, events
-            dlp_value = _num(dlp)
             acc[0] += dlp_value
-            acc[1] += k_factor(ev, head)[1] * dlp_value  # AAPM Report 96 estimate (effective_dose_mSv)
+            acc[1] += eff
             acc[2] += 1
             self._pending.append((head, codes(ev.acquisition_protocol or _NO_PROTOCOL), codes(category),
                                   _num(ctdi), _num(ssde), dlp_value))
@@ -212,19 +215,19 @@ class ReviewBuilder:
                     self.ev_ctdivol.append(ctdi)
                     self.ev_ssde.append(ssde)
         self._pending.clear()
+        self._add_history(patient_id, study_date, accession, whole_dlp, whole_eff)
         if per_region:
             self.accessions.append(accession)
             self.dates.append(study_date)
             self.studies += 1
 
-    def _add_history(self, patient_id: Any, study_date: Any, accession: Any, events: Sequence[Event]) -> None:
+    def _add_history(self, patient_id: Any, study_date: Any, accession: Any, dlp: float, eff: float) -> None:
         """The study's whole dose for its patient's history (the patient ID stays in this object:
         the page names studies by accession number only)."""
         day = _day(study_date)
         if not isinstance(patient_id, str) or not patient_id or day < 0:
             return
         code = self._patients.setdefault(patient_id, len(self._patients))
-        dlp, eff = events_dose(events)
         self.pt_patient.append(code)
         self.pt_day.append(day)
         self.pt_dlp.append(dlp)
