@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dose import DoseSettings
 from .logging import LoggingSettings, parse_logging
+from .reference_levels import ReferenceLevelsSettings
 from .web import WebSettings, parse_web
 
 if sys.version_info >= (3, 11):
@@ -138,9 +140,15 @@ class ReviewSettings:
 
 @dataclass(frozen=True)
 class NonPatientSettings:
+    """Globs on patient ID / name and study description; regular expressions (case-insensitive,
+    docs/classification.md) on event protocols, requested procedure and station name."""
+
     patient_id: tuple[str, ...] = ()
     patient_name: tuple[str, ...] = ()
     study_description: tuple[str, ...] = ()
+    acquisition_protocol: tuple[str, ...] = ()
+    requested_procedure: tuple[str, ...] = ()
+    station_name: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,8 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     pacs: PacsSettings | None = None  # [pacs] (conf/pacs.py): None when not configured
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    dose: DoseSettings = field(default_factory=DoseSettings)
+    reference_levels: ReferenceLevelsSettings = field(default_factory=ReferenceLevelsSettings)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -225,6 +235,8 @@ _SECTIONS: dict[str, type] = {
     "notification": NotificationSettings,
     "extract": ExtractSettings,
     "review": ReviewSettings,
+    "dose": DoseSettings,
+    "reference_levels": ReferenceLevelsSettings,
 }
 _CLASSIFICATION: dict[str, type] = {"non_patient": NonPatientSettings, "rt_planning": RtPlanningSettings}
 _CHOICES = {("registry", "date_precision"): ("day", "month", "year")}
@@ -244,6 +256,10 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("listener", "reserved_for_allowed"): (0, 1000),
     ("extract", "max_inflated_bytes"): (1 << 16, 1 << 40),
     ("extract", "max_nesting"): (8, 10000),
+    ("dose", "timing_run_max_ctdivol_mgy"): (0.0, 10000.0),
+    ("dose", "patient_history_days"): (1, 36500),
+    ("reference_levels", "local_period_days"): (1, 36500),
+    ("reference_levels", "local_min_n"): (1, 1000000),
 }
 
 

@@ -306,7 +306,9 @@ def cmd_studies(cfg: Config, args: argparse.Namespace) -> int:
     chosen = StudyFilter(args.since, args.until, args.scanner, args.code, args.incomplete)
     studies = chosen.apply(_evaluated_studies(cfg))
     if args.json:
-        for d in studies:
+        from dosereg.cli_review import with_patient_history  # the patient's cumulative dose
+
+        for d in chosen.apply(with_patient_history(cfg, _evaluated_studies(cfg))):
             sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
         return 0
     empty = "no studies in the catalog" if chosen == StudyFilter() else "no study matches these filters"

@@ -23,12 +23,15 @@ Public API:
   the audit log) and :func:`send` (cfg, catalog object rows, batch) -> :class:`SendResult`;
   :func:`submission_lookup` (cfg) -> the ``submission`` of each study record; :func:`study_batches`
   (a study's batch history), :func:`flags_since` (billing's pick-up of the flags files' rows)
+* :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
+  study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
 """
 
 from .export import export_batch, export_marks, last_export
+from .patient_history import PatientHistory
 from .report import scanner_label, write_report
 from .review import (
     BatchNotFoundError,
@@ -65,7 +68,7 @@ __all__ = [
     "load_nomenclature", "without_implausible",
     "export_batch", "export_marks", "last_export", "studies_table", "StudyFilter", "write_report", "scanner_label", "change_secret", "recorded_secret",
     "SecretChangedError", "ExportBusyError",
-    "CatalogSource", "StudySource", "VersionedSource",
+    "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
 ]

@@ -1,7 +1,11 @@
 """Classification of a study and its nomenclature flag (docs/registry-profile.md).
 
-* :func:`non_patient_reasons` -- the configured non-patient globs (``classification.non_patient``:
-  QA phantoms, test patients) matching the patient name / ID or the study description.
+* :func:`non_patient_reasons` -- the configured non-patient rules (``classification.non_patient``,
+  docs/classification.md): globs on the patient name / ID and the study description, regular
+  expressions on the requested procedure, the station name and the acquisition protocols
+  (protocol evidence only when every irradiation event of the study has it: one QA-named
+  event inside a patient study, an RT check after the scan, leaves it a patient study).
+  :func:`check_non_patient` compiles the expressions once, so that a bad one is an error at load.
 * :func:`rt_planning_reasons` -- the RT-planning rules (``classification.rt_planning``): text
   regexes on the descriptions and protocols, station names, procedure codes, and a
   treatment-machine manufacturer with a cone-beam acquisition.
@@ -27,8 +31,8 @@ from dosereg.extract import StudyRecord
 
 from .nomenclature import Nomenclature
 
-__all__ = ["RtPlanningRules", "nomenclature_flag", "non_patient_reasons", "rt_planning_reasons",
-           "rt_planning_rules"]
+__all__ = ["RtPlanningRules", "check_non_patient", "nomenclature_flag", "non_patient_reasons",
+           "rt_planning_reasons", "rt_planning_rules"]
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,80 @@ def _globs(patterns: tuple[str, ...]) -> tuple[Callable[[str], Any] | None, tupl
     return re.compile("|".join(f"(?:{r})" for r in regexes)).match, each
 
 
+#: The keys of classification.non_patient that hold regular expressions (the others are globs).
+NON_PATIENT_REGEX_KEYS = ("acquisition_protocol", "requested_procedure", "station_name")
+#: Scanners join words with "_" (``QA_Head_Axial``, ``MONTHLY_QC``), which ``\b`` counts as a
+#: letter: the expressions read the text with these separators as spaces.
+_SEPARATORS = str.maketrans("_", " ")
+
+
+@lru_cache(maxsize=64)
+def _regexes(patterns: tuple[str, ...]) -> tuple[Callable[[str], Any] | None, tuple[tuple[str, re.Pattern[str]], ...]]:
+    """(``search`` of one regex finding a match when any pattern does, (pattern, compiled) each);
+    re.error propagates (:func:`check_non_patient` turns it into a ConfigError)."""
+    each = tuple((p, re.compile(p, re.IGNORECASE)) for p in patterns)
+    if not each:
+        return None, ()
+    if any(c.groups for _, c in each):  # back-references would shift in a joined expression
+        return None, each
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE).search, each
+
+
+def check_non_patient(np: NonPatientSettings, where: object) -> None:
+    """Compile the regular-expression keys of classification.non_patient; a pattern that is no
+    regular expression is a :class:`ConfigError` naming the key, the pattern and ``where``."""
+    for key in NON_PATIENT_REGEX_KEYS:
+        for i, text in enumerate(getattr(np, key)):
+            try:
+                re.compile(text, re.IGNORECASE)
+            except re.error as exc:
+                raise ConfigError(f"{where}: classification.non_patient.{key}[{i}] {text!r} is not a valid "
+                                  f"regular expression: {exc}") from None
+
+
+@lru_cache(maxsize=4096)  # protocols, stations and requested procedures repeat across studies
+def _regex_hit(text: str, patterns: tuple[str, ...]) -> str | None:
+    """The first pattern (regular expression, case-insensitive) found in ``text``, or None."""
+    any_search, each = _regexes(patterns)
+    text = text.translate(_SEPARATORS)
+    if any_search is not None and any_search(text) is None:
+        return None
+    for pat, compiled in each:
+        if compiled.search(text):
+            return pat
+    return None
+
+
+def _quoted(pattern: str) -> str:
+    """A regular expression as written in the configuration file (``'\\bqa\\b'``, not repr's
+    doubled backslashes)."""
+    return f"'{pattern}'"
+
+
+def _protocol_reason(record: StudyRecord, patterns: tuple[str, ...]) -> str | None:
+    """Why every irradiation event's protocol says non-patient, or None when one does not (or
+    the study has no events)."""
+    events = record.events or ()
+    if not events or not patterns:
+        return None
+    hits: list[str] = []
+    for ev in events:
+        protocol = ev.acquisition_protocol
+        pat = _regex_hit(protocol, patterns) if isinstance(protocol, str) and protocol else None
+        if pat is None:
+            return None
+        if pat not in hits:
+            hits.append(pat)
+    shown = sorted({ev.acquisition_protocol or "" for ev in events})
+    examples = ", ".join(repr(p) for p in shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    return (f"events[].acquisition_protocol of all {len(events)} event{'s' if len(events) > 1 else ''} "
+            f"({examples}) match non-patient pattern{'s' if len(hits) > 1 else ''} "
+            f"classification.non_patient.acquisition_protocol {', '.join(_quoted(h) for h in hits)}")
+
+
 def non_patient_reasons(record: StudyRecord, np: NonPatientSettings) -> list[str]:
-    """Why the study is not a patient study (empty: it is one)."""
+    """Why the study is not a patient study (empty: it is one). Each reason names the field
+    that matched and the pattern (never the patient's name or ID itself)."""
     patient = record.patient
     reasons = []
     pat = _glob(getattr(patient, "name", None), np.patient_name)
@@ -120,6 +196,19 @@ def non_patient_reasons(record: StudyRecord, np: NonPatientSettings) -> list[str
     pat = _glob(desc, np.study_description)
     if pat:
         reasons.append(f"study_description {desc!r} matches non-patient pattern {pat!r}")
+    requested = record.requested_procedure_description
+    pat = _regex_hit(requested, np.requested_procedure) if requested and np.requested_procedure else None
+    if pat:
+        reasons.append(f"requested_procedure_description {requested!r} matches non-patient pattern "
+                       f"classification.non_patient.requested_procedure {_quoted(pat)}")
+    station = getattr(record.equipment, "station_name", None)
+    pat = _regex_hit(station, np.station_name) if station and np.station_name else None
+    if pat:
+        reasons.append(f"equipment.station_name {station!r} matches non-patient pattern "
+                       f"classification.non_patient.station_name {_quoted(pat)}")
+    protocol = _protocol_reason(record, np.acquisition_protocol)
+    if protocol:
+        reasons.append(protocol)
     return reasons
 
 

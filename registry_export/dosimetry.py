@@ -39,6 +39,7 @@ from dosereg.extract.concepts import srt_to_sct
 
 __all__ = [
     "PHANTOM_FACTOR",
+    "TIMING_RUN_MAX_CTDIVOL_MGY",
     "conversion_factor",
     "effective_diameter_cm",
     "is_head_exam",
@@ -234,33 +235,46 @@ def _timing_word(protocol: str) -> str | None:
     return m.group(0) if m else None
 
 
-def timing_run_reason(event: Event) -> str | None:
-    """Why the event is a timing run, or ``None`` when it is not."""
+#: ``[dose] timing_run_max_ctdivol_mgy`` default: the lowest adult AAPM Dose Check notification
+#: value (adult body, 50 mGy). Bolus-tracking and test-bolus scans are low-dose, well under the
+#: adult notification values (docs/timing-runs.md); an exposure at or above this is no timing run.
+TIMING_RUN_MAX_CTDIVOL_MGY = 50.0
+
+
+def timing_run_reason(event: Event, max_ctdivol_mGy: float = TIMING_RUN_MAX_CTDIVOL_MGY) -> str | None:
+    """Why the event is a timing run, or ``None`` when it is not (:func:`is_timing_run`)."""
+    ctdivol = event.ctdivol_mGy
+    if ctdivol is not None and not ctdivol < max_ctdivol_mGy:  # NaN is no monitoring dose either
+        return None
     protocol = event.acquisition_protocol or ""
     found = _timing_word(protocol) if protocol.__class__ is str else _timing_word.__wrapped__(protocol)
     if found is not None:
         return f"protocol {protocol!r} contains {found!r}"
     if (
         event.acquisition_type == "stationary"
-        and event.ctdivol_mGy is not None
+        and ctdivol is not None
         and event.dlp_mGycm is not None
-        and event.ctdivol_mGy > event.dlp_mGycm
+        and ctdivol > event.dlp_mGycm
     ):
         return (
-            f"stationary acquisition with CTDIvol {event.ctdivol_mGy:g} mGy above "
+            f"stationary acquisition with CTDIvol {ctdivol:g} mGy above "
             f"DLP {event.dlp_mGycm:g} mGy.cm"
         )
     return None
 
 
-def is_timing_run(event: Event) -> bool:
-    """A bolus-tracking or test-bolus scan, excluded from dose comparisons.
+def is_timing_run(event: Event, max_ctdivol_mGy: float = TIMING_RUN_MAX_CTDIVOL_MGY) -> bool:
+    """A bolus-tracking or test-bolus scan, excluded from dose comparisons (docs/timing-runs.md).
 
-    True when the acquisition protocol contains Monitoring (so also Pre-Monitoring,
-    PreMonitoring) or TestBolus / Test Bolus (case-insensitive), or when a stationary
-    acquisition's CTDIvol exceeds its DLP (repeated exposures of one thin slab).
+    Never when the event's CTDIvol is stated and not below ``max_ctdivol_mGy`` (the
+    configuration's ``[dose] timing_run_max_ctdivol_mgy``, default 50 mGy): a monitoring scan is
+    low-dose, and a stationary exposure of hundreds of mGy (perfusion, a QA dose measurement) is
+    exactly the event a physicist must see. Below it (or with CTDIvol not stated), true when the
+    acquisition protocol contains Monitoring (so also Pre-Monitoring, PreMonitoring) or TestBolus
+    / Test Bolus (case-insensitive), or when a stationary acquisition's CTDIvol exceeds its DLP
+    (a scan at one table position, under 1 cm long).
     """
-    return timing_run_reason(event) is not None
+    return timing_run_reason(event, max_ctdivol_mGy) is not None
 
 
 # --- notification values ----------------------------------------------------------------------

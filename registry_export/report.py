@@ -61,6 +61,7 @@ from .report_data import (
     dose_stats,
 )
 from .report_exams import ExamTally
+from .review_data import ReviewBuilder
 from .rules import Evaluation
 
 __all__ = ["ReportBuilder", "ReportSummary", "scanner_label", "write_report"]
@@ -207,6 +208,7 @@ class ReportBuilder:
         self.exams = ExamTally()  # exams without a dose report, per scanner and day
         self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
         self._spool_csv = detail_writer(self._spool)
+        self.review = ReviewBuilder(cfg)  # the dose review's sections (review_data, docs/dose-review.md)
 
     # -- accumulation -------------------------------------------------------------------
     def add_evaluated(self, record: StudyRecord, evaluation: Evaluation) -> None:
@@ -214,6 +216,8 @@ class ReportBuilder:
         s = _study(record, evaluation)
         self._account(s)
         self.exams.add(record, s.scanner, s.study_date)
+        self.review.add(record.study_description, s.accession_number, s.study_date, s.scanner, s.registry_code,
+                        s.events, s.timing_runs, s.age_years, record.patient.id)
 
     def _account(self, s: _Study) -> None:
         self.studies += 1
@@ -328,7 +332,8 @@ class ReportBuilder:
             protocols=tuple(g.summary(n) for n, g in sorted(self.protocols.items())),
             distributions=distributions, timing=timing,
             details={n: DetailTable(n, d.columns, tuple(d.rows), d.count) for n, d in self.details.items()},
-            exams_without_report=self.exams.rows())
+            exams_without_report=self.exams.rows(),
+            review=self.review.summary())
 
     def write(self, folder: Path, stem: str, batch_id: str | None = None,
               batches: list[dict[str, Any]] | None = None) -> list[Path]:

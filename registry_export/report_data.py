@@ -146,6 +146,7 @@ class ReportSummary:
     details: Mapping[str, DetailTable]
     #: (scanner, day, exams) of the CT exams without a dose report (:mod:`.report_exams`)
     exams_without_report: tuple[tuple[str, str, int], ...] = ()
+    review: Any = None  # the dose review (review_data.ReviewSummary; docs/dose-review.md)
 
     @property
     def rate(self) -> float:

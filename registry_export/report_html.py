@@ -89,10 +89,12 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     parts.append(f"<h2>Stated total DLP differs from the sum of events ({det.count})</h2><p class='note'>"
                  f"Tolerance: {DLP_TOLERANCE_MGYCM:g} mGy·cm or {DLP_TOLERANCE_REL:.0%}, whichever is larger.</p>")
     parts.append(_detail_html(det))
+    from .review_html import review_sections, with_toc  # the dose review (docs/dose-review.md)
+    parts += review_sections(summary.review)
     if batches is not None:
         parts.append(batches_html(batches))
     parts.append("</main></body></html>\n")
-    return "\n".join(parts)
+    return with_toc("\n".join(parts))
 
 
 def _cards(summary: ReportSummary) -> str:
@@ -280,6 +282,9 @@ code {{ font: 12px ui-monospace, "DejaVu Sans Mono", monospace; background: #eef
 .charts {{ display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }}
 figure {{ margin: 0; border: 1px solid #e4e7eb; border-radius: 6px; padding: 8px; }}
 figcaption {{ font-weight: 600; margin-bottom: 4px; }}
+.above {{ color: #c53030; font-weight: 600; }}
+nav.toc {{ border: 1px solid #e4e7eb; border-radius: 6px; padding: 8px 14px; margin: 12px 0; font-size: 13px; }}
+nav.toc ol {{ margin: 4px 0 0; columns: 2; }}
 figure svg {{ width: 100%; height: auto; }}
 .more, .empty {{ color: #7b8794; font-style: italic; }}
 </style></head><body><main>"""

@@ -39,13 +39,14 @@ from dosereg.extract import Event, ExamRecord, StudyRecord
 
 from .classification import (
     RtPlanningRules,
+    check_non_patient,
     nomenclature_flag,
     non_patient_reasons,
     rt_planning_reasons,
     rt_planning_rules,
 )
 from .completeness import completeness_check, without_implausible
-from .dosimetry import is_timing_run
+from .dosimetry import TIMING_RUN_MAX_CTDIVOL_MGY, is_timing_run
 from .nomenclature import Nomenclature, NomenclatureEntry, load_nomenclature
 from .profile import Condition, DateBound, ElementRule, Profile, load_profile
 from .verdicts import Classification, Completeness, Evaluation, Flags, InvalidElement
@@ -63,7 +64,7 @@ __all__ = [
 #: timing-run verdict for some record and rules: :attr:`Rules.key` includes it, so export state
 #: recorded under the old meaning is evaluated again. A change that keeps every verdict
 #: (refactoring, comments, speed) keeps it.
-RULES_REVISION = 1
+RULES_REVISION = 2  # 2: non-patient rules on protocols, station, requested procedure; timing-run dose bound
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Rules:
     nomenclature: Nomenclature
     notification: NotificationSettings
     config_path: Path | None = None
+    timing_run_max_ctdivol_mGy: float = TIMING_RUN_MAX_CTDIVOL_MGY
 
     @property
     def profile_name(self) -> str:
@@ -103,6 +105,7 @@ class Rules:
             (nom.path.name, tuple(sorted(nom.entries.items())), nom.playbook_schemes),
             self.non_patient,
             (tuple((t.pattern, t.flags) for t in rt.text), rt.station_names, rt.procedure_codes, rt.manufacturers),
+            self.timing_run_max_ctdivol_mGy,
         )
         return hashlib.sha256(repr(material).encode("utf-8")).hexdigest()[:32]
 
@@ -113,6 +116,7 @@ def rules_from_config(cfg: Config) -> Rules:
     Read afresh on every call (nothing cached), so a changed profile applies on the next
     read. Errors are :class:`ConfigError` naming the file and the key or line at fault.
     """
+    check_non_patient(cfg.classification.non_patient, cfg.path)
     return Rules(
         profile=load_profile(Path(cfg.profile_path)),
         non_patient=cfg.classification.non_patient,
@@ -120,6 +124,7 @@ def rules_from_config(cfg: Config) -> Rules:
         nomenclature=load_nomenclature(Path(cfg.nomenclature_table)),
         notification=cfg.notification,
         config_path=cfg.path,
+        timing_run_max_ctdivol_mGy=cfg.dose.timing_run_max_ctdivol_mgy,
     )
 
 
@@ -142,7 +147,8 @@ def evaluate(record: StudyRecord, rules: Rules) -> Evaluation:
     An error record (``record.error`` set) gets G9326 / G9319 with the error as reason;
     :func:`study_dict` prints null verdicts for it instead.
     """
-    timing = tuple(is_timing_run(e) for e in record.events or ())
+    bound = rules.timing_run_max_ctdivol_mGy
+    timing = tuple(is_timing_run(e, bound) for e in record.events or ())
     error = record.error
     if error:
         message = f"not a usable CT dose object: {error.code}: {error.message}"

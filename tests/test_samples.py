@@ -315,6 +315,10 @@ SAMPLE_FLAGS: dict[str, tuple[str, str | None, list[str] | None]] = {
     "ct_qa_phantom": ("excluded", None, [
         "not a patient study: patient.name matches non-patient pattern '*phantom*'",
         "not a patient study: patient.id matches non-patient pattern 'qa*'",
+        # issue 13: the description and every event's protocol are evidence too
+        "not a patient study: study_description 'Daily QA' matches non-patient pattern '*[_ ]qa'",
+        "not a patient study: events[].acquisition_protocol of all 1 event ('QA_Head_Axial') match non-patient "
+        r"pattern classification.non_patient.acquisition_protocol '\bqa\b'",
     ]),
     "ct_incomplete": ("G9326", "G9319", ["patient.sex missing", "events[1].ctdivol_mGy missing (protocol ..."]),
     # extracted: "'abc' could not be read"; its expected record (no extraction problems in it): "missing"
