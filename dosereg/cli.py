@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dosereg import cli_batches, cli_quarantine, cli_reconcile, cli_status, cli_web
+from dosereg.cli_types import date_text as _date
+from dosereg.cli_types import port as _port
 from dosereg.conf.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dosereg")
@@ -26,26 +28,6 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = 2) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _date(text: str) -> str:
-    """A ``YYYY-MM-DD`` date option (as the study record writes dates)."""
-    from datetime import date
-
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
-    return port
 
 
 def _jobs(text: str) -> int:

@@ -134,17 +134,10 @@ def cmd_reject(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.ingest import open_catalog
+    from dosereg.ingest import object_rows
     from dosereg.registry_export import send
 
-    def rows() -> list[dict[str, Any]]:
-        catalog = open_catalog(cfg, readonly=True)
-        try:
-            return catalog.object_rows()
-        finally:
-            catalog.close()
-
-    result = send(cfg, rows, batch_id=args.batch, by=args.by)
+    result = send(cfg, lambda: object_rows(cfg), batch_id=args.batch, by=args.by)
     print(result.summary())
     return 0 if result.ok else 1
 

@@ -10,24 +10,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from dosereg.cli_types import port
 from dosereg.conf.config import Config
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
-    return port
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("serve", help="run the web workbench and HTTP API until SIGINT/SIGTERM")
     common(p)
     p.add_argument("--host", help="address to bind (overrides web.host)")
-    p.add_argument("--port", type=_port, help="TCP port (overrides web.port)")
+    p.add_argument("--port", type=port, help="TCP port (overrides web.port)")
 
     p = sub.add_parser("user", help="the workbench's accounts")
     users = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")

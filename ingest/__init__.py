@@ -11,6 +11,8 @@ Every file of the data directory written here is owner-only (:mod:`dosereg.conf.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dosereg.conf.config import Config
 
 from .catalog import SCHEMA_VERSION, Catalog, CatalogError, catalog_path
@@ -35,6 +37,16 @@ def open_catalog(cfg: Config, readonly: bool = False) -> Catalog:
     return Catalog(catalog_path(cfg.data_dir), readonly=readonly)
 
 
+def object_rows(cfg: Config) -> list[dict[str, Any]]:
+    """:meth:`Catalog.object_rows` of ``cfg``'s catalog, read-only (what ``send`` needs: the
+    stored dose objects of each study)."""
+    catalog = open_catalog(cfg, readonly=True)
+    try:
+        return catalog.object_rows()
+    finally:
+        catalog.close()
+
+
 def serve(cfg: Config) -> int:
     """Run ``dosereg listen`` until SIGINT/SIGTERM (see :mod:`dosereg.ingest.listener`)."""
     from .listener import serve as _serve
@@ -45,7 +57,7 @@ def serve(cfg: Config) -> int:
 __all__ = [
     "SCHEMA_VERSION", "Catalog", "CatalogError", "CsvError", "ImportSummary", "PacsUnreachable", "Pipeline",
     "QueryError", "Received", "ReconcileError", "ReconcileSummary", "TransientError", "default_period",
-    "extract_limits", "import_paths", "open_catalog", "reconcile", "reconcile_csv", "serve",
+    "extract_limits", "import_paths", "object_rows", "open_catalog", "reconcile", "reconcile_csv", "serve",
     "STUCK_AFTER_S", "QuarantineEntry", "ae_title_problem", "health", "catalog_path", "list_quarantine", "purge",
     "reprocess",
 ]

@@ -243,12 +243,17 @@ def _boxplot_svg(source: Mapping[str, Sequence[float]], title: str) -> str:
         ax.set_axisbelow(True)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-        fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg")
-        plt.close(fig)
+        return svg_of(fig, plt)  # inside the rc_context: its SVG settings apply when saving
+
+
+def svg_of(fig: Any, plt: Any) -> str:
+    """A matplotlib figure as inline SVG (the XML prolog and DOCTYPE dropped), then closed."""
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE
+    return svg[svg.index("<svg"):]
 
 
 _HEAD = """<!DOCTYPE html>

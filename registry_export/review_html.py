@@ -8,11 +8,10 @@ column and every chart is of one region. Effective doses are labelled as estimat
 from __future__ import annotations
 
 import html
-import io
 import re
 from collections.abc import Sequence
 
-from .report_html import _fmt, _table
+from .report_html import _fmt, _table, svg_of
 from .review_data import ExamStats, Quartiles, ReviewSummary, TrendPoint
 
 __all__ = ["review_sections", "with_toc"]
@@ -88,12 +87,7 @@ def _trend_svg(points: Sequence[TrendPoint], region: str, title: str) -> str:
         ax.legend(fontsize=7, frameon=False)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-        fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg")
-        plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+        return svg_of(fig, plt)  # inside the rc_context: its SVG settings apply when saving
 
 
 def _trends_html(r: ReviewSummary) -> list[str]:

@@ -100,17 +100,10 @@ class RegistryFlags:
 
 def send_batch(cfg: Config, batch_id: str, by: str) -> bool:
     """``dosereg send BATCH`` in this process: True when every destination acknowledged it."""
-    from dosereg.ingest import open_catalog
+    from dosereg.ingest import object_rows
     from dosereg.registry_export import send
 
-    def rows() -> list[dict[str, Any]]:
-        catalog = open_catalog(cfg, readonly=True)
-        try:
-            return catalog.object_rows()
-        finally:
-            catalog.close()
-
-    result = send(cfg, rows, batch_id=batch_id, by=by)
+    result = send(cfg, lambda: object_rows(cfg), batch_id=batch_id, by=by)
     log.info("web: send of batch %s after approval: %s", batch_id, result.summary())
     return bool(result.ok)
 
