@@ -295,7 +295,7 @@ def test_the_report_names_each_batchs_state_and_who_approved_it(site: Site) -> N
     site.ok("approve", second, "--by", "Dr Physicist", "--comment", "weekly review")
     (html_path,) = [Path(p) for p in site.ok("report").split() if p.endswith(".html")]
     page = html_path.read_text(encoding="utf-8")
-    section = page[page.index("<h2>Batches (2)</h2>"):]
+    section = page[page.index(">Batches (2)</h2>"):]  # the heading (it carries the table of contents' id)
     rows = section.split("<tr>")[2:]  # newest first, after the header row
     assert f"<td>{second}</td><td>approved</td>" in rows[0] and "Dr Physicist" in rows[0]
     assert f"<td>{first}</td><td>rejected</td>" in rows[1] and "<td>—</td>" in rows[1]  # never approved

@@ -254,17 +254,32 @@ def test_deflate_cap_is_the_smaller_of_bytes_and_ratio() -> None:
     assert ExtractLimits().inflation_cap(10 << 20) == 256 << 20
 
 
+# The child's own peak RSS in MiB. Linux keeps ru_maxrss across execve, so a child forked from
+# a large pytest process would report the parent's size; VmHWM belongs to the new image.
+PEAK_MIB = """
+def peak_mib():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+"""
+
+
 def test_one_mebibyte_deflate_bomb_is_malformed_with_bounded_memory(tmp_path: Path) -> None:
     bomb = _deflated(_bomb(1 << 20))
     assert 1 << 20 < len(bomb) < 2 << 20
     path = tmp_path / "bomb.dcm"
     path.write_bytes(bomb)
-    code = textwrap.dedent(f"""
-        import json, resource
+    code = PEAK_MIB + textwrap.dedent(f"""
+        import json
         from dosereg.extract import extract_file
         rec = extract_file({str(path)!r})
-        print(json.dumps({{"error": rec.error.to_dict() if rec.error else None,
-                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+        print(json.dumps({{"error": rec.error.to_dict() if rec.error else None, "rss_mb": peak_mib()}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(out.stdout)
@@ -470,11 +485,10 @@ def test_an_sr_that_is_not_a_dose_report_is_read_through_without_keeping_its_ite
            + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
     path = tmp_path / "many.dcm"
     path.write_bytes(_encode(ds) + seq)
-    code = textwrap.dedent(f"""
-        import resource, sys
+    code = PEAK_MIB + textwrap.dedent(f"""
         from dosereg.extract import extract_file
         r = extract_file({str(path)!r})
-        print(r.error.code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        print(r.error.code, peak_mib())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     error_code, peak_mib = out.stdout.split()
