@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from pydicom.dataset import Dataset  # noqa: E402
 
 from tests.orthanc_peer import PacsStudy, Peer, free_port, load, pacs_studies, start_orthanc  # noqa: E402
+from tests.send_peers import wait_port  # noqa: E402
 
 DAY = "20261101"
 
@@ -172,7 +173,7 @@ def main() -> int:
              "--data-dir", str(tmp / "move-data"), "--ae-title", "DOSEREG"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         try:
-            _wait_port(listener_port)
+            wait_port(listener_port, timeout=30)
             t = dosereg_fetch(peer, series, tmp / "move-data", "c-move")
             rows.append(("dosereg C-MOVE to dosereg listen (until catalogued)", n, t))
         finally:
@@ -207,19 +208,6 @@ def main() -> int:
             peer.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 if __name__ == "__main__":
