@@ -84,18 +84,13 @@ _STATE_LINES = {
 }
 
 
-@dataclass
-class ExportResult:
+@dataclass(kw_only=True)
+class ExportResult(Counts):
+    """What an export did: the pass's :class:`~.scan.Counts`, and the batch it wrote."""
+
     batch_id: str | None
     created_at: str
     out_dir: Path
-    studies_seen: int = 0
-    registry_studies: int = 0
-    registry_resubmitted: int = 0
-    registry_events: int = 0
-    flag_rows: int = 0
-    skipped_no_uid: int = 0
-    already_submitted: int = 0
     registry_dir: Path | None = None
     flags_paths: list[Path] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
@@ -105,7 +100,7 @@ class ExportResult:
     state: str | None = None  # the batch's lifecycle state once recorded (pending_review, approved, ...)
 
     def count(self, counts: Counts) -> None:
-        for f in fields(counts):  # the result carries every count of the pass under the same name
+        for f in fields(Counts):  # the result is the pass's counts, and more
             setattr(self, f.name, getattr(counts, f.name))
 
     @property
