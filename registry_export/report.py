@@ -6,7 +6,8 @@ every study of the catalog, evaluated with the configured profile:
 * completeness per scanner and per acquisition protocol, with the most frequent missing
   or invalid elements (event paths written ``events[].ctdivol_mGy``);
 * the incomplete studies with their reasons;
-* CTDIvol and DLP distributions per protocol and per body region (timing runs left out);
+* CTDIvol and DLP distributions per protocol and per body region, one chart per phantom
+  (timing runs left out);
 * timing runs (bolus tracking, test bolus);
 * events above the configured notification values (AAPM Dose Check notification defaults);
 * studies whose stated total DLP disagrees with the sum of their events.
@@ -52,6 +53,8 @@ from .report_data import (
     DLP_TOLERANCE_MGYCM,
     DLP_TOLERANCE_REL,
     HTML_ROWS,
+    PHANTOM_NAMES,
+    PHANTOMS,
     TOP_PROBLEMS,
     DetailTable,
     Distribution,
@@ -59,6 +62,7 @@ from .report_data import (
     ReportSummary,
     TimingSummary,
     dose_stats,
+    phantom_key,
 )
 from .report_exams import ExamTally
 from .review_data import ReviewBuilder
@@ -200,9 +204,10 @@ class ReportBuilder:
         self.scanners: dict[str, _Group] = {}
         self.protocols: dict[str, _Group] = {}
         self.problems: Counter[str] = Counter()
-        # dose values: table of DISTRIBUTIONS -> group -> values (NaN for a timing run
-        # whose CTDIvol is not stated: it counts as a timing run, not in the statistics)
-        self.doses: dict[str, dict[str, array[float]]] = {table: {} for table, _, _ in DISTRIBUTIONS}
+        # dose values: table of DISTRIBUTIONS -> phantom (PHANTOMS) -> group -> values
+        self.doses: dict[str, dict[str, dict[str, array[float]]]] = {table: {} for table, _, _ in DISTRIBUTIONS}
+        # timing runs' CTDIvol per protocol (NaN where not stated: it counts as a timing run,
+        # not in the statistics)
         self.timing_by_protocol: dict[str, array[float]] = {}
         self.details = {name: _Detail(name, columns) for name, columns in _DETAIL_COLUMNS.items()}
         self.exams = ExamTally()  # exams without a dose report, per scanner and day
@@ -286,13 +291,14 @@ class ReportBuilder:
                                         "ctdivol_mGy": ctdi, "dlp_mGycm": dlp})
         elif ev.acquisition_type != "constant_angle":
             region = _region(ev)
+            phantom = phantom_key(ev.phantom)
             doses = self.doses
             if _is_value(ctdi):
-                doses["ctdivol_by_protocol"].setdefault(protocol, array("d")).append(ctdi)
-                doses["ctdivol_by_body_region"].setdefault(region, array("d")).append(ctdi)
+                doses["ctdivol_by_protocol"].setdefault(phantom, {}).setdefault(protocol, array("d")).append(ctdi)
+                doses["ctdivol_by_body_region"].setdefault(phantom, {}).setdefault(region, array("d")).append(ctdi)
             if _is_value(dlp):
-                doses["dlp_by_protocol"].setdefault(protocol, array("d")).append(dlp)
-                doses["dlp_by_body_region"].setdefault(region, array("d")).append(dlp)
+                doses["dlp_by_protocol"].setdefault(phantom, {}).setdefault(protocol, array("d")).append(dlp)
+                doses["dlp_by_body_region"].setdefault(phantom, {}).setdefault(region, array("d")).append(dlp)
 
     def _check_notification(self, ev: Event, age: Any, protocol: str, ident: dict[str, Any]) -> None:
         """List the event when its CTDIvol is above the configured notification value for its
@@ -319,11 +325,14 @@ class ReportBuilder:
     # -- output ---------------------------------------------------------------------------
     def summary(self) -> ReportSummary:
         """What the report shows, as plain data (the dose statistics worked out now, once)."""
-        stats = dose_stats({**self.doses, "timing": self.timing_by_protocol})
+        tables = {f"{table}/{ph}": groups for table, by_phantom in self.doses.items()
+                  for ph, groups in by_phantom.items()}
+        stats = dose_stats({**tables, "timing": self.timing_by_protocol})
         distributions = tuple(
-            Distribution(table, kind, title, tuple(stats[table][g] for g in sorted(self.doses[table])),
-                         self.doses[table])
-            for table, kind, title in DISTRIBUTIONS if self.doses[table])
+            Distribution(table, kind, f"{title}, {PHANTOM_NAMES[ph]}",
+                         tuple(stats[f"{table}/{ph}"][g] for g in sorted(groups)), groups, ph)
+            for table, kind, title in DISTRIBUTIONS for ph, _ in PHANTOMS
+            if (groups := self.doses[table].get(ph)))
         timing = tuple(TimingSummary(p, len(v), stats["timing"].get(p)) for p, v in sorted(self.timing_by_protocol.items()))
         return ReportSummary(
             studies=self.studies, complete=self.complete, codes=dict(self.codes),

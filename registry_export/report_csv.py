@@ -1,8 +1,9 @@
 """The completeness report's CSV: the page's tables in long form (docs/report.md, "The CSV").
 
 One header (:data:`CSV_COLUMNS`); the first column, ``table``, says which table a row
-belongs to: the summary tables (``scanner``, ``protocol``, the four dose distributions,
-``timing_runs_by_protocol``) rendered here from a :class:`ReportSummary`, then every row of
+belongs to: the summary tables (``scanner``, ``protocol``, the four dose distributions (one set of rows per phantom, column ``phantom``),
+``timing_runs_by_protocol``, then the dose review's tables, :mod:`.review_csv`) rendered here
+from a :class:`ReportSummary`, then every row of
 the detail tables, which the builder spooled to a temporary file as it went
 (:func:`detail_writer`): they are unbounded, the page shows only the first of them.
 """
@@ -15,14 +16,17 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from .report_data import ReportSummary
+from .review_csv import REVIEW_COLUMNS, review_rows
 
-CSV_COLUMNS = (
+_REPORT_COLUMNS = (
     "table", "scanner", "protocol", "body_region", "accession_number", "study_date", "studies",
     "events", "complete", "completeness_rate", "top_missing_or_invalid", "registry_code", "reasons",
     "acquisition_type", "ctdivol_mGy", "dlp_mGycm", "category", "notification_value_mGy",
     "stated_total_dlp_mGycm", "sum_of_events_dlp_mGycm", "difference_mGycm", "dose_objects",
-    "n", "min", "p25", "median", "p75", "max",
+    "n", "min", "p25", "median", "p75", "max", "phantom",
 )
+#: the header: the report's columns, then those only the dose review's rows use (:mod:`.review_csv`)
+CSV_COLUMNS = _REPORT_COLUMNS + tuple(c for c in REVIEW_COLUMNS if c not in _REPORT_COLUMNS)
 
 
 def detail_writer(spool: IO[str]) -> csv.DictWriter[str]:
@@ -42,12 +46,13 @@ def summary_rows(summary: ReportSummary) -> Iterator[dict[str, Any]]:
                "top_missing_or_invalid": _top(g.top_problems)}
     for dist in summary.distributions:
         for s in dist.stats:
-            yield {"table": dist.table, dist.kind: s.group, **s.as_row()}
+            yield {"table": dist.table, dist.kind: s.group, **s.as_row(), "phantom": dist.phantom}
     for t in summary.timing:
         row: dict[str, Any] = {"table": "timing_runs_by_protocol", "protocol": t.protocol, "events": t.events}
         if t.ctdivol is not None:
             row.update({k: v for k, v in t.ctdivol.as_row().items() if k != "n"})
         yield row
+    yield from review_rows(summary.review)
 
 
 def write_csv(fh: IO[str], summary: ReportSummary, details: IO[str]) -> None:

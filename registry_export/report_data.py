@@ -35,6 +35,24 @@ DISTRIBUTIONS = (
 )
 QUANTILES = (0.25, 0.5, 0.75)
 
+#: The phantoms a distribution is drawn on, in the order the report shows them, with their
+#: names: one chart per table and phantom, so a chart never mixes the 16 cm and 32 cm
+#: phantoms (CTDIvol on the head phantom is about 2.3 times that on the body phantom for
+#: the same technique). Values are as the scanner states them, never converted here (the
+#: dose review compares on the standard phantom of each region).
+PHANTOMS = (
+    ("head16", "16 cm head phantom"),
+    ("body32", "32 cm body phantom"),
+    ("other", "other phantom (NEMA XR 21)"),
+    ("", "phantom not stated"),
+)
+PHANTOM_NAMES = dict(PHANTOMS)
+
+
+def phantom_key(phantom: str | None) -> str:
+    """The :data:`PHANTOMS` key of an event's stated phantom (``""``: not stated or not known)."""
+    return phantom if phantom in PHANTOM_NAMES else ""
+
 
 @dataclass(frozen=True)
 class GroupCompleteness:
@@ -81,15 +99,17 @@ class DoseStats:
 
 @dataclass(frozen=True)
 class Distribution:
-    """One dose distribution (a table of :data:`DISTRIBUTIONS`): statistics per group,
-    sorted by group name, and every value of each group for its chart (in the order
-    accounted)."""
+    """One dose distribution (a table of :data:`DISTRIBUTIONS`) on one phantom: statistics
+    per group, sorted by group name, and every value of each group for its chart (in the
+    order accounted). ``phantom``: the :data:`PHANTOMS` key its values are stated on (the
+    title names it); a table has one distribution per phantom that has values."""
 
     table: str
     kind: str  # "protocol" | "body_region"
     title: str
     stats: tuple[DoseStats, ...]
     values: Mapping[str, Sequence[float]]
+    phantom: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,7 +148,8 @@ class ReportSummary:
     * ``problems``: every missing or invalid element (generic path) with the number of
       studies that have it, most frequent first, ties by name;
     * ``scanners``, ``protocols``: completeness per group, sorted by name;
-    * ``distributions``: the four of :data:`DISTRIBUTIONS` that have values, in that order;
+    * ``distributions``: the four of :data:`DISTRIBUTIONS` that have values, in that order,
+      each split by phantom in the order of :data:`PHANTOMS`;
     * ``timing``: timing runs per protocol, sorted by protocol;
     * ``details``: the detail tables by name (``incomplete_study``, ``timing_run``,
       ``above_notification``, ``dlp_disagreement``);

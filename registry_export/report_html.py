@@ -71,7 +71,8 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     parts.append(exams_html(summary.exams_without_report))
 
     parts.append("<h2>Dose distributions</h2><p class='note'>Per event, as stated by the scanner on its own "
-                 "phantom; timing runs and localizers left out. Boxes: quartiles and median; whiskers: 1.5 IQR.</p>")
+                 "phantom, one chart per phantom (a chart never mixes the 16 cm and 32 cm phantoms); timing runs and "
+                 "localizers left out. Boxes: quartiles and median; whiskers: 1.5 IQR.</p>")
     parts.append(_charts(summary.distributions))
     parts += _timing_section(summary)
 

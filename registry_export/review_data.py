@@ -97,7 +97,7 @@ class ReviewSummary:
     exams: tuple[ExamStats, ...]
     protocols: tuple[ExamStats, ...]
     trends: tuple[TrendPoint, ...]
-    above_level: tuple[Mapping[str, Any], ...]  # the first ABOVE_ROWS studies above a level
+    above_level: tuple[Mapping[str, Any], ...]  # every study above a level (the page shows ABOVE_ROWS)
     above_level_count: int
     levels: tuple[ReferenceLevel, ...]
     local_period: tuple[str, str] | None  # (first, last day) of the local levels' period

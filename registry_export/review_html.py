@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 
 from .report_html import _fmt, _table, svg_of
-from .review_data import ExamStats, Quartiles, ReviewSummary, TrendPoint
+from .review_data import ABOVE_ROWS, ExamStats, Quartiles, ReviewSummary, TrendPoint
 
 __all__ = ["review_sections", "with_toc"]
 
@@ -110,11 +110,11 @@ def _above_html(r: ReviewSummary) -> list[str]:
              "ratio first. Accession numbers: for use inside the hospital.</p>"]
     cols = ("accession_number", "study_date", "scanner", "exam", "region", "protocol", "quantity", "value", "level",
             "level_value")
-    rows = [tuple(_fmt(row.get(c)) for c in cols) for row in r.above_level]
+    rows = [tuple(_fmt(row.get(c)) for c in cols) for row in r.above_level[:ABOVE_ROWS]]
     parts.append(_table(("Accession", "Study date", "Scanner", "Exam", "Region", "Protocol", "Quantity", "Value",
                          "Level", "Level value"), rows, numeric=(7, 9), nowrap=(0, 1)))
-    if r.above_level_count > len(r.above_level):
-        parts.append(f"<p class='more'>Showing the first {len(r.above_level)} of {r.above_level_count}.</p>")
+    if r.above_level_count > len(rows):
+        parts.append(f"<p class='more'>Showing the first {len(rows)} of {r.above_level_count}; all are in the CSV.</p>")
     return parts
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from dosereg.conf.reference_levels import ReferenceLevel
 
 from .review_data import (
-    ABOVE_ROWS,
     HIGH_DOSE_ROWS,
     ExamStats,
     LevelCheck,
@@ -179,10 +178,11 @@ def _above(st: pd.DataFrame, ev: pd.DataFrame, b: ReviewBuilder) -> tuple[list[d
         for rec in sel.itertuples():
             hits.append((getattr(rec, col) / level.value, rec, level, col))
     hits.sort(key=lambda h: -h[0])
+    protocols = _study_protocols(ev, {int(h[1].Index) for h in hits if h[3] == "dlp"}, names)
     rows = []
-    for _ratio, rec, level, col in hits[:ABOVE_ROWS]:
+    for _ratio, rec, level, col in hits:
         study = int(rec.study)
-        protocol = names[int(rec.protocol)] if col != "dlp" else _study_protocols(ev, int(rec.Index), names)
+        protocol = names[int(rec.protocol)] if col != "dlp" else protocols.get(int(rec.Index), "")
         rows.append({"accession_number": b.accessions[study], "study_date": b.dates[study],
                      "scanner": names[int(rec.scanner)], "exam": names[int(rec.exam)], "region": _REGION[int(rec.head)],
                      "protocol": protocol, "quantity": level.quantity, "value": _r(getattr(rec, col)),
@@ -190,8 +190,15 @@ def _above(st: pd.DataFrame, ev: pd.DataFrame, b: ReviewBuilder) -> tuple[list[d
     return rows, len(hits)
 
 
-def _study_protocols(ev: pd.DataFrame, row: int, names: list[str]) -> str:
-    return ", ".join(sorted({names[int(p)] for p in ev.loc[ev["row"] == row, "protocol"]}))
+def _study_protocols(ev: pd.DataFrame, rows: set[int], names: list[str]) -> dict[int, str]:
+    """The protocols of the events of each (study, region) row of ``rows``, by name, in one pass."""
+    if not rows:
+        return {}
+    sel = ev[ev["row"].isin(rows)]
+    out: dict[int, set[str]] = {}
+    for row, protocol in zip(sel["row"].to_numpy(), sel["protocol"].to_numpy(), strict=True):
+        out.setdefault(int(row), set()).add(names[int(protocol)])
+    return {row: ", ".join(sorted(ps)) for row, ps in out.items()}
 
 
 def _high_dose(b: ReviewBuilder) -> tuple[dict[str, Any], ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,10 @@ def test_csv_holds_the_tables(report: tuple[Path, Path]) -> None:
     assert dlp["accession_number"] == "ACN000000005" and float(dlp["difference_mGycm"]) == -25.0
     head = next(r for r in rows if r["table"] == "ctdivol_by_protocol" and r["protocol"] == "Head routine")
     assert int(head["n"]) == 8 and 52.0 <= float(head["median"]) <= 54.5
+    # one row per phantom a protocol's values are stated on: the head protocol only on 16 cm
+    assert [r["phantom"] for r in rows if r["table"] == "ctdivol_by_protocol" and r["protocol"] == "Head routine"] \
+        == ["head16"]
+    assert {r["phantom"] for r in rows if r["table"] == "dlp_by_body_region"} == {"head16", "body32"}
     timing = [r for r in rows if r["table"] == "timing_run"]
     assert {r["protocol"] for r in timing} == {"PreMonitoring"}
     (summary,) = [r for r in rows if r["table"] == "timing_runs_by_protocol"]
@@ -80,8 +85,17 @@ def test_html_is_self_contained_and_names_missing_elements(report: tuple[Path, P
     page = html_path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "<code>patient.sex</code>" in page
-    # CTDIvol and DLP by protocol and by body region (the dose review's own charts come after them)
-    assert page[:page.index(">Dose review by exam</h2>")].count("<svg") == 4
+    # CTDIvol and DLP by protocol and by body region (the dose review's own charts come after them),
+    # one chart per phantom: the samples state head exams on 16 cm and body exams on 32 cm
+    charts = page[page.index(">Dose distributions</h2>"):page.index(">Dose review by exam</h2>")]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", charts)
+    assert charts.count("<svg") == len(captions) == 8
+    assert sorted(captions) == sorted(f"{q} by {g}, {p}" for q in ("CTDIvol (mGy)", "DLP (mGy·cm)")
+                                      for g in ("protocol", "body region")
+                                      for p in ("16 cm head phantom", "32 cm body phantom"))
+    # a chart never mixes phantoms: the head protocol only on the head phantom's chart
+    head_chart, body_chart = (c for c in charts.split("<figure>")[1:3])
+    assert "Head routine (n=" in head_chart and "Head routine (n=" not in body_chart
     for section in ("Completeness by scanner", "Completeness by acquisition protocol", "Incomplete studies (3)",
                     "Dose distributions", "Timing runs (10)", "Events above the notification values (1)",
                     "Stated total DLP differs from the sum of events (1)"):

@@ -148,6 +148,59 @@ def test_exam_statistics_levels_and_local_levels(tmp_path: Path) -> None:
     assert "<nav class='toc'>" in page and "href='#s" in page
 
 
+def test_the_csv_holds_the_review_tables(tmp_path: Path) -> None:
+    """The CSV has the review's rows as the page has them: exams, levels with sources, protocols,
+    trends, every study above a level (the page shows the first ABOVE_ROWS) and the high-dose patients."""
+    import csv
+
+    heads = [_head_study(i, ctdi, dlp) for i, (ctdi, dlp) in enumerate([(50, 800), (60, 900), (70, 1100), (80, 1200)])]
+    (tmp_path / "levels.toml").write_text(LEVEL)
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text("[reference_levels]\nfile = 'levels.toml'\nlocal_min_n = 3\n")
+    cfg = load_config(cfg_path)
+    rules = rules_from_config(cfg)
+    builder = ReportBuilder(cfg)
+    for r in heads:
+        builder.add_evaluated(r, evaluate(r, rules))
+    html_path, csv_path = builder.write(tmp_path / "out", "completeness-x")
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    by_table: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_table.setdefault(row["table"], []).append(row)
+    (exam,) = by_table["review_exam"]
+    assert (exam["exam"], exam["region"], exam["studies"]) == ("CT HEAD WO", "head", "4")
+    assert (exam["ctdivol_p25"], exam["ctdivol_median"], exam["ctdivol_p75"]) == ("57.5", "65.0", "72.5")
+    assert (exam["dlp_median"], exam["local_ctdivol_mGy"], exam["local_dlp_mGycm"]) == ("1000.0", "72.5", "1125.0")
+    assert exam["above_levels"] == "Test DRL head CT"
+    levels = {r["level"]: r for r in by_table["reference_level"]}
+    assert levels["Test DRL head DLP"]["source"] == "a survey, Table 3"
+    assert (levels["Test DRL head CT"]["level_value"], levels["Test DRL head CT"]["stated_phantom"]) == ("55.0", "head16")
+    (protocol,) = by_table["review_protocol"]
+    assert protocol["protocol"] == "Head Routine" and protocol["ctdivol_n"] == "4"
+    (trend,) = by_table["review_trend"]
+    assert (trend["month"], trend["events"], trend["ctdivol_median_mGy"]) == ("2025-03", "4", "65.0")
+    above = [(r["accession_number"], r["level"], r["value"]) for r in by_table["review_above_level"]]
+    assert above[:2] == [("ACC3", "Test DRL head CT", "80.0"), ("ACC2", "Test DRL head CT", "70.0")]
+    assert len(above) == 5 and by_table["review_above_level"][0]["protocol"] == "Head Routine"
+    (patient,) = by_table["review_high_dose"]  # the four studies are one patient's
+    assert (patient["studies"], patient["latest_study_date"]) == ("4", "2025-03-01")
+    assert float(patient["cumulative_dlp_mGycm"]) >= 4000.0
+    assert "all are in the CSV" not in html_path.read_text(encoding="utf-8")
+
+
+def test_the_page_shows_the_first_studies_above_a_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dosereg.registry_export import review_html
+
+    heads = [_head_study(i, ctdi, dlp) for i, (ctdi, dlp) in enumerate([(50, 800), (60, 900), (70, 1100), (80, 1200)])]
+    cfg, summary = _review(tmp_path, heads)
+    monkeypatch.setattr(review_html, "ABOVE_ROWS", 2)
+    page = render_html(summary, cfg)
+    assert len(summary.review.above_level) == 5  # the summary keeps them all, for the CSV
+    assert "Showing the first 2 of 5; all are in the CSV." in page
+    assert "ACC3" in page and "ACC1" not in page.split("Studies above a reference level")[1].split("</table>")[0]
+
+
 def test_trends_per_scanner_and_month_keep_head_and_body_apart(tmp_path: Path) -> None:
     records = [_head_study(1, 50, 800, "2025-01-10"), _head_study(2, 70, 900, "2025-01-20"),
                _head_study(3, 40, 700, "2025-02-05"),
