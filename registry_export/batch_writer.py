@@ -9,6 +9,7 @@ second process for large batches, behind the same three methods.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,10 +50,11 @@ class StudyWriter(Protocol):
 class BatchWriter:
     """The report and the registry files of one batch, written in this process."""
 
-    def __init__(self, cfg: Config, registry_folder: Path, header: dict[str, Any], pseudo: Pseudonymizer) -> None:
+    def __init__(self, cfg: Config, registry_folder: Path, header: dict[str, Any], pseudo: Pseudonymizer,
+                 reported: Mapping[str, tuple[str, str | None]] | None = None) -> None:
         from .report import ReportBuilder
 
-        self.report = ReportBuilder(cfg)
+        self.report = ReportBuilder(cfg, reported)
         self.registry = RegistryFiles(registry_folder, header, pseudo)
 
     def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,

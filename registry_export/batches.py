@@ -263,6 +263,20 @@ class Standing:
     reported_at: str | None = None
 
 
+def reported(db: sqlite3.Connection) -> dict[str, tuple[str, str | None]]:
+    """study uid -> (code, acknowledged at) of the latest flags row billing received for it (an
+    acknowledged batch's, the study not held there): what billing acted on, to compare with
+    what the rules give today (the report's "changed after submission")."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for uid, code, acked in db.execute(
+            """SELECT m.study_uid, m.billed_code, b.acknowledged_at
+               FROM batch_studies m JOIN batches b ON b.batch_id = m.batch_id
+               WHERE b.state = ? AND m.to_flags AND NOT m.held AND m.billed_code IS NOT NULL
+               ORDER BY b.seq""", (ACKNOWLEDGED,)):
+        out[uid] = (code, acked)
+    return out
+
+
 def standings(db: sqlite3.Connection) -> dict[str, Standing]:
     """study uid -> :class:`Standing`: its latest batch (rejected and legacy ones do not count),
     an active hold, and its latest flags row (an acknowledged batch's)."""

@@ -49,7 +49,7 @@ from typing import Any
 from dosereg.conf.config import Config
 from dosereg.extract import StudyRecord
 
-from . import billing, review
+from . import batches, billing, review
 from .batch_writer import BatchWriter, ReportTarget
 from .clock import Stamps, now_stamps
 from .deid import Pseudonymizer
@@ -68,6 +68,7 @@ from .secret import (
 )
 from .source import StudySource, as_source
 from .state import BatchFile, ExportState, StudyLookup, export_lock, state_path
+from .submission import reported_codes
 from .table import studies_table
 from .writer_process import open_writer
 
@@ -328,7 +329,8 @@ def _write_staged(batch: _Batch, rules: Rules, rkey: str, source: StudySource, s
     members recorded in the open transaction); the staged files, or None when nothing is new."""
     cfg = batch.cfg
     header = submission_header(cfg, rules, batch.batch_id, batch.created_at)
-    writer = open_writer(lambda: BatchWriter(cfg, staging.registry, header, batch.pseudo))
+    reported = batches.reported(state.db) if state is not None else reported_codes(cfg)
+    writer = open_writer(lambda: BatchWriter(cfg, staging.registry, header, batch.pseudo, reported))
     try:
         scan = Scan(rules, rkey, batch.batch_id, writer, staging.flags, state, blocked)
         counts = scan.run(source, lookup)

@@ -10,7 +10,9 @@ every study of the catalog, evaluated with the configured profile:
   (timing runs left out);
 * timing runs (bolus tracking, test bolus);
 * events above the configured notification values (AAPM Dose Check notification defaults);
-* studies whose stated total DLP disagrees with the sum of their events.
+* studies whose stated total DLP disagrees with the sum of their events;
+* studies whose code billing received differs from what the rules give today (changed
+  after submission: a rule change reclassified them, or their record changed).
 
 The report stays in the hospital: studies are identified by accession number and study
 date only (no names, patient IDs or birth dates), as the page says.
@@ -81,6 +83,8 @@ _DETAIL_COLUMNS = {
                            "notification_value_mGy"),
     "dlp_disagreement": ("accession_number", "study_date", "scanner", "stated_total_dlp_mGycm",
                          "sum_of_events_dlp_mGycm", "difference_mGycm", "dose_objects"),
+    "changed_after_submission": ("accession_number", "study_date", "scanner", "reported_code", "reported_at",
+                                 "registry_code", "reasons"),
 }
 
 
@@ -196,8 +200,11 @@ class ReportBuilder:
     """Accounts for evaluated studies, one at a time, in bounded memory; :meth:`summary`
     gives what the report shows, :meth:`write` writes it (once: the CSV spool is consumed)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, reported: Mapping[str, tuple[str, str | None]] | None = None) -> None:
+        """``reported``: study uid -> (code, when) billing received for it
+        (:func:`.submission.reported_codes`), for the "changed after submission" table."""
         self.cfg = cfg
+        self.reported = reported or {}
         self.studies = 0
         self.complete = 0
         self.codes: Counter[str] = Counter()
@@ -220,6 +227,7 @@ class ReportBuilder:
         """Account for one study: ``record`` and ``evaluate(record, rules)``."""
         s = _study(record, evaluation)
         self._account(s)
+        self._check_reported(record.study_instance_uid, s)
         self.exams.add(record, s.scanner, s.study_date)
         self.review.add(record.study_description, s.accession_number, s.study_date, s.scanner, s.registry_code,
                         s.events, s.timing_runs, s.age_years, record.patient.id)
@@ -322,6 +330,16 @@ class ReportBuilder:
                     **ident, "stated_total_dlp_mGycm": stated, "sum_of_events_dlp_mGycm": summed,
                     "difference_mGycm": round(diff, 2), "dose_objects": s.dose_objects})
 
+    def _check_reported(self, uid: str | None, s: _Study) -> None:
+        """List the study when billing received a code for it that today's rules no longer give
+        (a QC scan reported before the classification caught it, a study completed later)."""
+        before = self.reported.get(uid or "")
+        if before is not None and before[0] != s.registry_code:
+            self._detail("changed_after_submission", {
+                "accession_number": s.accession_number, "study_date": s.study_date, "scanner": s.scanner,
+                "reported_code": before[0], "reported_at": before[1], "registry_code": s.registry_code,
+                "reasons": "; ".join(s.reasons)})
+
     # -- output ---------------------------------------------------------------------------
     def summary(self) -> ReportSummary:
         """What the report shows, as plain data (the dose statistics worked out now, once)."""
@@ -372,9 +390,10 @@ def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_
     every batch's state and who approved it."""
     from .review import list_batches
     from .rules import evaluate, rules_from_config
+    from .submission import reported_codes
 
     rules = rules_from_config(cfg)
-    builder = ReportBuilder(cfg)
+    builder = ReportBuilder(cfg, reported_codes(cfg))
     for record in studies():
         builder.add_evaluated(record, evaluate(record, rules))
     out = (Path(out_dir) if out_dir is not None else cfg.data_dir) / "reports"

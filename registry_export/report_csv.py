@@ -23,7 +23,7 @@ _REPORT_COLUMNS = (
     "events", "complete", "completeness_rate", "top_missing_or_invalid", "registry_code", "reasons",
     "acquisition_type", "ctdivol_mGy", "dlp_mGycm", "category", "notification_value_mGy",
     "stated_total_dlp_mGycm", "sum_of_events_dlp_mGycm", "difference_mGycm", "dose_objects",
-    "n", "min", "p25", "median", "p75", "max", "phantom",
+    "n", "min", "p25", "median", "p75", "max", "phantom", "reported_code", "reported_at",
 )
 #: the header: the report's columns, then those only the dose review's rows use (:mod:`.review_csv`)
 CSV_COLUMNS = _REPORT_COLUMNS + tuple(c for c in REVIEW_COLUMNS if c not in _REPORT_COLUMNS)

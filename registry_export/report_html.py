@@ -38,6 +38,8 @@ _DETAIL_HEADERS = {
                            "Notification mGy"),
     "dlp_disagreement": ("Accession", "Study date", "Scanner", "Stated total mGy·cm", "Sum of events mGy·cm",
                          "Difference", "Dose objects"),
+    "changed_after_submission": ("Accession", "Study date", "Scanner", "Billed code", "Acknowledged",
+                                 "Code today", "Why"),
 }
 
 
@@ -90,6 +92,15 @@ def render_html(summary: ReportSummary, cfg: Config, batch_id: str | None = None
     parts.append(f"<h2>Stated total DLP differs from the sum of events ({det.count})</h2><p class='note'>"
                  f"Tolerance: {DLP_TOLERANCE_MGYCM:g} mGy·cm or {DLP_TOLERANCE_REL:.0%}, whichever is larger.</p>")
     parts.append(_detail_html(det))
+
+    changed = details.get("changed_after_submission")
+    if changed is not None:
+        parts.append(f"<h2>Changed after submission ({changed.count})</h2><p class='note'>Studies whose code billing "
+                     "received (in an acknowledged batch) differs from what the rules give today: a rule change "
+                     "reclassified them (a QC scan caught by a new pattern, for example) or their record changed. "
+                     "The next export sends billing the new code; a study the registry received as G9327 and no "
+                     "longer eligible stays there until the registry is asked to withdraw it.</p>")
+        parts.append(_detail_html(changed))
     from .review_html import review_sections, with_toc  # the dose review (docs/dose-review.md)
     parts += review_sections(summary.review)
     if batches is not None:

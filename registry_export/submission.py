@@ -52,3 +52,15 @@ def submission_lookup(cfg: Config) -> Callable[[dict[str, Any]], dict[str, Any]]
         return d
 
     return add
+
+
+def reported_codes(cfg: Config) -> dict[str, tuple[str, str | None]]:
+    """:func:`.batches.reported` from the export state of ``cfg`` (empty before any export)."""
+    path = state_path(cfg)
+    if not path.exists():
+        return {}
+    state = ExportState(path)
+    try:
+        return batches.reported(state.db)
+    finally:
+        state.close()
