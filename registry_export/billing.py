@@ -7,7 +7,8 @@ study of the batch whose billing row is new or changed (held studies have none):
 * ``G9327`` with ``reported_at`` (the acknowledgement) and ``receipt`` (each destination that
   took the study: ``name=receipt``, joined with ``;``);
 * ``G9326`` with its reasons: incomplete studies, studies no destination takes (the reason
-  names the destinations), and the exams without a dose report (:func:`exams_without_dose_report`);
+  names the destinations), and the CT exams the PACS or RIS knows but no dose report arrived
+  for (they are the batch's members like studies, docs/reconcile.md);
 * ``excluded`` for non-patient studies.
 
 The rows come from export state alone (kept with the batch's members at export), so writing
@@ -21,7 +22,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,6 @@ log = logging.getLogger("dosereg.billing")
 
 REPORTED = "G9327"
 NOT_REPORTED = "G9326"
-
-#: the hook for the exams the PACS or RIS knows but no dose report arrived for (issue 12):
-#: (config, batch id) -> extra G9326 billing rows (``writers.FLAG_COLUMNS``, reasons naming
-#: ``no dose report received``). Nothing is known of them yet: no rows.
-ExamsWithoutDoseReport = Callable[[Config, str], Iterable[dict[str, Any]]]
-
-
-def exams_without_dose_report(cfg: Config, batch_id: str) -> list[dict[str, Any]]:
-    """The G9326 rows of CT exams without a dose report for this batch (none until issue 12)."""
-    return []
-
 
 def billing_rows(db: Any, batch_id: str, acknowledged_at: str | None) -> list[dict[str, Any]]:
     """The flags rows of an acknowledged batch, from its members (module docstring)."""
@@ -68,15 +57,12 @@ def billing_rows(db: Any, batch_id: str, acknowledged_at: str | None) -> list[di
     return out
 
 
-def write_flags(cfg: Config, state: ExportState, batch_id: str,
-                without_dose_report: ExamsWithoutDoseReport = exams_without_dose_report) -> list[Path]:
+def write_flags(cfg: Config, state: ExportState, batch_id: str) -> list[Path]:
     """Write the batch's flags files (module docstring) and record it in the open transaction."""
     row = batches.batch_row(state.db, batch_id)
     if row is None or row.acknowledged_at is None:
         raise ValueError(f"batch {batch_id} is not acknowledged: no billing flags before the registry's receipt")
     rows = billing_rows(state.db, batch_id, row.acknowledged_at)
-    for extra in without_dose_report(cfg, batch_id):
-        rows.append({**extra, "registry_code": NOT_REPORTED, "reported_at": None, "receipt": None})
     folder = private_folder(Path(row.out_dir) / "flags")
     paths = []
     if rows:
