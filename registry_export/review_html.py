@@ -75,7 +75,7 @@ def _trend_svg(points: Sequence[TrendPoint], region: str, title: str) -> str:
     scanners = sorted(volume, key=lambda s: (-volume[s], s))[:TREND_SCANNERS]
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"dosereg-{title}",
                          "font.family": "sans-serif", "font.size": 9}):
-        fig, ax = plt.subplots(figsize=(5.4, 3.2))
+        fig, ax = plt.subplots(figsize=(5.4, 3.4 + 0.16 * len(scanners)))
         for s in scanners:
             pts = sorted((months.index(p.month), float(p.ctdivol_median or 0.0)) for p in mine if p.scanner == s)
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", markersize=3,
@@ -84,7 +84,8 @@ def _trend_svg(points: Sequence[TrendPoint], region: str, title: str) -> str:
         ax.set_xticks(range(0, len(months), step), months[::step], rotation=30, ha="right")
         ax.set_ylabel("median CTDIvol (mGy, " + ("16 cm" if region == "head" else "32 cm") + " phantom)")
         ax.grid(color="#e5e8eb")
-        ax.legend(fontsize=7, frameon=False)
+        # below the plot: inside it, the legend covered the lines it names
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         return svg_of(fig, plt)  # inside the rc_context: its SVG settings apply when saving
