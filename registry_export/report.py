@@ -387,27 +387,34 @@ class ReportBuilder:
 
 def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None = None) -> list[Path]:
     """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``, with
-    every batch's state and who approved it."""
+    every batch's state and who approved it. A large catalog's report is built by a second
+    process while this one reads and evaluates (:mod:`.writer_process`), as an export's is."""
+    from .batch_writer import ReportTarget, ReportWriter
     from .review import list_batches
     from .rules import evaluate, rules_from_config
     from .submission import reported_codes
+    from .writer_process import open_writer
 
     rules = rules_from_config(cfg)
-    builder = ReportBuilder(cfg, reported_codes(cfg))
-    for record in studies():
-        builder.add_evaluated(record, evaluate(record, rules))
+    reported, batches = reported_codes(cfg), list_batches(cfg)
     out = (Path(out_dir) if out_dir is not None else cfg.data_dir) / "reports"
     private_dir(out)
     stem = "completeness-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-report-", dir=out))
+    writer = open_writer(lambda: ReportWriter(cfg, reported, batches))
     try:
-        written = builder.write(staging, stem, batches=list_batches(cfg))
+        for record in studies():
+            writer.add(record, evaluate(record, rules), False)
+        written = writer.finish(ReportTarget(staging, stem, None))
         final = []
-        for p in written:
+        for p in written.report_paths:
             target = out / p.name
             os.replace(p, target)
             final.append(target)
         return final
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
