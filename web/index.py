@@ -8,6 +8,13 @@ merged record changed (``Catalog.study_versions``) and every study when the rule
 It is a cache: ``web-index.sqlite`` may be deleted at any time (it is rebuilt). Owner-only:
 it holds accession numbers and descriptions.
 
+Each study's ``submission`` (its place in the batch lifecycle: ``submission.state``, batch,
+billed code, receipt) is kept in columns of its own, computed by the lifecycle's
+:class:`~dosereg.registry_export.Submissions` from export state: again for every study when
+export state changed (:func:`~dosereg.registry_export.export_state_stamp`; only the rows whose
+submission changed are written), and for a study whenever it is evaluated again (its registry
+code decides between ``eligible`` and ``not_eligible``).
+
 Each study is addressed by an opaque key, an HMAC of its Study Instance UID under a secret
 of the data directory: the URLs of the workbench carry no identifier.
 """
@@ -20,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +36,25 @@ from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir
 from dosereg.extract import StudyRecord
 from dosereg.ingest import open_catalog
-from dosereg.registry_export import Evaluation, Rules, evaluate, rules_from_config, scanner_label
+from dosereg.registry_export import (
+    SUBMISSION_STATES,
+    Evaluation,
+    Rules,
+    Submissions,
+    evaluate,
+    export_state_stamp,
+    no_dose_report,
+    read_submissions,
+    rules_from_config,
+    scanner_label,
+)
 
 INDEX_NAME = "web-index.sqlite"
 KEY_NAME = "web-secret"
 # more changed studies than this: one pass over the catalog instead of one look-up each
 _BULK = 2000
 # the index's layout: another value (an older dosereg's index) is dropped and rebuilt
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 RULES_TTL_S = 2.0
 _CHUNK = 5000
 
@@ -46,25 +64,32 @@ _SCHEMA = [
         sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, study_uid TEXT NOT NULL UNIQUE, version TEXT NOT NULL,
         study_date TEXT NOT NULL, accession TEXT, description TEXT, scanner TEXT NOT NULL,
         registry_code TEXT NOT NULL, nomenclature_code TEXT NOT NULL, completeness TEXT NOT NULL,
-        events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL)""",
+        events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL,
+        exam INTEGER NOT NULL, submission TEXT NOT NULL, batch_id TEXT, billed_code TEXT, receipt TEXT,
+        reported_at TEXT)""",
     # each filter column, then the listing order (read backwards: newest first, no sort step)
     "CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_scanner ON studies(scanner, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date, sid)",
+    "CREATE INDEX IF NOT EXISTS studies_submission ON studies(submission, study_date, sid)",
     """CREATE TABLE IF NOT EXISTS protocols (protocol TEXT NOT NULL, sid INTEGER NOT NULL,
         PRIMARY KEY (protocol, sid)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS protocols_sid ON protocols(sid)",
 ]
 
-# the columns a listing gives (API and page), in this order
+# the fields of the study record's ``submission``, as the listing's columns ``submission_<field>``
+SUBMISSION_FIELDS = ("state", "batch_id", "billed_code", "receipt", "reported_at")
+# the columns a listing gives (API and page; the CSV's header), in this order
 COLUMNS = ("key", "study_instance_uid", "study_date", "accession_number", "study_description", "scanner",
            "registry_code", "nomenclature_code", "completeness", "events", "total_dlp_mGycm", "max_ctdivol_mGy",
-           "reasons")
+           "reasons", *(f"submission_{f}" for f in SUBMISSION_FIELDS))
 _SELECT = ("s.key, s.study_uid, s.study_date, s.accession, s.description, s.scanner, s.registry_code, "
-           "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons")
-FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness")
+           "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons, "
+           "s.submission, s.batch_id, s.billed_code, s.receipt, s.reported_at")
+FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness",
+           "submission_state")
 
 
 @dataclass(frozen=True)
@@ -78,17 +103,25 @@ class Query:
     registry_code: str = ""
     nomenclature_code: str = ""
     completeness: str = ""
+    submission_state: str = ""
 
     @classmethod
     def of(cls, params: Any) -> Query:
         return cls(**{name: str(params.get(name) or "").strip()[:200] for name in FILTERS})
+
+    def problem(self) -> str | None:
+        """Why this filter cannot be applied (a value the contract does not know), or None."""
+        if self.submission_state and self.submission_state not in SUBMISSION_STATES:
+            return f"submission_state must be one of {', '.join(SUBMISSION_STATES)}"
+        return None
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, args = [], []
         for column, value, op in (("study_date", self.date_from, ">="), ("study_date", self.date_to, "<="),
                                   ("scanner", self.scanner, "="), ("registry_code", self.registry_code, "="),
                                   ("nomenclature_code", self.nomenclature_code, "="),
-                                  ("completeness", self.completeness, "=")):
+                                  ("completeness", self.completeness, "="),
+                                  ("submission", self.submission_state, "=")):
             if value:
                 clauses.append(f"s.{column} {op} ?")
                 args.append(value)
@@ -116,14 +149,30 @@ def study_secret(data_dir: Path) -> bytes:
     return secret
 
 
-def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation) -> tuple[Any, ...]:
+def _submission(subs: Submissions, uid: str, registry_code: str, exam: bool) -> tuple[Any, ...]:
+    """The index's submission columns of a study (``submission, batch_id, billed_code, ...``)."""
+    sub = subs.of(uid, registry_code, exam)
+    return tuple(sub[f] for f in SUBMISSION_FIELDS)
+
+
+def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation,
+         subs: Submissions) -> tuple[Any, ...]:
     doses = [e.ctdivol_mGy for e in record.events if e.ctdivol_mGy is not None]
     flags = ev.flags
     reasons = "; ".join(flags.registry_reasons) if flags.registry_code != "G9327" else ""
+    exam = no_dose_report(record)
     return (key, uid, version, record.study_date or "", record.accession_number, record.study_description,
             scanner_label(record.equipment.to_dict()), flags.registry_code or "", flags.nomenclature_code or "",
             ev.completeness.status, len(record.events), record.total_dlp_mGycm, max(doses) if doses else None,
-            reasons[:2000])
+            reasons[:2000], int(exam), *_submission(subs, uid, flags.registry_code or "", exam))
+
+
+def listing_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing's row as the API's JSON gives it: the ``submission_*`` columns as the study
+    record's ``submission`` object (``{state, batch_id, billed_code, receipt, reported_at}``)."""
+    out = {k: v for k, v in row.items() if not k.startswith("submission_")}
+    out["submission"] = {f: row.get(f"submission_{f}") for f in SUBMISSION_FIELDS}
+    return out
 
 
 class StudyIndex:
@@ -150,6 +199,7 @@ class StudyIndex:
                 os.chmod(side, PRIVATE_FILE_MODE)
         self._lock = threading.RLock()  # one connection: reads wait for a refresh in progress
         self._stamp: tuple[Any, ...] | None = None
+        self._export_stamp: tuple[Any, ...] | None = None
         self._rules: tuple[float, Rules] | None = None
         self._choices: tuple[Any, dict[str, list[str]]] | None = None
 
@@ -180,15 +230,27 @@ class StudyIndex:
         return tuple(stamp)
 
     def refresh(self, rules: Rules | None = None) -> int:
-        """Bring the index in step with the catalog and the rules; the number of studies
-        (re-)evaluated. Cheap when nothing changed (the catalog files' stat and the rules key)."""
+        """Bring the index in step with the catalog, the rules and export state; the number of
+        studies (re-)evaluated. Cheap when nothing changed (the catalog's and export state's
+        files' stat and the rules key)."""
         with self._lock:
             rules = rules or self.rules()
             stamp = self._catalog_stamp(rules.key)
-            if stamp == self._stamp:
+            export_stamp = export_state_stamp(self.cfg)  # before it is read: a later change shows next time
+            if stamp == self._stamp and export_stamp == self._export_stamp:
                 return 0
-            n = self._sync(rules)
+            subs: list[Submissions] = []
+
+            def submissions() -> Submissions:  # read once, and only when a study needs it
+                if not subs:
+                    subs.append(read_submissions(self.cfg))
+                return subs[0]
+
+            n = self._sync(rules, submissions) if stamp != self._stamp else 0
             self._stamp = stamp
+            if export_stamp != self._export_stamp:
+                self._resubmit(submissions())
+                self._export_stamp = export_stamp
             return n
 
     def stamp(self) -> tuple[Any, ...] | None:
@@ -197,7 +259,7 @@ class StudyIndex:
         self.refresh()
         return self._stamp
 
-    def _sync(self, rules: Rules) -> int:
+    def _sync(self, rules: Rules, submissions: Callable[[], Submissions]) -> int:
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE name = 'rules_key'").fetchone()
         if row is None or row[0] != rules.key:
@@ -223,9 +285,10 @@ class StudyIndex:
             for record in records:
                 batch.append((changed[record.study_instance_uid or ""], record))
                 if len(batch) >= _CHUNK:
-                    self._put(batch, rules)
+                    self._put(batch, rules, submissions())
                     batch = []
-            self._put(batch, rules)
+            if batch:
+                self._put(batch, rules, submissions())
         finally:
             catalog.close()
         return len(changed)
@@ -237,20 +300,34 @@ class StudyIndex:
                                  (uid,))
                 self._db.execute("DELETE FROM studies WHERE study_uid = ?", (uid,))
 
-    def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules) -> None:
-        if not batch:
-            return
+    def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules, subs: Submissions) -> None:
         with self._db:
             for version, record in batch:
                 uid = record.study_instance_uid or ""
                 self._delete_one(uid)
                 cur = self._db.execute(
                     "INSERT INTO studies (key, study_uid, version, study_date, accession, description, scanner, "
-                    "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _row(self.key_of(uid), uid, version, record, evaluate(record, rules)))
+                    "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons, "
+                    "exam, submission, batch_id, billed_code, receipt, reported_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _row(self.key_of(uid), uid, version, record, evaluate(record, rules), subs))
                 protocols = {e.acquisition_protocol for e in record.events if e.acquisition_protocol}
                 self._db.executemany("INSERT INTO protocols VALUES (?, ?)", [(p, cur.lastrowid) for p in protocols])
+
+    def _resubmit(self, subs: Submissions) -> int:
+        """Every study's submission columns from ``subs``; the rows that changed are written
+        (after an approval, only that batch's studies). How many."""
+        changed = []
+        for sid, uid, code, exam, *old in self._db.execute(
+                "SELECT sid, study_uid, registry_code, exam, submission, batch_id, billed_code, receipt, reported_at "
+                "FROM studies"):  # read to the end before the writes below
+            new = _submission(subs, uid, code, bool(exam))
+            if tuple(old) != new:
+                changed.append((*new, sid))
+        with self._db:
+            self._db.executemany("UPDATE studies SET submission = ?, batch_id = ?, billed_code = ?, receipt = ?, "
+                                 "reported_at = ? WHERE sid = ?", changed)
+        return len(changed)
 
     def _delete_one(self, uid: str) -> None:
         row = self._db.execute("SELECT sid FROM studies WHERE study_uid = ?", (uid,)).fetchone()
@@ -303,6 +380,7 @@ class StudyIndex:
                               ("nomenclature_code", "SELECT DISTINCT nomenclature_code FROM studies ORDER BY 1"),
                               ("completeness", "SELECT DISTINCT completeness FROM studies ORDER BY 1")):
                 out[name] = [str(r[0]) for r in self._db.execute(sql)]
+            out["submission_state"] = list(SUBMISSION_STATES)  # every state of the contract, in its order
             return out
 
     def summary(self) -> dict[str, Any]:
