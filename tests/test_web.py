@@ -470,6 +470,7 @@ def check_submission_states(c: httpx.Client, batch_id: str, held_key: str, studi
     assert len(everything) == studies
     states = {s["key"]: s["submission"] for s in everything}
     assert states[held_key]["state"] == "held" and states[held_key]["batch_id"] == batch_id
+    assert c.get(f"/api/studies/{held_key}").json()["submission"] == states[held_key]  # the record's own
     assert {v["state"] for k, v in states.items() if k != held_key} == {"acknowledged"}
     assert all(v["batch_id"] == batch_id and v["billed_code"] in ("G9327", "G9326", "excluded")
                for k, v in states.items() if k != held_key)

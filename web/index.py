@@ -357,6 +357,13 @@ class StudyIndex:
         finally:
             db.close()
 
+    def submission_of(self, key: str) -> dict[str, Any] | None:
+        """The study record's ``submission`` of the study ``key``, as the index last saw it."""
+        with self._lock:
+            row = self._db.execute("SELECT submission, batch_id, billed_code, receipt, reported_at FROM studies "
+                                   "WHERE key = ?", (key,)).fetchone()
+            return dict(zip(SUBMISSION_FIELDS, row, strict=True)) if row else None
+
     def uid_of(self, key: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT study_uid FROM studies WHERE key = ?", (key,)).fetchone()

@@ -129,14 +129,12 @@ async def studies(request: Request) -> Response:
 
 
 def load_study(request: Request, key: str) -> dict[str, Any] | None:
-    """The study record of ``key`` with its verdicts (None: no such study)."""
+    """The study record of ``key`` with its verdicts and ``submission`` (None: no such study)."""
     index = request.app.state.index
+    index.refresh()  # cheap when nothing changed; the submission shown is export state's now
     uid = index.uid_of(key)
     if uid is None:
-        index.refresh()
-        uid = index.uid_of(key)
-        if uid is None:
-            return None
+        return None
     cfg = request.app.state.cfg
     catalog = open_catalog(cfg, readonly=True)
     try:
@@ -145,7 +143,9 @@ def load_study(request: Request, key: str) -> dict[str, Any] | None:
         catalog.close()
     if record is None:
         return None
-    return study_dict(record, evaluate(record, index.rules()))
+    d = study_dict(record, evaluate(record, index.rules()))
+    d["submission"] = index.submission_of(key)
+    return d
 
 
 def audit_list(request: Request, q: Query, shown: int) -> None:
