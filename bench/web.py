@@ -76,16 +76,14 @@ def direct(data_dir: Path, params: dict[str, str], repeat: int) -> list[float]:
     """The index's query (count + one page) straight on SQLite: the floor under HTTP and templates."""
     from dosereg.web import Query
 
-    q = Query.of(params)
-    where, args = q.where()
+    count, listing, args = Query.of(params).statements()
     offset = int(params.get("offset", 0))
     db = sqlite3.connect(f"file:{data_dir / 'web-index.sqlite'}?mode=ro", uri=True)
     out = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()
-        db.execute(f"SELECT * FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC LIMIT 50 OFFSET ?",
-                   [*args, offset]).fetchall()
+        db.execute(count, args).fetchone()
+        db.execute(f"{listing} LIMIT 50 OFFSET ?", [*args, offset]).fetchall()
         out.append(time.perf_counter() - t0)
     db.close()
     return out

@@ -9,7 +9,7 @@ It is a cache: ``web-index.sqlite`` may be deleted at any time (it is rebuilt). 
 it holds accession numbers and descriptions.
 
 Each study's ``submission`` (its place in the batch lifecycle: ``submission.state``, batch,
-billed code, receipt) is kept in columns of its own, computed by the lifecycle's
+billed code, receipt) is kept in a table of its own, computed by the lifecycle's
 :class:`~dosereg.registry_export.Submissions` from export state: again for every study when
 export state changed (:func:`~dosereg.registry_export.export_state_stamp`; only the rows whose
 submission changed are written), and for a study whenever it is evaluated again (its registry
@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ KEY_NAME = "web-secret"
 # more changed studies than this: one pass over the catalog instead of one look-up each
 _BULK = 2000
 # the index's layout: another value (an older dosereg's index) is dropped and rebuilt
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 RULES_TTL_S = 2.0
 _CHUNK = 5000
 
@@ -64,16 +65,20 @@ _SCHEMA = [
         sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, study_uid TEXT NOT NULL UNIQUE, version TEXT NOT NULL,
         study_date TEXT NOT NULL, accession TEXT, description TEXT, scanner TEXT NOT NULL,
         registry_code TEXT NOT NULL, nomenclature_code TEXT NOT NULL, completeness TEXT NOT NULL,
-        events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL,
-        exam INTEGER NOT NULL, submission TEXT NOT NULL, batch_id TEXT, billed_code TEXT, receipt TEXT,
-        reported_at TEXT)""",
+        events INTEGER NOT NULL, total_dlp REAL, max_ctdivol REAL, reasons TEXT NOT NULL)""",
     # each filter column, then the listing order (read backwards: newest first, no sort step)
     "CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_scanner ON studies(scanner, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date, sid)",
-    "CREATE INDEX IF NOT EXISTS studies_submission ON studies(submission, study_date, sid)",
+    # each study's submission, a narrow table of its own: a pass over every study after export
+    # state changed reads and writes only these rows (``exam``: no dose report)
+    """CREATE TABLE IF NOT EXISTS submissions (
+        sid INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, study_date TEXT NOT NULL, registry_code TEXT NOT NULL,
+        exam INTEGER NOT NULL, state TEXT NOT NULL, batch_id TEXT, billed_code TEXT, receipt TEXT,
+        reported_at TEXT)""",
+    "CREATE INDEX IF NOT EXISTS submissions_state ON submissions(state, study_date, sid)",
     """CREATE TABLE IF NOT EXISTS protocols (protocol TEXT NOT NULL, sid INTEGER NOT NULL,
         PRIMARY KEY (protocol, sid)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS protocols_sid ON protocols(sid)",
@@ -87,7 +92,8 @@ COLUMNS = ("key", "study_instance_uid", "study_date", "accession_number", "study
            "reasons", *(f"submission_{f}" for f in SUBMISSION_FIELDS))
 _SELECT = ("s.key, s.study_uid, s.study_date, s.accession, s.description, s.scanner, s.registry_code, "
            "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons, "
-           "s.submission, s.batch_id, s.billed_code, s.receipt, s.reported_at")
+           "u.state, u.batch_id, u.billed_code, u.receipt, u.reported_at")
+_JOINED = "studies s JOIN submissions u ON u.sid = s.sid"
 FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness",
            "submission_state")
 
@@ -116,19 +122,31 @@ class Query:
         return None
 
     def where(self) -> tuple[str, list[Any]]:
+        # filtered by submission state, the submissions table leads (its index gives the order)
+        lead = "u" if self.submission_state else "s"
         clauses, args = [], []
-        for column, value, op in (("study_date", self.date_from, ">="), ("study_date", self.date_to, "<="),
-                                  ("scanner", self.scanner, "="), ("registry_code", self.registry_code, "="),
-                                  ("nomenclature_code", self.nomenclature_code, "="),
-                                  ("completeness", self.completeness, "="),
-                                  ("submission", self.submission_state, "=")):
+        for column, value, op in ((f"{lead}.study_date", self.date_from, ">="),
+                                  (f"{lead}.study_date", self.date_to, "<="),
+                                  ("s.scanner", self.scanner, "="), ("s.registry_code", self.registry_code, "="),
+                                  ("s.nomenclature_code", self.nomenclature_code, "="),
+                                  ("s.completeness", self.completeness, "="),
+                                  ("u.state", self.submission_state, "=")):
             if value:
-                clauses.append(f"s.{column} {op} ?")
+                clauses.append(f"{column} {op} ?")
                 args.append(value)
         if self.protocol:
             clauses.append("s.sid IN (SELECT sid FROM protocols WHERE protocol = ?)")
             args.append(self.protocol)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def statements(self) -> tuple[str, str, list[Any]]:
+        """(the count's SQL, the listing's SQL, their arguments): the listing newest first, each
+        row the :data:`COLUMNS` (every study, or ``LIMIT ? OFFSET ?`` appended for a page)."""
+        where, args = self.where()
+        lead = "u" if self.submission_state else "s"
+        count = f"SELECT COUNT(*) FROM {_JOINED if self.submission_state else 'studies s'}{where}"
+        listing = f"SELECT {_SELECT} FROM {_JOINED}{where} ORDER BY {lead}.study_date DESC, {lead}.sid DESC"
+        return count, listing, args
 
     def params(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in FILTERS if getattr(self, name)}
@@ -149,22 +167,29 @@ def study_secret(data_dir: Path) -> bytes:
     return secret
 
 
-def _submission(subs: Submissions, uid: str, registry_code: str, exam: bool) -> tuple[Any, ...]:
-    """The index's submission columns of a study (``submission, batch_id, billed_code, ...``)."""
+def _submission(subs: Submissions, uid: str, registry_code: str, exam: bool,
+                memo: dict[tuple[Any, ...], tuple[Any, ...]] | None = None) -> tuple[Any, ...]:
+    """The index's submission columns of a study (``submission, batch_id, billed_code, ...``).
+    ``memo``: for a pass over every study (the studies of one batch, and those in none, share
+    their standing: computed once each)."""
+    key = (subs.standings.get(uid), registry_code, exam)
+    if memo is not None and key in memo:
+        return memo[key]
     sub = subs.of(uid, registry_code, exam)
-    return tuple(sub[f] for f in SUBMISSION_FIELDS)
+    out = tuple(sub[f] for f in SUBMISSION_FIELDS)
+    if memo is not None:
+        memo[key] = out
+    return out
 
 
-def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation,
-         subs: Submissions) -> tuple[Any, ...]:
+def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation) -> tuple[Any, ...]:
     doses = [e.ctdivol_mGy for e in record.events if e.ctdivol_mGy is not None]
     flags = ev.flags
     reasons = "; ".join(flags.registry_reasons) if flags.registry_code != "G9327" else ""
-    exam = no_dose_report(record)
     return (key, uid, version, record.study_date or "", record.accession_number, record.study_description,
             scanner_label(record.equipment.to_dict()), flags.registry_code or "", flags.nomenclature_code or "",
             ev.completeness.status, len(record.events), record.total_dlp_mGycm, max(doses) if doses else None,
-            reasons[:2000], int(exam), *_submission(subs, uid, flags.registry_code or "", exam))
+            reasons[:2000])
 
 
 def listing_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +212,7 @@ class StudyIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         if self._db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
-            with self._db:
+            with self._transaction():
                 for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
                     self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
                 self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
@@ -202,6 +227,18 @@ class StudyIndex:
         self._export_stamp: tuple[Any, ...] | None = None
         self._rules: tuple[float, Rules] | None = None
         self._choices: tuple[Any, dict[str, list[str]]] | None = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection is in autocommit mode, where ``with connection:``
+        would commit each statement on its own: a write, and a sync, per study)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def rules(self) -> Rules:
         """The configured rules, read again at most every :data:`RULES_TTL_S` seconds (a changed
@@ -263,8 +300,9 @@ class StudyIndex:
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE name = 'rules_key'").fetchone()
         if row is None or row[0] != rules.key:
-            with db:
+            with self._transaction():
                 db.execute("DELETE FROM protocols")
+                db.execute("DELETE FROM submissions")
                 db.execute("DELETE FROM studies")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('rules_key', ?)", (rules.key,))
         cached = dict(db.execute("SELECT study_uid, version FROM studies"))
@@ -294,23 +332,23 @@ class StudyIndex:
         return len(changed)
 
     def _delete(self, uids: list[str]) -> None:
-        with self._db:
+        with self._transaction():
             for uid in uids:
-                self._db.execute("DELETE FROM protocols WHERE sid = (SELECT sid FROM studies WHERE study_uid = ?)",
-                                 (uid,))
-                self._db.execute("DELETE FROM studies WHERE study_uid = ?", (uid,))
+                self._delete_one(uid)
 
     def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules, subs: Submissions) -> None:
-        with self._db:
+        with self._transaction():
             for version, record in batch:
                 uid = record.study_instance_uid or ""
                 self._delete_one(uid)
+                row = _row(self.key_of(uid), uid, version, record, evaluate(record, rules))
                 cur = self._db.execute(
                     "INSERT INTO studies (key, study_uid, version, study_date, accession, description, scanner, "
-                    "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons, "
-                    "exam, submission, batch_id, billed_code, receipt, reported_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _row(self.key_of(uid), uid, version, record, evaluate(record, rules), subs))
+                    "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                date, code, exam = row[3], row[7], no_dose_report(record)
+                self._db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (cur.lastrowid, uid, date, code, int(exam), *_submission(subs, uid, code, exam)))
                 protocols = {e.acquisition_protocol for e in record.events if e.acquisition_protocol}
                 self._db.executemany("INSERT INTO protocols VALUES (?, ?)", [(p, cur.lastrowid) for p in protocols])
 
@@ -318,40 +356,40 @@ class StudyIndex:
         """Every study's submission columns from ``subs``; the rows that changed are written
         (after an approval, only that batch's studies). How many."""
         changed = []
+        memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for sid, uid, code, exam, *old in self._db.execute(
-                "SELECT sid, study_uid, registry_code, exam, submission, batch_id, billed_code, receipt, reported_at "
-                "FROM studies"):  # read to the end before the writes below
-            new = _submission(subs, uid, code, bool(exam))
+                "SELECT sid, study_uid, registry_code, exam, state, batch_id, billed_code, receipt, reported_at "
+                "FROM submissions"):  # read to the end before the writes below
+            new = _submission(subs, uid, code, bool(exam), memo)
             if tuple(old) != new:
                 changed.append((*new, sid))
-        with self._db:
-            self._db.executemany("UPDATE studies SET submission = ?, batch_id = ?, billed_code = ?, receipt = ?, "
+        with self._transaction():
+            self._db.executemany("UPDATE submissions SET state = ?, batch_id = ?, billed_code = ?, receipt = ?, "
                                  "reported_at = ? WHERE sid = ?", changed)
         return len(changed)
 
     def _delete_one(self, uid: str) -> None:
         row = self._db.execute("SELECT sid FROM studies WHERE study_uid = ?", (uid,)).fetchone()
         if row:
-            self._db.execute("DELETE FROM protocols WHERE sid = ?", (row[0],))
-            self._db.execute("DELETE FROM studies WHERE sid = ?", (row[0],))
+            for table in ("protocols", "submissions", "studies"):
+                self._db.execute(f"DELETE FROM {table} WHERE sid = ?", (row[0],))
 
     # -- reading -----------------------------------------------------------------------------
     def search(self, q: Query, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
         """(how many match, the ``limit`` studies from ``offset``), newest first."""
         with self._lock:
-            where, args = q.where()
-            total = int(self._db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()[0])
-            rows = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC "
-                                    "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            count, listing, args = q.statements()
+            total = int(self._db.execute(count, args).fetchone()[0])
+            rows = self._db.execute(f"{listing} LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
             return total, [dict(zip(COLUMNS, r, strict=True)) for r in rows]
 
     def iter_search(self, q: Query) -> Iterator[tuple[Any, ...]]:
         """Every matching study, newest first, through a connection of its own (a CSV of
         100,000 studies streams while other requests use the index)."""
-        where, args = q.where()
+        _, listing, args = q.statements()
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         try:
-            cur = db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC", args)
+            cur = db.execute(listing, args)
             while rows := cur.fetchmany(1000):
                 yield from rows
         finally:
@@ -360,8 +398,8 @@ class StudyIndex:
     def submission_of(self, key: str) -> dict[str, Any] | None:
         """The study record's ``submission`` of the study ``key``, as the index last saw it."""
         with self._lock:
-            row = self._db.execute("SELECT submission, batch_id, billed_code, receipt, reported_at FROM studies "
-                                   "WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute("SELECT u.state, u.batch_id, u.billed_code, u.receipt, u.reported_at FROM "
+                                   f"{_JOINED} WHERE s.key = ?", (key,)).fetchone()
             return dict(zip(SUBMISSION_FIELDS, row, strict=True)) if row else None
 
     def uid_of(self, key: str) -> str | None:
