@@ -169,7 +169,7 @@ def study_secret(data_dir: Path) -> bytes:
 
 def _submission(subs: Submissions, uid: str, registry_code: str, exam: bool,
                 memo: dict[tuple[Any, ...], tuple[Any, ...]] | None = None) -> tuple[Any, ...]:
-    """The index's submission columns of a study (``submission, batch_id, billed_code, ...``).
+    """The index's submission columns of a study (``state, batch_id, billed_code, receipt, reported_at``).
     ``memo``: for a pass over every study (the studies of one batch, and those in none, share
     their standing: computed once each)."""
     key = (subs.standings.get(uid), registry_code, exam)
