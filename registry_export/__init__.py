@@ -21,7 +21,10 @@ Public API:
 * the batch lifecycle (docs/lifecycle.md): :func:`list_batches`, :func:`review_batch`,
   :func:`approve`, :func:`hold`, :func:`release`, :func:`reject` (each with ``by``, recorded in
   the audit log) and :func:`send` (cfg, catalog object rows, batch) -> :class:`SendResult`;
-  :func:`submission_lookup` (cfg) -> the ``submission`` of each study record; :func:`study_batches`
+  :func:`submission_lookup` (cfg) -> the ``submission`` of each study record; :func:`read_submissions`
+  (cfg) -> :class:`Submissions` (``of(study_uid, registry_code, no_dose_report)``: every study's
+  standing, read once), :func:`export_state_stamp` (cfg: changes whenever export state does),
+  :func:`no_dose_report` (record), :data:`SUBMISSION_STATES`; :func:`study_batches`
   (a study's batch history), :func:`flags_since` (billing's pick-up of the flags files' rows)
 * :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
   study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
@@ -60,7 +63,14 @@ from .secret import SecretChangedError, change_secret, recorded_secret
 from .send import SendResult, send
 from .source import CatalogSource, StudySource, VersionedSource
 from .state import ExportBusyError
-from .submission import submission_lookup
+from .submission import (
+    SUBMISSION_STATES,
+    Submissions,
+    export_state_stamp,
+    no_dose_report,
+    read_submissions,
+    submission_lookup,
+)
 from .table import StudyFilter, studies_table
 
 __all__ = [
@@ -71,4 +81,5 @@ __all__ = [
     "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
+    "SUBMISSION_STATES", "Submissions", "read_submissions", "export_state_stamp", "no_dose_report",
 ]

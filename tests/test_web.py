@@ -463,6 +463,41 @@ def test_tls_with_a_certificate(tmp_path: Path) -> None:
 
 # -- the batch lifecycle in the browser ----------------------------------------------------------
 
+def check_submission_states(c: httpx.Client, batch_id: str, held_key: str, studies: int) -> None:
+    """After one study of ``batch_id`` was held and the rest acknowledged: the studies page and
+    ``/api/studies`` filter by submission state and show each study's."""
+    everything = c.get("/api/studies", params={"limit": 1000}).json()["studies"]
+    assert len(everything) == studies
+    states = {s["key"]: s["submission"] for s in everything}
+    assert states[held_key]["state"] == "held" and states[held_key]["batch_id"] == batch_id
+    assert c.get(f"/api/studies/{held_key}").json()["submission"] == states[held_key]  # the record's own
+    assert {v["state"] for k, v in states.items() if k != held_key} == {"acknowledged"}
+    assert all(v["batch_id"] == batch_id and v["billed_code"] in ("G9327", "G9326", "excluded")
+               for k, v in states.items() if k != held_key)
+    reported = [v for v in states.values() if v["billed_code"] == "G9327"]
+    assert reported and all(v["receipt"].startswith("drop=") and v["reported_at"] for v in reported)
+    held = c.get("/api/studies", params={"submission_state": "held"}).json()
+    assert held["total"] == 1 and [s["key"] for s in held["studies"]] == [held_key]
+    acked = c.get("/api/studies", params={"submission_state": "acknowledged", "limit": 1000}).json()
+    assert acked["total"] == studies - 1 and held_key not in {s["key"] for s in acked["studies"]}
+    for state in ("eligible", "pending_review", "failed", "no_dose_report"):
+        assert c.get("/api/studies", params={"submission_state": state}).json()["total"] == 0, state
+    bad = c.get("/api/studies", params={"submission_state": "reported"})
+    assert bad.status_code == 400 and "submission_state must be one of" in bad.json()["error"]
+    lines = c.get("/api/studies", params={"submission_state": "held"}, headers={"Accept": "text/csv"}).text.splitlines()
+    header = lines[0].split(",")
+    assert header[-5:] == ["submission_state", "submission_batch_id", "submission_billed_code",
+                           "submission_receipt", "submission_reported_at"] and len(lines) == 2
+    assert lines[1].split(",")[header.index("submission_state")] == "held"
+    page = c.get("/studies", params={"submission_state": "held"})
+    assert page.status_code == 200 and f'href="/studies/{held_key}"' in page.text
+    assert page.text.count('<td class="submission held">held</td>') == 1
+    assert 'option value="held" selected' in page.text
+    form_error = c.get("/studies", params={"submission_state": "<b>x</b>"})
+    assert form_error.status_code == 400 and "submission_state must be one of" in form_error.text
+    assert "<b>x</b>" not in form_error.text  # escaped, never echoed as markup
+
+
 def test_a_weeks_review_in_the_browser_and_billing_through_the_api(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Export, then in the web: hold one study, approve (which starts the send to a real drop
@@ -496,6 +531,7 @@ def test_a_weeks_review_in_the_browser_and_billing_through_the_api(tmp_path: Pat
                 assert time.monotonic() < deadline, now
                 time.sleep(0.5)
             assert now["approved_by"] == "phys" and now["counts"]["held"] == 1
+            check_submission_states(c, batch["batch_id"], keys[0], len(keys))
         with session(server, "bill") as c:
             rows = c.get("/api/flags").json()["flags"]
             assert len(rows) == len(keys) - 1  # the held study has no row

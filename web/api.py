@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .index import COLUMNS, Query
+from .index import COLUMNS, Query, listing_row
 from .pages import audit_list, audit_view, load_study
 from .seams import NotAvailable
 from .security import address, requires
@@ -60,6 +60,9 @@ async def studies(request: Request) -> Response:
     index = request.app.state.index
     await run_in_threadpool(index.refresh)
     q = Query.of(request.query_params)
+    problem = q.problem()
+    if problem:
+        return JSONResponse({"error": problem}, status_code=400)
     try:
         offset = max(0, int(request.query_params.get("offset") or 0))
     except ValueError:
@@ -75,7 +78,7 @@ async def studies(request: Request) -> Response:
     if wants_csv(request):
         return StreamingResponse(csv_stream(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]),
                                  media_type="text/csv; charset=utf-8", headers={"X-Total-Count": str(total)})
-    return JSONResponse({"total": total, "limit": limit, "offset": offset, "studies": rows})
+    return JSONResponse({"total": total, "limit": limit, "offset": offset, "studies": [listing_row(r) for r in rows]})
 
 
 @requires("viewer", api=True)

@@ -8,6 +8,13 @@ merged record changed (``Catalog.study_versions``) and every study when the rule
 It is a cache: ``web-index.sqlite`` may be deleted at any time (it is rebuilt). Owner-only:
 it holds accession numbers and descriptions.
 
+Each study's ``submission`` (its place in the batch lifecycle: ``submission.state``, batch,
+billed code, receipt) is kept in a table of its own, computed by the lifecycle's
+:class:`~dosereg.registry_export.Submissions` from export state: again for every study when
+export state changed (:func:`~dosereg.registry_export.export_state_stamp`; only the rows whose
+submission changed are written), and for a study whenever it is evaluated again (its registry
+code decides between ``eligible`` and ``not_eligible``).
+
 Each study is addressed by an opaque key, an HMAC of its Study Instance UID under a secret
 of the data directory: the URLs of the workbench carry no identifier.
 """
@@ -20,7 +27,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +37,25 @@ from dosereg.conf.config import Config
 from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir
 from dosereg.extract import StudyRecord
 from dosereg.ingest import open_catalog
-from dosereg.registry_export import Evaluation, Rules, evaluate, rules_from_config, scanner_label
+from dosereg.registry_export import (
+    SUBMISSION_STATES,
+    Evaluation,
+    Rules,
+    Submissions,
+    evaluate,
+    export_state_stamp,
+    no_dose_report,
+    read_submissions,
+    rules_from_config,
+    scanner_label,
+)
 
 INDEX_NAME = "web-index.sqlite"
 KEY_NAME = "web-secret"
 # more changed studies than this: one pass over the catalog instead of one look-up each
 _BULK = 2000
 # the index's layout: another value (an older dosereg's index) is dropped and rebuilt
-INDEX_VERSION = 2
+INDEX_VERSION = 4
 RULES_TTL_S = 2.0
 _CHUNK = 5000
 
@@ -53,18 +72,30 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS studies_registry ON studies(registry_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_nomenclature ON studies(nomenclature_code, study_date, sid)",
     "CREATE INDEX IF NOT EXISTS studies_completeness ON studies(completeness, study_date, sid)",
+    # each study's submission, a narrow table of its own: a pass over every study after export
+    # state changed reads and writes only these rows (``exam``: no dose report)
+    """CREATE TABLE IF NOT EXISTS submissions (
+        sid INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, study_date TEXT NOT NULL, registry_code TEXT NOT NULL,
+        exam INTEGER NOT NULL, state TEXT NOT NULL, batch_id TEXT, billed_code TEXT, receipt TEXT,
+        reported_at TEXT)""",
+    "CREATE INDEX IF NOT EXISTS submissions_state ON submissions(state, study_date, sid)",
     """CREATE TABLE IF NOT EXISTS protocols (protocol TEXT NOT NULL, sid INTEGER NOT NULL,
         PRIMARY KEY (protocol, sid)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS protocols_sid ON protocols(sid)",
 ]
 
-# the columns a listing gives (API and page), in this order
+# the fields of the study record's ``submission``, as the listing's columns ``submission_<field>``
+SUBMISSION_FIELDS = ("state", "batch_id", "billed_code", "receipt", "reported_at")
+# the columns a listing gives (API and page; the CSV's header), in this order
 COLUMNS = ("key", "study_instance_uid", "study_date", "accession_number", "study_description", "scanner",
            "registry_code", "nomenclature_code", "completeness", "events", "total_dlp_mGycm", "max_ctdivol_mGy",
-           "reasons")
+           "reasons", *(f"submission_{f}" for f in SUBMISSION_FIELDS))
 _SELECT = ("s.key, s.study_uid, s.study_date, s.accession, s.description, s.scanner, s.registry_code, "
-           "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons")
-FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness")
+           "s.nomenclature_code, s.completeness, s.events, s.total_dlp, s.max_ctdivol, s.reasons, "
+           "u.state, u.batch_id, u.billed_code, u.receipt, u.reported_at")
+_JOINED = "studies s JOIN submissions u ON u.sid = s.sid"
+FILTERS = ("date_from", "date_to", "scanner", "protocol", "registry_code", "nomenclature_code", "completeness",
+           "submission_state")
 
 
 @dataclass(frozen=True)
@@ -78,24 +109,44 @@ class Query:
     registry_code: str = ""
     nomenclature_code: str = ""
     completeness: str = ""
+    submission_state: str = ""
 
     @classmethod
     def of(cls, params: Any) -> Query:
         return cls(**{name: str(params.get(name) or "").strip()[:200] for name in FILTERS})
 
+    def problem(self) -> str | None:
+        """Why this filter cannot be applied (a value the contract does not know), or None."""
+        if self.submission_state and self.submission_state not in SUBMISSION_STATES:
+            return f"submission_state must be one of {', '.join(SUBMISSION_STATES)}"
+        return None
+
     def where(self) -> tuple[str, list[Any]]:
+        # filtered by submission state, the submissions table leads (its index gives the order)
+        lead = "u" if self.submission_state else "s"
         clauses, args = [], []
-        for column, value, op in (("study_date", self.date_from, ">="), ("study_date", self.date_to, "<="),
-                                  ("scanner", self.scanner, "="), ("registry_code", self.registry_code, "="),
-                                  ("nomenclature_code", self.nomenclature_code, "="),
-                                  ("completeness", self.completeness, "=")):
+        for column, value, op in ((f"{lead}.study_date", self.date_from, ">="),
+                                  (f"{lead}.study_date", self.date_to, "<="),
+                                  ("s.scanner", self.scanner, "="), ("s.registry_code", self.registry_code, "="),
+                                  ("s.nomenclature_code", self.nomenclature_code, "="),
+                                  ("s.completeness", self.completeness, "="),
+                                  ("u.state", self.submission_state, "=")):
             if value:
-                clauses.append(f"s.{column} {op} ?")
+                clauses.append(f"{column} {op} ?")
                 args.append(value)
         if self.protocol:
             clauses.append("s.sid IN (SELECT sid FROM protocols WHERE protocol = ?)")
             args.append(self.protocol)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def statements(self) -> tuple[str, str, list[Any]]:
+        """(the count's SQL, the listing's SQL, their arguments): the listing newest first, each
+        row the :data:`COLUMNS` (every study, or ``LIMIT ? OFFSET ?`` appended for a page)."""
+        where, args = self.where()
+        lead = "u" if self.submission_state else "s"
+        count = f"SELECT COUNT(*) FROM {_JOINED if self.submission_state else 'studies s'}{where}"
+        listing = f"SELECT {_SELECT} FROM {_JOINED}{where} ORDER BY {lead}.study_date DESC, {lead}.sid DESC"
+        return count, listing, args
 
     def params(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in FILTERS if getattr(self, name)}
@@ -116,6 +167,21 @@ def study_secret(data_dir: Path) -> bytes:
     return secret
 
 
+def _submission(subs: Submissions, uid: str, registry_code: str, exam: bool,
+                memo: dict[tuple[Any, ...], tuple[Any, ...]] | None = None) -> tuple[Any, ...]:
+    """The index's submission columns of a study (``state, batch_id, billed_code, receipt, reported_at``).
+    ``memo``: for a pass over every study (the studies of one batch, and those in none, share
+    their standing: computed once each)."""
+    key = (subs.standings.get(uid), registry_code, exam)
+    if memo is not None and key in memo:
+        return memo[key]
+    sub = subs.of(uid, registry_code, exam)
+    out = tuple(sub[f] for f in SUBMISSION_FIELDS)
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
 def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation) -> tuple[Any, ...]:
     doses = [e.ctdivol_mGy for e in record.events if e.ctdivol_mGy is not None]
     flags = ev.flags
@@ -124,6 +190,14 @@ def _row(key: str, uid: str, version: str, record: StudyRecord, ev: Evaluation) 
             scanner_label(record.equipment.to_dict()), flags.registry_code or "", flags.nomenclature_code or "",
             ev.completeness.status, len(record.events), record.total_dlp_mGycm, max(doses) if doses else None,
             reasons[:2000])
+
+
+def listing_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing's row as the API's JSON gives it: the ``submission_*`` columns as the study
+    record's ``submission`` object (``{state, batch_id, billed_code, receipt, reported_at}``)."""
+    out = {k: v for k, v in row.items() if not k.startswith("submission_")}
+    out["submission"] = {f: row.get(f"submission_{f}") for f in SUBMISSION_FIELDS}
+    return out
 
 
 class StudyIndex:
@@ -138,7 +212,7 @@ class StudyIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         if self._db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
-            with self._db:
+            with self._transaction():
                 for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
                     self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
                 self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
@@ -150,8 +224,21 @@ class StudyIndex:
                 os.chmod(side, PRIVATE_FILE_MODE)
         self._lock = threading.RLock()  # one connection: reads wait for a refresh in progress
         self._stamp: tuple[Any, ...] | None = None
+        self._export_stamp: tuple[Any, ...] | None = None
         self._rules: tuple[float, Rules] | None = None
         self._choices: tuple[Any, dict[str, list[str]]] | None = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection is in autocommit mode, where ``with connection:``
+        would commit each statement on its own: a write, and a sync, per study)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def rules(self) -> Rules:
         """The configured rules, read again at most every :data:`RULES_TTL_S` seconds (a changed
@@ -180,15 +267,27 @@ class StudyIndex:
         return tuple(stamp)
 
     def refresh(self, rules: Rules | None = None) -> int:
-        """Bring the index in step with the catalog and the rules; the number of studies
-        (re-)evaluated. Cheap when nothing changed (the catalog files' stat and the rules key)."""
+        """Bring the index in step with the catalog, the rules and export state; the number of
+        studies (re-)evaluated. Cheap when nothing changed (the catalog's and export state's
+        files' stat and the rules key)."""
         with self._lock:
             rules = rules or self.rules()
             stamp = self._catalog_stamp(rules.key)
-            if stamp == self._stamp:
+            export_stamp = export_state_stamp(self.cfg)  # before it is read: a later change shows next time
+            if stamp == self._stamp and export_stamp == self._export_stamp:
                 return 0
-            n = self._sync(rules)
+            subs: list[Submissions] = []
+
+            def submissions() -> Submissions:  # read once, and only when a study needs it
+                if not subs:
+                    subs.append(read_submissions(self.cfg))
+                return subs[0]
+
+            n = self._sync(rules, submissions) if stamp != self._stamp else 0
             self._stamp = stamp
+            if export_stamp != self._export_stamp:
+                self._resubmit(submissions())
+                self._export_stamp = export_stamp
             return n
 
     def stamp(self) -> tuple[Any, ...] | None:
@@ -197,12 +296,13 @@ class StudyIndex:
         self.refresh()
         return self._stamp
 
-    def _sync(self, rules: Rules) -> int:
+    def _sync(self, rules: Rules, submissions: Callable[[], Submissions]) -> int:
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE name = 'rules_key'").fetchone()
         if row is None or row[0] != rules.key:
-            with db:
+            with self._transaction():
                 db.execute("DELETE FROM protocols")
+                db.execute("DELETE FROM submissions")
                 db.execute("DELETE FROM studies")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('rules_key', ?)", (rules.key,))
         cached = dict(db.execute("SELECT study_uid, version FROM studies"))
@@ -223,62 +323,84 @@ class StudyIndex:
             for record in records:
                 batch.append((changed[record.study_instance_uid or ""], record))
                 if len(batch) >= _CHUNK:
-                    self._put(batch, rules)
+                    self._put(batch, rules, submissions())
                     batch = []
-            self._put(batch, rules)
+            if batch:
+                self._put(batch, rules, submissions())
         finally:
             catalog.close()
         return len(changed)
 
     def _delete(self, uids: list[str]) -> None:
-        with self._db:
+        with self._transaction():
             for uid in uids:
-                self._db.execute("DELETE FROM protocols WHERE sid = (SELECT sid FROM studies WHERE study_uid = ?)",
-                                 (uid,))
-                self._db.execute("DELETE FROM studies WHERE study_uid = ?", (uid,))
+                self._delete_one(uid)
 
-    def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules) -> None:
-        if not batch:
-            return
-        with self._db:
+    def _put(self, batch: list[tuple[str, StudyRecord]], rules: Rules, subs: Submissions) -> None:
+        with self._transaction():
             for version, record in batch:
                 uid = record.study_instance_uid or ""
                 self._delete_one(uid)
+                row = _row(self.key_of(uid), uid, version, record, evaluate(record, rules))
                 cur = self._db.execute(
                     "INSERT INTO studies (key, study_uid, version, study_date, accession, description, scanner, "
                     "registry_code, nomenclature_code, completeness, events, total_dlp, max_ctdivol, reasons) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _row(self.key_of(uid), uid, version, record, evaluate(record, rules)))
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                date, code, exam = row[3], row[7], no_dose_report(record)
+                self._db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (cur.lastrowid, uid, date, code, int(exam), *_submission(subs, uid, code, exam)))
                 protocols = {e.acquisition_protocol for e in record.events if e.acquisition_protocol}
                 self._db.executemany("INSERT INTO protocols VALUES (?, ?)", [(p, cur.lastrowid) for p in protocols])
+
+    def _resubmit(self, subs: Submissions) -> int:
+        """Every study's submission columns from ``subs``; the rows that changed are written
+        (after an approval, only that batch's studies). How many."""
+        changed = []
+        memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for sid, uid, code, exam, *old in self._db.execute(
+                "SELECT sid, study_uid, registry_code, exam, state, batch_id, billed_code, receipt, reported_at "
+                "FROM submissions"):  # read to the end before the writes below
+            new = _submission(subs, uid, code, bool(exam), memo)
+            if tuple(old) != new:
+                changed.append((*new, sid))
+        with self._transaction():
+            self._db.executemany("UPDATE submissions SET state = ?, batch_id = ?, billed_code = ?, receipt = ?, "
+                                 "reported_at = ? WHERE sid = ?", changed)
+        return len(changed)
 
     def _delete_one(self, uid: str) -> None:
         row = self._db.execute("SELECT sid FROM studies WHERE study_uid = ?", (uid,)).fetchone()
         if row:
-            self._db.execute("DELETE FROM protocols WHERE sid = ?", (row[0],))
-            self._db.execute("DELETE FROM studies WHERE sid = ?", (row[0],))
+            for table in ("protocols", "submissions", "studies"):
+                self._db.execute(f"DELETE FROM {table} WHERE sid = ?", (row[0],))
 
     # -- reading -----------------------------------------------------------------------------
     def search(self, q: Query, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
         """(how many match, the ``limit`` studies from ``offset``), newest first."""
         with self._lock:
-            where, args = q.where()
-            total = int(self._db.execute(f"SELECT COUNT(*) FROM studies s{where}", args).fetchone()[0])
-            rows = self._db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC "
-                                    "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            count, listing, args = q.statements()
+            total = int(self._db.execute(count, args).fetchone()[0])
+            rows = self._db.execute(f"{listing} LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
             return total, [dict(zip(COLUMNS, r, strict=True)) for r in rows]
 
     def iter_search(self, q: Query) -> Iterator[tuple[Any, ...]]:
         """Every matching study, newest first, through a connection of its own (a CSV of
         100,000 studies streams while other requests use the index)."""
-        where, args = q.where()
+        _, listing, args = q.statements()
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         try:
-            cur = db.execute(f"SELECT {_SELECT} FROM studies s{where} ORDER BY s.study_date DESC, s.sid DESC", args)
+            cur = db.execute(listing, args)
             while rows := cur.fetchmany(1000):
                 yield from rows
         finally:
             db.close()
+
+    def submission_of(self, key: str) -> dict[str, Any] | None:
+        """The study record's ``submission`` of the study ``key``, as the index last saw it."""
+        with self._lock:
+            row = self._db.execute("SELECT u.state, u.batch_id, u.billed_code, u.receipt, u.reported_at FROM "
+                                   f"{_JOINED} WHERE s.key = ?", (key,)).fetchone()
+            return dict(zip(SUBMISSION_FIELDS, row, strict=True)) if row else None
 
     def uid_of(self, key: str) -> str | None:
         with self._lock:
@@ -303,6 +425,7 @@ class StudyIndex:
                               ("nomenclature_code", "SELECT DISTINCT nomenclature_code FROM studies ORDER BY 1"),
                               ("completeness", "SELECT DISTINCT completeness FROM studies ORDER BY 1")):
                 out[name] = [str(r[0]) for r in self._db.execute(sql)]
+            out["submission_state"] = list(SUBMISSION_STATES)  # every state of the contract, in its order
             return out
 
     def summary(self) -> dict[str, Any]:

@@ -116,23 +116,25 @@ async def studies(request: Request) -> Response:
     index = request.app.state.index
     await run_in_threadpool(index.refresh)
     q = Query.of(request.query_params)
+    problem = q.problem()
+    if problem:  # the form again, saying what is wrong; nothing listed
+        return render(request, "studies.html", status_code=400, q=q, rows=[], total=0, page=1, pages=1,
+                      choices=index.choices(), params={}, problem=problem)
     page = _int(request.query_params.get("page"), 1, 1, 10**7)
     total, rows = index.search(q, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
     audit_list(request, q, len(rows))
     return render(request, "studies.html", q=q, rows=rows, total=total, page=page, pages=pages,
-                  choices=index.choices(), params=q.params())
+                  choices=index.choices(), params=q.params(), problem="")
 
 
 def load_study(request: Request, key: str) -> dict[str, Any] | None:
-    """The study record of ``key`` with its verdicts (None: no such study)."""
+    """The study record of ``key`` with its verdicts and ``submission`` (None: no such study)."""
     index = request.app.state.index
+    index.refresh()  # cheap when nothing changed; the submission shown is export state's now
     uid = index.uid_of(key)
     if uid is None:
-        index.refresh()
-        uid = index.uid_of(key)
-        if uid is None:
-            return None
+        return None
     cfg = request.app.state.cfg
     catalog = open_catalog(cfg, readonly=True)
     try:
@@ -141,7 +143,9 @@ def load_study(request: Request, key: str) -> dict[str, Any] | None:
         catalog.close()
     if record is None:
         return None
-    return study_dict(record, evaluate(record, index.rules()))
+    d = study_dict(record, evaluate(record, index.rules()))
+    d["submission"] = index.submission_of(key)
+    return d
 
 
 def audit_list(request: Request, q: Query, shown: int) -> None:

@@ -27,12 +27,15 @@
       Plotly.newPlot("scanner-chart", [
         { type: "bar", name: "complete", x: names, y: s.scanners.map(function (r) { return r.complete; }) },
         { type: "bar", name: "incomplete", x: names, y: s.scanners.map(function (r) { return r.studies - r.complete; }) }
-      ], Object.assign({}, layout, { barmode: "stack", yaxis: { title: { text: "studies" } } }), config);
+      ], Object.assign({}, layout, {
+        barmode: "stack", yaxis: { title: { text: "studies" } },
+        xaxis: { automargin: true, tickangle: -30 }  // long scanner labels: slanted to the left, never cut
+      }), config);
       var traces = Object.keys(s.dlp_by_protocol).map(function (p) {
         return { type: "box", name: p, y: s.dlp_by_protocol[p], boxpoints: "outliers" };
       });
       Plotly.newPlot("dlp-chart", traces, Object.assign({}, layout, {
-        showlegend: false, yaxis: { title: { text: "total DLP mGy·cm" } }
+        showlegend: false, yaxis: { title: { text: "total DLP mGy·cm" } }, xaxis: { automargin: true, tickangle: -30 }
       }), config);
     }
   });
