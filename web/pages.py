@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from dosereg.ingest import open_catalog
-from dosereg.registry_export import evaluate, study_dict, write_report
+from dosereg.registry_export import evaluate, export_state_stamp, study_dict, write_report
 
 from .index import Query
 from .seams import ActionRefused, NotAvailable
@@ -285,11 +285,11 @@ async def report_file(request: Request) -> Response:
 
 def current_report(request: Request) -> Path:
     """The completeness report of the catalog as it stands (section 6), written by
-    ``write_report`` into the data directory's ``web-report/`` when the catalog or rules
-    changed since the last one."""
+    ``write_report`` into the data directory's ``web-report/`` when the catalog, the rules or
+    export state (its batches and "changed after submission" sections) changed since the last one."""
     state = request.app.state
     cfg = state.cfg
-    stamp = state.index.stamp()
+    stamp = (state.index.stamp(), export_state_stamp(cfg))
     with state.report_lock:
         if state.report_file is not None and state.report_stamp == stamp and state.report_file.exists():
             return Path(state.report_file)
