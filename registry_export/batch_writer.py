@@ -4,8 +4,7 @@ report (every study) and the registry data files (the studies to submit).
 The export calls :meth:`~BatchWriter.add` for every evaluated study, then
 :meth:`~BatchWriter.finish` once (or :meth:`~BatchWriter.abort` when it gives the batch up).
 :class:`BatchWriter` does the work in the calling process; :mod:`.writer_process` runs it in a
-second process for large batches, behind the same three methods. :class:`ReportWriter` is the
-report alone, for ``dosereg report``.
+second process for large batches, behind the same three methods.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from .rules import Evaluation, study_dict
 class ReportTarget:
     folder: Path
     stem: str  # the files' name without suffix: completeness-<batch_id>
-    batch_id: str | None  # None: the report alone (dosereg report), of no batch
+    batch_id: str
 
 
 @dataclass(frozen=True)
@@ -75,30 +74,3 @@ class BatchWriter:
 
     def abort(self) -> None:
         """Nothing to stop: the files are left to the staging folder's removal."""
-
-
-class ReportWriter:
-    """The completeness report alone (``dosereg report``), behind the same three methods, so a
-    large catalog's report is also built by a second process while this one reads and evaluates
-    (``batches``: the lifecycle section's rows, :func:`.review.list_batches`)."""
-
-    def __init__(self, cfg: Config, reported: Mapping[str, tuple[str, str | None]] | None = None,
-                 batches: list[dict[str, Any]] | None = None) -> None:
-        from .report import ReportBuilder
-
-        self.report = ReportBuilder(cfg, reported)
-        self.batches = batches
-
-    def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
-            d: dict[str, Any] | None = None) -> None:
-        self.report.add_evaluated(record, evaluation)
-
-    def finish(self, report_to: ReportTarget | None) -> Written:
-        if report_to is None:
-            self.report.close()
-            return Written(None, [])
-        return Written(None, self.report.write(report_to.folder, report_to.stem, batch_id=report_to.batch_id,
-                                               batches=self.batches))
-
-    def abort(self) -> None:
-        self.report.close()

@@ -387,34 +387,27 @@ class ReportBuilder:
 
 def write_report(cfg: Config, studies: Callable[[], Iterator[StudyRecord]], out_dir: Path | None = None) -> list[Path]:
     """The completeness report alone: ``reports/completeness-<UTC time>.html`` and ``.csv``, with
-    every batch's state and who approved it. A large catalog's report is built by a second
-    process while this one reads and evaluates (:mod:`.writer_process`), as an export's is."""
-    from .batch_writer import ReportTarget, ReportWriter
+    every batch's state and who approved it."""
     from .review import list_batches
     from .rules import evaluate, rules_from_config
     from .submission import reported_codes
-    from .writer_process import open_writer
 
     rules = rules_from_config(cfg)
-    reported, batches = reported_codes(cfg), list_batches(cfg)
+    builder = ReportBuilder(cfg, reported_codes(cfg))
+    for record in studies():
+        builder.add_evaluated(record, evaluate(record, rules))
     out = (Path(out_dir) if out_dir is not None else cfg.data_dir) / "reports"
     private_dir(out)
     stem = "completeness-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-report-", dir=out))
-    writer = open_writer(lambda: ReportWriter(cfg, reported, batches))
     try:
-        for record in studies():
-            writer.add(record, evaluate(record, rules), False)
-        written = writer.finish(ReportTarget(staging, stem, None))
+        written = builder.write(staging, stem, batches=list_batches(cfg))
         final = []
-        for p in written.report_paths:
+        for p in written:
             target = out / p.name
             os.replace(p, target)
             final.append(target)
         return final
-    except BaseException:
-        writer.abort()
-        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from dosereg.extract import StudyRecord
 
-from .batch_writer import ReportTarget, StudyWriter, Written
+from .batch_writer import BatchWriter, ReportTarget, Written
 from .rules import Evaluation
 
 #: Studies of one batch above which a second process writes the report and the registry files.
@@ -36,7 +36,7 @@ _Study = tuple[StudyRecord, Evaluation, bool]  # what crosses the pipe: the reco
 class _Forked:
     """A :class:`BatchWriter` in a forked process, fed through a pipe."""
 
-    def __init__(self, make: Callable[[], StudyWriter]) -> None:
+    def __init__(self, make: Callable[[], BatchWriter]) -> None:
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_work, args=(child, make), name="dosereg-export-writer", daemon=True)
@@ -90,7 +90,7 @@ class _Forked:
         raise RuntimeError(f"export: the second export process failed: {message}")
 
 
-def _work(conn: Any, make: Callable[[], StudyWriter]) -> None:
+def _work(conn: Any, make: Callable[[], BatchWriter]) -> None:
     """The second process: lists of (record, evaluation, to registry) in, then ("finish", report_to)."""
     try:
         writer = make()
@@ -110,10 +110,10 @@ def _work(conn: Any, make: Callable[[], StudyWriter]) -> None:
 class _HandOff:
     """Holds the first studies until it is known whether the batch is large (module docstring)."""
 
-    def __init__(self, make: Callable[[], StudyWriter]) -> None:
+    def __init__(self, make: Callable[[], BatchWriter]) -> None:
         self._make = make
         self._held: list[tuple[StudyRecord, Evaluation, bool, dict[str, Any] | None]] = []
-        self._to: StudyWriter | _Forked | None = None  # None: still holding
+        self._to: BatchWriter | _Forked | None = None  # None: still holding
         self.forked = False
 
     def add(self, record: StudyRecord, evaluation: Evaluation, to_registry: bool,
@@ -142,7 +142,6 @@ class _HandOff:
             self._to.add(record, evaluation, to_registry, d)
 
 
-def open_writer(make: Callable[[], StudyWriter]) -> _HandOff:
-    """The batch's writer: ``make()``'s (a :class:`.batch_writer.BatchWriter`, or a
-    :class:`.batch_writer.ReportWriter`), in this process or, for a large batch, in a second one."""
+def open_writer(make: Callable[[], BatchWriter]) -> _HandOff:
+    """The batch's writer: ``make()``'s, in this process or, for a large batch, in a second one."""
     return _HandOff(make)
