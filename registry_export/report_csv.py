@@ -29,9 +29,29 @@ _REPORT_COLUMNS = (
 CSV_COLUMNS = _REPORT_COLUMNS + tuple(c for c in REVIEW_COLUMNS if c not in _REPORT_COLUMNS)
 
 
-def detail_writer(spool: IO[str]) -> csv.DictWriter[str]:
-    """The writer of detail rows (``{"table": name, **row}``) into ``spool``, in the CSV's columns."""
-    return csv.DictWriter(spool, CSV_COLUMNS, extrasaction="ignore")
+class DetailWriter:
+    """Writes detail rows (``{"table": name, **row}``) into a spool in the CSV's columns: the row's
+    values put at their columns' places in one list (a ``csv.DictWriter`` looked up every one of
+    the CSV's columns in each row, most of which a detail table does not have)."""
+
+    def __init__(self, spool: IO[str]) -> None:
+        self._writer = csv.writer(spool)
+        self._places = {c: i for i, c in enumerate(CSV_COLUMNS)}
+        self._width = len(CSV_COLUMNS)
+
+    def writerow(self, row: dict[str, Any]) -> None:
+        out: list[Any] = [""] * self._width
+        places = self._places
+        for key, value in row.items():
+            at = places.get(key)
+            if at is not None and value is not None:
+                out[at] = value
+        self._writer.writerow(out)
+
+
+def detail_writer(spool: IO[str]) -> DetailWriter:
+    """The writer of detail rows into ``spool``, in the CSV's columns (:class:`DetailWriter`)."""
+    return DetailWriter(spool)
 
 
 def summary_rows(summary: ReportSummary) -> Iterator[dict[str, Any]]:
