@@ -26,7 +26,8 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -301,13 +302,30 @@ class Listener:
         self.lock.release()
 
 
-def serve(cfg: Config) -> int:
-    """Run the listener until SIGINT/SIGTERM; graceful stop; exit status 0."""
+class Background(Protocol):
+    """Work the composition root runs beside the listener (the dose alerts): started once the
+    catalog is open, before the port opens; stopped after the listener stopped. It runs in its own thread; the listener's threads
+    never call it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def serve(cfg: Config, background: Sequence[Background] = ()) -> int:
+    """Run the listener until SIGINT/SIGTERM; graceful stop; exit status 0. ``background``: started
+    once the catalog is open (before the port opens), stopped (in reverse order) after it stopped."""
     listener = Listener(cfg)
     stop = threading.Event()
+    started: list[Background] = []
     try:
+        for task in background:  # before the port opens: nothing received escapes them
+            task.start()
+            started.append(task)
         listener.start()
     except OSError as exc:
+        for task in reversed(started):
+            task.stop()
         listener.processor.stop(0)
         listener.catalog.close()
         listener.lock.release()
@@ -342,6 +360,8 @@ def serve(cfg: Config) -> int:
             pass
     finally:
         listener.stop()
+        for task in reversed(started):
+            task.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("dosereg listen: stopped")
@@ -350,4 +370,4 @@ def serve(cfg: Config) -> int:
     return 0
 
 
-__all__ = ["Listener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "serve"]
+__all__ = ["Background", "Listener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "serve"]

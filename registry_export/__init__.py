@@ -25,11 +25,18 @@ Public API:
   (a study's batch history), :func:`flags_since` (billing's pick-up of the flags files' rows)
 * :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
   study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
+* dose alerts (docs/alerts.md): :func:`alerts_for` (record, evaluation, rules, settings, levels,
+  history, received_at) -> :class:`Alert` values; :class:`AlertWorker` (cfg, open_catalog: the
+  thread ``dosereg listen`` runs), :func:`deliver_once` (cfg, catalog) -> :class:`AlertPass`,
+  :func:`alert_listing` (cfg, since) -> the recorded alerts with their deliveries
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
 """
 
+from .alert_worker import AlertWorker, alert_listing, deliver_once
+from .alert_worker import PassResult as AlertPass
+from .alerts import Alert, alerts_for
 from .export import export_batch, export_marks, last_export
 from .patient_history import PatientHistory
 from .report import scanner_label, write_report
@@ -71,4 +78,5 @@ __all__ = [
     "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
+    "Alert", "AlertPass", "AlertWorker", "alert_listing", "alerts_for", "deliver_once",
 ]

@@ -1,0 +1,294 @@
+"""The alert worker (docs/alerts.md): follows the catalog, records alerts, delivers them.
+
+:class:`AlertWorker` is what ``dosereg listen`` runs beside the listener (a daemon thread of its
+own, its own SQLite connections, the catalog read-only): every ``poll_interval_s`` it reads the
+catalog objects received since its watermark, evaluates each study they belong to (merged,
+as the catalog holds it), records the alerts with the new watermark in one transaction
+(:class:`.alert_state.AlertStore`), then makes the deliveries that are due. The listener's
+threads never call it, so a slow mail server never slows a C-STORE. :func:`run_pass` is one such
+pass (``dosereg alerts --deliver``).
+
+The first pass over a data directory without ``alerts.sqlite`` starts at the catalog's newest
+object: alerts begin with what arrives after they were enabled, never with the archive.
+
+A failed delivery is retried with back-off (``retry_backoff_s`` doubling up to ``retry_max_s``)
+until ``max_attempts``; then it is ``failed`` (``dosereg alerts`` lists it, ``dosereg status``
+could too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dosereg.conf.config import Config
+from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels, reference_levels_path
+from dosereg.extract import StudyRecord
+
+from .alert_delivery import DeliveryError, post_webhook, send_email
+from .alert_state import AlertStore, Delivery, Watermark
+from .alerts import Alert, alerts_for
+from .patient_history import PatientHistory
+from .rules import Rules, evaluate, rules_from_config
+
+__all__ = ["AlertWorker", "FollowedCatalog", "PassResult", "alert_listing", "deliver_once", "run_pass"]
+
+log = logging.getLogger("dosereg.registry_export.alerts")
+
+BATCH = 500  # catalog objects read per step
+WORKER_NICENESS = 10  # the worker thread yields the CPU to the listener's (Linux: per thread)
+
+
+class FollowedCatalog(Protocol):
+    """What the worker reads of the catalog (:class:`dosereg.ingest.Catalog`, read-only)."""
+
+    def objects_from(self, seq: int, limit: int = ...) -> list[dict[str, Any]]: ...
+
+    def last_object_seq(self) -> int: ...
+
+    def get_study(self, uid: str) -> StudyRecord | None: ...
+
+    def iter_studies(self) -> Any: ...
+
+
+@dataclass
+class PassResult:
+    objects: int = 0
+    studies: int = 0
+    recorded: int = 0
+    sent: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Context:
+    cfg: Config
+    rules: Rules
+    levels: tuple[ReferenceLevel, ...]
+    history: PatientHistory | None = None
+    errors: dict[str, float] = field(default_factory=dict)  # last time a channel's error was logged
+
+    @classmethod
+    def of(cls, cfg: Config) -> _Context:
+        return cls(cfg, rules_from_config(cfg), load_reference_levels(reference_levels_path(cfg)))
+
+
+def _channels(cfg: Config, alert: Alert) -> list[tuple[str, str]]:
+    """(channel, target) of the deliveries an alert gets now (none configured: recorded only)."""
+    a = cfg.alerts
+    out = []
+    if a.email:
+        addresses = a.addresses_for((alert.station_name or "", alert.scanner), alert.kind)
+        if addresses:
+            out.append(("email", ", ".join(addresses)))
+    if a.webhook.url:
+        out.append(("webhook", "webhook"))
+    return out
+
+
+def _history(ctx: _Context, catalog: FollowedCatalog) -> PatientHistory | None:
+    if ctx.cfg.alerts.cumulative_dlp_mgycm <= 0:
+        return None
+    if ctx.history is None:  # once per worker: every study of the catalog
+        ctx.history = PatientHistory.of(catalog.iter_studies(), ctx.rules, ctx.cfg.alerts.cumulative_window_days)
+    return ctx.history
+
+
+def _new_objects(store: AlertStore, catalog: FollowedCatalog) -> tuple[list[dict[str, Any]], Watermark | None]:
+    """The catalog's objects after the watermark (none and a first watermark on a first run)."""
+    mark = store.watermark()
+    if mark is None:
+        rows = catalog.objects_from(catalog.last_object_seq(), 1)
+        first = Watermark(rows[0]["seq"], rows[0]["sop_instance_uid"], rows[0]["received_at"]) if rows \
+            else Watermark(0, None, None)
+        store.record([], first)
+        return [], None
+    rows = catalog.objects_from(mark.seq, BATCH + 1)
+    if rows and rows[0]["seq"] == mark.seq and (rows[0]["sop_instance_uid"], rows[0]["received_at"]) == \
+            (mark.sop_instance_uid, mark.received_at):
+        rows = rows[1:]  # the object the watermark names (a different one there took a reused seq)
+    return rows[:BATCH], mark
+
+
+def _evaluate(ctx: _Context, catalog: FollowedCatalog, rows: list[dict[str, Any]]) -> list[Alert]:
+    newest: dict[str, str | None] = {}
+    for row in rows:
+        prev = newest.get(row["study_instance_uid"])
+        newest[row["study_instance_uid"]] = max(filter(None, (prev, row["received_at"])), default=None)
+    out: list[Alert] = []
+    for uid, received_at in newest.items():
+        record = catalog.get_study(uid)
+        if record is None:
+            continue
+        history = _history(ctx, catalog)
+        if history is not None:
+            history.add(record, ctx.rules)
+        out += alerts_for(record, evaluate(record, ctx.rules), ctx.rules, ctx.cfg.alerts, ctx.levels,
+                          history, received_at)
+    return out
+
+
+def _deliver_one(ctx: _Context, d: Delivery) -> None:
+    a = ctx.cfg.alerts
+    if d.channel == "email":
+        send_email(d.alert, a.smtp, [t.strip() for t in d.target.split(",") if t.strip()])
+    elif d.channel == "webhook":
+        post_webhook(d.alert, a.webhook)
+    else:  # pragma: no cover -- the store holds only the two
+        raise DeliveryError(f"unknown channel {d.channel!r}")
+
+
+def _retry_in(cfg: Config, attempts: int) -> float | None:
+    a = cfg.alerts
+    if attempts >= a.max_attempts:
+        return None
+    return float(min(a.retry_max_s, a.retry_backoff_s * 2 ** max(0, attempts - 1)))
+
+
+def _deliver(ctx: _Context, store: AlertStore, result: PassResult, should_stop: Callable[[], bool]) -> None:
+    cfg = ctx.cfg
+    for d in store.due():
+        if should_stop():
+            return
+        if (d.channel == "email" and not cfg.alerts.email) or (d.channel == "webhook" and not cfg.alerts.webhook.url):
+            store.failed(d, f"{d.channel} is no longer configured", None)
+            result.failed += 1
+            continue
+        store.begin(d)
+        try:
+            _deliver_one(ctx, d)
+        except DeliveryError as exc:
+            retry = _retry_in(cfg, d.attempts + 1)
+            store.failed(d, str(exc), retry)
+            result.failed += 1
+            _log_failure(ctx, d, str(exc), retry)
+            continue
+        store.sent(d)
+        result.sent += 1
+        log.info("alert %s sent by %s", d.alert.kind, d.channel)
+        log.debug("alert %s (accession %s, protocol %s) sent by %s", d.alert.key, d.alert.accession_number,
+                  d.alert.protocol, d.channel)
+
+
+def _log_failure(ctx: _Context, d: Delivery, error: str, retry: float | None) -> None:
+    """A failed attempt, at WARNING once a minute per channel (a mail server down for an hour is
+    one problem, not hundreds), at ERROR when the alert is given up."""
+    if retry is None:
+        log.error("alert %s: %s delivery given up after %d attempts: %s", d.alert.kind, d.channel,
+                  d.attempts + 1, error)
+        return
+    now = time.monotonic()
+    if now - ctx.errors.get(d.channel, -1e9) >= 60:
+        ctx.errors[d.channel] = now
+        log.warning("alert %s: %s delivery failed (attempt %d, next in %.0f s): %s", d.alert.kind, d.channel,
+                    d.attempts + 1, retry, error)
+
+
+def run_pass(cfg: Config, store: AlertStore, catalog: FollowedCatalog, ctx: Any = None,
+             should_stop: Callable[[], bool] = lambda: False) -> PassResult:
+    """One pass: everything the catalog gained since the watermark, evaluated and recorded; then
+    the due deliveries. ``ctx``: the rules and levels of an earlier pass (loaded when None)."""
+    ctx = ctx if ctx is not None else _Context.of(cfg)
+    result = PassResult()
+    while not should_stop():
+        rows, mark = _new_objects(store, catalog)
+        if not rows:
+            break
+        alerts = _evaluate(ctx, catalog, rows)
+        last = rows[-1]
+        result.objects += len(rows)
+        result.studies += len({r["study_instance_uid"] for r in rows})
+        result.recorded += store.record([(a, _channels(cfg, a)) for a in alerts],
+                                        Watermark(last["seq"], last["sop_instance_uid"], last["received_at"]))
+        if mark is None:
+            break
+    if result.recorded:
+        log.info("%d new dose alert(s) recorded", result.recorded)
+    _deliver(ctx, store, result, should_stop)
+    return result
+
+
+class AlertWorker:
+    """The background thread of ``dosereg listen`` (``start``/``stop``: ingest's ``Background``)."""
+
+    def __init__(self, cfg: Config, open_catalog: Callable[[], FollowedCatalog]) -> None:
+        self.cfg = cfg
+        self._open_catalog = open_catalog
+        self._ctx = _Context.of(cfg)  # a configuration mistake shows at start, not in the thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+
+    def start(self) -> None:
+        """The first watermark now (in the caller's thread, before the listener opens its port),
+        then the thread."""
+        store = AlertStore(self.cfg.data_dir)
+        try:
+            if store.watermark() is None:
+                catalog = self._open_catalog()
+                try:
+                    _new_objects(store, catalog)
+                finally:
+                    getattr(catalog, "close", lambda: None)()
+        finally:
+            store.close()
+        self._thread = threading.Thread(target=self._run, name="dosereg-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the attempt under way (bounded by the channel's timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            a = self.cfg.alerts
+            self._thread.join(timeout if timeout is not None else a.smtp.timeout_s + a.webhook.timeout_s + 5)
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+        except (AttributeError, OSError):  # pragma: no cover -- not Linux: the thread keeps the process's priority
+            pass
+        store = AlertStore(self.cfg.data_dir)
+        catalog = self._open_catalog()
+        try:
+            while not self._stop.is_set():
+                try:
+                    run_pass(self.cfg, store, catalog, self._ctx, self._stop.is_set)
+                except Exception:  # the worker must outlive a bad study or a locked database
+                    log.exception("alert pass failed; trying again in %.0f s", self.cfg.alerts.poll_interval_s)
+                self.passes += 1
+                self._stop.wait(self._wait_s(store))
+        finally:
+            store.close()
+            close = getattr(catalog, "close", None)
+            if close is not None:
+                close()
+
+    def _wait_s(self, store: AlertStore) -> float:
+        wait = self.cfg.alerts.poll_interval_s
+        due = store.next_due()
+        if due is not None:
+            wait = min(wait, max(0.05, due - time.time()))
+        return wait
+
+
+def deliver_once(cfg: Config, catalog: FollowedCatalog) -> PassResult:
+    """``dosereg alerts --deliver``: one pass (for cron or a test), with its own store."""
+    store = AlertStore(cfg.data_dir)
+    try:
+        return run_pass(cfg, store, catalog)
+    finally:
+        store.close()
+
+
+def alert_listing(cfg: Config, since: str | None = None) -> list[dict[str, Any]]:
+    """The recorded alerts (``dosereg alerts``), read-only: :meth:`.alert_state.AlertStore.listing`."""
+    store = AlertStore(cfg.data_dir, readonly=True)
+    try:
+        return store.listing(since)
+    finally:
+        store.close()
