@@ -13,8 +13,7 @@ from dosereg.conf.alerts import AlertsSettings
 from dosereg.conf.config import default_config
 from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels, reference_levels_path
 from dosereg.extract import StudyRecord
-from dosereg.registry_export import PatientHistory, alerts_for, evaluate, rules_from_config
-from dosereg.registry_export import dosimetry
+from dosereg.registry_export import PatientHistory, alerts_for, dosimetry, evaluate, rules_from_config
 from tests.synthetic import synthetic_study
 
 CFG = default_config()
