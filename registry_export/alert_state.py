@@ -17,7 +17,9 @@ the receiver sees the same ``Message-ID`` / ``Idempotency-Key`` (docs/alerts.md)
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -26,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dosereg.conf.fsutil import create_private, private_dir, utc_now
+from dosereg.conf.fsutil import create_private, private_dir, private_file, utc_now
 
 from .alerts import Alert
 
-__all__ = ["ALERTS_DB", "AlertStore", "Delivery", "Watermark"]
+__all__ = ["ALERTS_DB", "AlertStore", "Delivery", "Watermark", "pass_lock"]
 
 ALERTS_DB = "alerts.sqlite"
+ALERTS_LOCK = "alerts.lock"
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS alerts (
         key TEXT PRIMARY KEY,
@@ -62,6 +65,24 @@ _SCHEMA = (
         updated_at TEXT NOT NULL
     )""",
 )
+
+
+@contextmanager
+def pass_lock(data_dir: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking ``flock`` on ``alerts.lock`` for one pass: True when this process
+    holds it, False when another pass runs (the listener's worker, or ``dosereg alerts --deliver``),
+    so two passes never deliver the same alert at once. The kernel drops it when the process dies."""
+    private_dir(data_dir)
+    fd = private_file(Path(data_dir) / ALERTS_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

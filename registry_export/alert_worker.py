@@ -31,7 +31,7 @@ from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels,
 from dosereg.extract import StudyRecord
 
 from .alert_delivery import DeliveryError, post_webhook, send_email
-from .alert_state import AlertStore, Delivery, Watermark
+from .alert_state import AlertStore, Delivery, Watermark, pass_lock
 from .alerts import Alert, alerts_for
 from .patient_history import PatientHistory
 from .rules import Rules, evaluate, rules_from_config
@@ -229,12 +229,13 @@ class AlertWorker:
         then the thread."""
         store = AlertStore(self.cfg.data_dir)
         try:
-            if store.watermark() is None:
-                catalog = self._open_catalog()
-                try:
-                    _new_objects(store, catalog)
-                finally:
-                    getattr(catalog, "close", lambda: None)()
+            with pass_lock(self.cfg.data_dir) as mine:
+                if mine and store.watermark() is None:
+                    catalog = self._open_catalog()
+                    try:
+                        _new_objects(store, catalog)
+                    finally:
+                        getattr(catalog, "close", lambda: None)()
         finally:
             store.close()
         self._thread = threading.Thread(target=self._run, name="dosereg-alerts", daemon=True)
@@ -257,7 +258,9 @@ class AlertWorker:
         try:
             while not self._stop.is_set():
                 try:
-                    run_pass(self.cfg, store, catalog, self._ctx, self._stop.is_set)
+                    with pass_lock(self.cfg.data_dir) as mine:
+                        if mine:  # else `dosereg alerts --deliver` is making a pass
+                            run_pass(self.cfg, store, catalog, self._ctx, self._stop.is_set)
                 except Exception:  # the worker must outlive a bad study or a locked database
                     log.exception("alert pass failed; trying again in %.0f s", self.cfg.alerts.poll_interval_s)
                 self.passes += 1
@@ -277,12 +280,16 @@ class AlertWorker:
 
 
 def deliver_once(cfg: Config, catalog: FollowedCatalog) -> PassResult:
-    """``dosereg alerts --deliver``: one pass (for cron or a test), with its own store."""
-    store = AlertStore(cfg.data_dir)
-    try:
-        return run_pass(cfg, store, catalog)
-    finally:
-        store.close()
+    """``dosereg alerts --deliver``: one pass (for cron or a test), with its own store; a
+    RuntimeError when another pass (the listener's worker) is under way."""
+    with pass_lock(cfg.data_dir) as mine:
+        if not mine:
+            raise RuntimeError("another alert pass is under way (dosereg listen's alert worker); try again")
+        store = AlertStore(cfg.data_dir)
+        try:
+            return run_pass(cfg, store, catalog)
+        finally:
+            store.close()
 
 
 def alert_listing(cfg: Config, since: str | None = None) -> list[dict[str, Any]]:
