@@ -63,9 +63,12 @@ def _status(deliveries: dict[str, Any]) -> str:
 
 
 def cmd_alerts(cfg: Config, args: argparse.Namespace) -> int:
-    from dosereg.ingest import open_catalog
+    from dosereg.ingest import catalog_path, open_catalog
     from dosereg.registry_export import alert_listing, deliver_once
 
+    if not catalog_path(cfg.data_dir).is_file():  # a mistyped --data-dir: say so, create nothing
+        raise ValueError(f"{cfg.data_dir}: no catalog in this data directory (--data-dir or storage.data_dir): "
+                         "is the folder right? (`dosereg listen` or `dosereg import` creates catalog.sqlite)")
     if args.deliver:
         catalog = open_catalog(cfg, readonly=True)
         try:

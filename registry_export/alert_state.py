@@ -6,7 +6,7 @@
   of the next attempt), ``sending`` (an attempt under way), ``sent`` or ``failed`` (given up
   after ``max_attempts``), the attempts so far and the last error (never a secret);
 * ``watermark`` -- the last catalog object (``seq``, the catalog's own received order, with its
-  SOP Instance UID and receipt time, which tell a reused ``seq`` apart) the alerts were worked
+  SOP Instance UID, receipt time and SHA-256, which tell a reused ``seq`` apart) the alerts were worked
   out for. New alerts and the watermark are written in one transaction: a restart neither
   misses an object nor evaluates one twice.
 
@@ -62,6 +62,7 @@ _SCHEMA = (
         seq INTEGER NOT NULL,
         sop_instance_uid TEXT,
         received_at TEXT,
+        sha256 TEXT,
         updated_at TEXT NOT NULL
     )""",
 )
@@ -87,9 +88,20 @@ def pass_lock(data_dir: Path) -> Iterator[bool]:
 
 @dataclass(frozen=True)
 class Watermark:
+    """The newest catalog object seen: its ``seq`` and what tells a reused ``seq`` apart."""
+
     seq: int
     sop_instance_uid: str | None
     received_at: str | None
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Watermark:
+        """Of a row of the catalog's ``objects_from``."""
+        return cls(int(row["seq"]), row["sop_instance_uid"], row["received_at"], row.get("sha256"))
+
+    def names(self, row: dict[str, Any]) -> bool:
+        return self == Watermark.of(row)
 
 
 @dataclass(frozen=True)
@@ -137,8 +149,9 @@ class AlertStore:
 
     # -- the watermark -----------------------------------------------------------------
     def watermark(self) -> Watermark | None:
-        row = self._conn.execute("SELECT seq, sop_instance_uid, received_at FROM watermark WHERE id = 1").fetchone()
-        return Watermark(int(row[0]), row[1], row[2]) if row else None
+        row = self._conn.execute(
+            "SELECT seq, sop_instance_uid, received_at, sha256 FROM watermark WHERE id = 1").fetchone()
+        return Watermark(int(row[0]), row[1], row[2], row[3]) if row else None
 
     def record(self, alerts: Iterable[tuple[Alert, list[tuple[str, str]]]], watermark: Watermark) -> int:
         """Record the new alerts (each with its (channel, target) deliveries) and move the
@@ -159,10 +172,11 @@ class AlertStore:
                     "INSERT INTO deliveries (key, channel, target, state, next_at) VALUES (?, ?, ?, 'pending', ?)",
                     [(alert.key, channel, target, wall) for channel, target in channels])
             conn.execute(
-                "INSERT INTO watermark (id, seq, sop_instance_uid, received_at, updated_at) VALUES (1, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, sop_instance_uid = excluded.sop_instance_uid, "
-                "received_at = excluded.received_at, updated_at = excluded.updated_at",
-                (watermark.seq, watermark.sop_instance_uid, watermark.received_at, now))
+                "INSERT INTO watermark (id, seq, sop_instance_uid, received_at, sha256, updated_at) "
+                "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, "
+                "sop_instance_uid = excluded.sop_instance_uid, received_at = excluded.received_at, "
+                "sha256 = excluded.sha256, updated_at = excluded.updated_at",
+                (watermark.seq, watermark.sop_instance_uid, watermark.received_at, watermark.sha256, now))
         return new
 
     # -- deliveries --------------------------------------------------------------------

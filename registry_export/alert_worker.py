@@ -104,13 +104,11 @@ def _new_objects(store: AlertStore, catalog: FollowedCatalog) -> tuple[list[dict
     mark = store.watermark()
     if mark is None:
         rows = catalog.objects_from(catalog.last_object_seq(), 1)
-        first = Watermark(rows[0]["seq"], rows[0]["sop_instance_uid"], rows[0]["received_at"]) if rows \
-            else Watermark(0, None, None)
+        first = Watermark.of(rows[0]) if rows else Watermark(0, None, None)
         store.record([], first)
         return [], None
     rows = catalog.objects_from(mark.seq, BATCH + 1)
-    if rows and rows[0]["seq"] == mark.seq and (rows[0]["sop_instance_uid"], rows[0]["received_at"]) == \
-            (mark.sop_instance_uid, mark.received_at):
+    if rows and mark.names(rows[0]):
         rows = rows[1:]  # the object the watermark names (a different one there took a reused seq)
     return rows[:BATCH], mark
 
@@ -162,11 +160,14 @@ def _deliver(ctx: _Context, store: AlertStore, result: PassResult, should_stop: 
         store.begin(d)
         try:
             _deliver_one(ctx, d)
-        except DeliveryError as exc:
+        except Exception as exc:  # any failure is one failed attempt, retried with back-off
+            error = str(exc) if isinstance(exc, DeliveryError) else f"{d.channel}: unexpected {type(exc).__name__}"
+            if not isinstance(exc, DeliveryError):
+                log.debug("alert delivery failed", exc_info=True)
             retry = _retry_in(cfg, d.attempts + 1)
-            store.failed(d, str(exc), retry)
+            store.failed(d, error, retry)
             result.failed += 1
-            _log_failure(ctx, d, str(exc), retry)
+            _log_failure(ctx, d, error, retry)
             continue
         store.sent(d)
         result.sent += 1
@@ -189,7 +190,7 @@ def _log_failure(ctx: _Context, d: Delivery, error: str, retry: float | None) ->
                     d.attempts + 1, retry, error)
 
 
-def run_pass(cfg: Config, store: AlertStore, catalog: FollowedCatalog, ctx: Any = None,
+def run_pass(cfg: Config, store: AlertStore, catalog: FollowedCatalog, ctx: _Context | None = None,
              should_stop: Callable[[], bool] = lambda: False) -> PassResult:
     """One pass: everything the catalog gained since the watermark, evaluated and recorded; then
     the due deliveries. ``ctx``: the rules and levels of an earlier pass (loaded when None)."""
@@ -204,7 +205,7 @@ def run_pass(cfg: Config, store: AlertStore, catalog: FollowedCatalog, ctx: Any 
         result.objects += len(rows)
         result.studies += len({r["study_instance_uid"] for r in rows})
         result.recorded += store.record([(a, _channels(cfg, a)) for a in alerts],
-                                        Watermark(last["seq"], last["sop_instance_uid"], last["received_at"]))
+                                        Watermark.of(last))
         if mark is None:
             break
     if result.recorded:

@@ -23,6 +23,8 @@ def test_deliver_pass_after_imports(tmp_path: Path) -> None:
         cfg.write_text(f'[alerts]\nenabled = true\n[alerts.webhook]\nurl = "{hook.url}"\ntimeout_s = 5\n')
         common = ("--data-dir", str(data), "--config", str(cfg))
 
+        r = run_cli("alerts", "--deliver", *common)
+        assert r.returncode == 2 and "no catalog in this data directory" in r.stderr and not data.exists()
         assert run_cli("import", str(before), *common).returncode == 0
         r = run_cli("alerts", "--deliver", *common)  # the first pass: alerts start after what is there
         assert (r.returncode, r.stdout.strip()) == (0, "no alerts recorded"), r.stderr

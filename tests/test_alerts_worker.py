@@ -1,0 +1,61 @@
+"""The alert worker's pass over a real catalog (docs/alerts.md): the watermark follows the catalog's
+received order, an object replaced in place (its ``seq`` reused) is evaluated again, and an alert
+is recorded once however often its study changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dosereg.conf.alerts import AlertsSettings
+from dosereg.conf.config import Config, StorageSettings
+from dosereg.extract import StudyRecord
+from dosereg.ingest import open_catalog
+from dosereg.registry_export.alert_state import AlertStore
+from dosereg.registry_export.alert_worker import run_pass
+from tests.synthetic import synthetic_study
+
+
+def fresh(i: int) -> StudyRecord:
+    """Study ``i`` of the synthetic set, as if scanned and received now."""
+    now = datetime.now(timezone.utc)
+    record = synthetic_study(i)
+    objects = tuple(replace(o, received_at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")) for o in record.dose_objects)
+    local = now.astimezone()
+    return replace(record, study_date=local.strftime("%Y-%m-%d"), study_time=local.strftime("%H:%M:%S"),
+                   dose_objects=objects)
+
+
+def test_watermark_follows_the_catalog_and_a_replaced_object_is_seen(tmp_path: Path) -> None:
+    cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "data")), alerts=AlertsSettings(enabled=True))
+    writer = open_catalog(cfg)
+    reader = open_catalog(cfg, readonly=True)
+    store = AlertStore(cfg.data_dir)
+    writer.add_object(fresh(57))  # in the catalog before alerts: never alerted
+    assert run_pass(cfg, store, reader).recorded == 0
+    first = store.watermark()
+    assert first is not None and first.seq == reader.last_object_seq() == 1
+
+    a = fresh(7)  # one event above the adult body notification value
+    assert writer.add_object(a) == "new"
+    result = run_pass(cfg, store, reader)
+    assert (result.objects, result.studies, result.recorded) == (1, 1, 1)
+    assert run_pass(cfg, store, reader).objects == 0  # nothing new: nothing read again
+
+    # the same object received again with one more high event: it replaces the newest row, whose seq is reused
+    scan = a.events[-1]
+    extra = replace(scan, irradiation_event_uid=scan.irradiation_event_uid + ".9", ctdivol_mGy=120.0)
+    later = tuple(replace(o, received_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+                  for o in a.dose_objects)
+    changed = replace(a, events=(*a.events, extra), total_events=len(a.events) + 1, dose_objects=later)
+    assert writer.add_object(changed) == "replaced"
+    assert reader.last_object_seq() == 2  # the same seq as before
+    result = run_pass(cfg, store, reader)
+    assert (result.objects, result.recorded) == (1, 1)  # only the new event's alert: the first is not repeated
+    rows = store.listing()
+    assert [(r["alert"]["event_uid"], r["alert"]["value"], r["deliveries"]) for r in rows] == [
+        (scan.irradiation_event_uid, scan.ctdivol_mGy, {}), (extra.irradiation_event_uid, 120.0, {})]
+    store.close()
+    reader.close()
+    writer.close()
