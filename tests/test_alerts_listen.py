@@ -88,9 +88,30 @@ def accessions(smtp: SmtpReceiver, hook: WebhookReceiver) -> tuple[list[str], li
     return mails, [body["accession_number"] for _, _, body in hook.requests]
 
 
-def passes_after(data_dir: Path, seconds: float = 1.5) -> None:
-    """Let the worker (0.2 s per pass) make several passes."""
-    time.sleep(seconds)
+def _alerts_db(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    path = data_dir / "alerts.sqlite"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def passes_after(data_dir: Path) -> None:
+    """Until the worker has read every catalogued object and has no delivery left to make, then a
+    few more passes (0.2 s each): a duplicate would have been sent by then."""
+    def caught_up() -> bool:
+        newest = db_rows(data_dir, "SELECT COALESCE(MAX(seq), 0) FROM objects")[0][0]
+        mark = _alerts_db(data_dir, "SELECT seq FROM watermark")
+        left = _alerts_db(data_dir, "SELECT COUNT(*) FROM deliveries WHERE state != 'sent'")
+        return bool(mark) and mark[0][0] >= newest and left[0][0] == 0
+
+    until(caught_up, message="the worker caught up with the catalog")
+    time.sleep(1.0)
 
 
 def test_one_email_and_one_post_per_event_never_for_old_studies_nor_again(tmp_path: Path, peers: Any) -> None:
@@ -119,6 +140,9 @@ def test_one_email_and_one_post_per_event_never_for_old_studies_nor_again(tmp_pa
 
         send(lst.port, first)  # the same object again: a duplicate, no new alert
         send(lst.port, old)  # a study of three days ago (a backfill): no alert
+        wait_processed(data, 3)
+        passes_after(data)
+        assert accessions(smtp, hook) == (["ACC-A"], ["ACC-A"])
         send(lst.port, second)
         until(lambda: len(smtp.messages) == 2 and len(hook.requests) == 2, message="the second alert")
         passes_after(data)
@@ -145,18 +169,7 @@ def test_one_email_and_one_post_per_event_never_for_old_studies_nor_again(tmp_pa
 
 
 def _attempts(data: Path) -> dict[str, int]:
-    rows = db_rows(data, "SELECT 1")  # the catalog exists
-    assert rows
-    import sqlite3
-
-    path = data / "alerts.sqlite"
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        return dict(conn.execute("SELECT channel, attempts FROM deliveries WHERE state != 'sent'").fetchall())
-    finally:
-        conn.close()
+    return dict(_alerts_db(data, "SELECT channel, attempts FROM deliveries WHERE state != 'sent'"))
 
 
 def test_restart_between_receipt_and_delivery_loses_nothing_and_repeats_nothing(tmp_path: Path, peers: Any) -> None:
