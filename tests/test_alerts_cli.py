@@ -48,3 +48,20 @@ def test_deliver_pass_after_imports(tmp_path: Path) -> None:
 
         r = run_cli("alerts", "--since", "2999-01-01", *common)
         assert (r.returncode, r.stdout.strip()) == (0, "no alerts recorded since 2999-01-01T00:00:00")
+
+
+def test_listen_refuses_to_start_without_the_smtp_password(tmp_path: Path) -> None:
+    cfg = tmp_path / "dosereg.toml"
+    cfg.write_text("""[alerts]
+enabled = true
+[alerts.smtp]
+host = "127.0.0.1"
+username = "dosereg"
+password_env = "TEST_ALERTS_NO_SUCH_VARIABLE"
+from_address = "dosereg@hospital.example"
+[[alerts.recipients]]
+addresses = ["physics@hospital.example"]
+""")
+    r = run_cli("listen", "--port", "1", "--data-dir", str(tmp_path / "data"), "--config", str(cfg), timeout=60)
+    assert r.returncode == 2
+    assert "alerts.smtp.password_env: the environment variable TEST_ALERTS_NO_SUCH_VARIABLE is not set" in r.stderr
