@@ -9,7 +9,9 @@ threads never call it, so a slow mail server never slows a C-STORE. :func:`run_p
 pass (``dosereg alerts --deliver``).
 
 The first pass over a data directory without ``alerts.sqlite`` starts at the catalog's newest
-object: alerts begin with what arrives after they were enabled, never with the archive.
+object: alerts begin with what arrives after they were enabled, never with the archive. An
+object received more than ``max_age_days`` before the worker reads it (alerts were disabled
+meanwhile, the listener was down for days) alerts no more: it would come too late to act on.
 
 A failed delivery is retried with back-off (``retry_backoff_s`` doubling up to ``retry_max_s``)
 until ``max_attempts``; then it is ``failed`` (``dosereg alerts`` lists it, ``dosereg status``
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from dosereg.conf.config import Config
@@ -113,6 +116,20 @@ def _new_objects(store: AlertStore, catalog: FollowedCatalog) -> tuple[list[dict
     return rows[:BATCH], mark
 
 
+def _stale(received_at: str | None, max_age_days: float) -> bool:
+    """Whether the object was received more than ``max_age_days`` ago: a backlog (alerts were
+    disabled, the listener was down for days) that would alert too late to act on."""
+    if not received_at:
+        return False
+    try:
+        when = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return datetime.now(timezone.utc) - when > timedelta(days=max_age_days)
+
+
 def _evaluate(ctx: _Context, catalog: FollowedCatalog, rows: list[dict[str, Any]]) -> list[Alert]:
     newest: dict[str, str | None] = {}
     for row in rows:
@@ -120,6 +137,8 @@ def _evaluate(ctx: _Context, catalog: FollowedCatalog, rows: list[dict[str, Any]
         newest[row["study_instance_uid"]] = max(filter(None, (prev, row["received_at"])), default=None)
     out: list[Alert] = []
     for uid, received_at in newest.items():
+        if _stale(received_at, ctx.cfg.alerts.max_age_days):
+            continue
         record = catalog.get_study(uid)
         if record is None:
             continue

@@ -5,7 +5,7 @@ is recorded once however often its study changes."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dosereg.conf.alerts import AlertsSettings
@@ -53,6 +53,13 @@ def test_watermark_follows_the_catalog_and_a_replaced_object_is_seen(tmp_path: P
     assert reader.last_object_seq() == 2  # the same seq as before
     result = run_pass(cfg, store, reader)
     assert (result.objects, result.recorded) == (1, 1)  # only the new event's alert: the first is not repeated
+    # an object received three days ago that the worker reads only now (alerts were off): too late
+    stale = fresh(107)
+    old_receipt = (datetime.now(timezone.utc) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stale = replace(stale, dose_objects=tuple(replace(o, received_at=old_receipt) for o in stale.dose_objects),
+                    study_date=(datetime.now() - timedelta(days=3)).strftime("%Y-%m-%d"))
+    assert writer.add_object(stale) == "new"
+    assert (run_pass(cfg, store, reader).objects, store.watermark().seq) == (1, 3)  # type: ignore[union-attr]
     rows = store.listing()
     assert [(r["alert"]["event_uid"], r["alert"]["value"], r["deliveries"]) for r in rows] == [
         (scan.irradiation_event_uid, scan.ctdivol_mGy, {}), (extra.irradiation_event_uid, 120.0, {})]
