@@ -215,6 +215,10 @@ class AlertStore:
                              "WHERE key = ? AND channel = ?",
                              (error[:500], time.time() + retry_in_s, d.alert.key, d.channel))
 
+    def counts(self) -> dict[str, int]:
+        """Deliveries per state (``pending``, ``sending``, ``sent``, ``failed``)."""
+        return {str(k): int(n) for k, n in self._conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
+
     # -- listing -----------------------------------------------------------------------
     def listing(self, since: str | None = None) -> list[dict[str, Any]]:
         """Every alert recorded (at ``since`` or later: an ISO UTC prefix), oldest first, with its

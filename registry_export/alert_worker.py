@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from dosereg.conf.config import Config
@@ -34,12 +35,13 @@ from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels,
 from dosereg.extract import StudyRecord
 
 from .alert_delivery import DeliveryError, post_webhook, send_email
-from .alert_state import AlertStore, Delivery, Watermark, pass_lock
+from .alert_state import ALERTS_DB, AlertStore, Delivery, Watermark, pass_lock
 from .alerts import Alert, alerts_for
 from .patient_history import PatientHistory
 from .rules import Rules, evaluate, rules_from_config
 
-__all__ = ["AlertWorker", "FollowedCatalog", "PassResult", "alert_listing", "deliver_once", "run_pass"]
+__all__ = ["AlertWorker", "FollowedCatalog", "PassResult", "alert_listing", "alert_problems", "deliver_once",
+           "run_pass"]
 
 log = logging.getLogger("dosereg.registry_export.alerts")
 
@@ -319,3 +321,15 @@ def alert_listing(cfg: Config, since: str | None = None) -> list[dict[str, Any]]
         return store.listing(since)
     finally:
         store.close()
+
+
+def alert_problems(cfg: Config) -> list[str]:
+    """What ``dosereg status`` reports as needing attention: alert deliveries given up."""
+    if not (Path(cfg.data_dir) / ALERTS_DB).exists():
+        return []
+    store = AlertStore(cfg.data_dir, readonly=True)
+    try:
+        failed = store.counts().get("failed", 0)
+    finally:
+        store.close()
+    return [f"{failed} dose alert deliveries given up (dosereg alerts lists them)"] if failed else []

@@ -49,6 +49,19 @@ def test_deliver_pass_after_imports(tmp_path: Path) -> None:
         r = run_cli("alerts", "--since", "2999-01-01", *common)
         assert (r.returncode, r.stdout.strip()) == (0, "no alerts recorded since 2999-01-01T00:00:00")
 
+        # a receiver that keeps refusing: given up after max_attempts, and `dosereg status` says so
+        cfg.write_text(f'[alerts]\nenabled = true\nmax_attempts = 1\n[alerts.webhook]\nurl = "{hook.url}"\n')
+        hook.down = True
+        late, _ = high_dose_report(tmp_path / "in", "late", accession="ACC-LATE")
+        assert run_cli("import", str(late), *common).returncode == 0
+        r = run_cli("alerts", "--deliver", *common)
+        assert r.returncode == 0, r.stderr
+        line = r.stdout.splitlines()[-1]
+        assert "accession ACC-LATE" in line and "webhook failed (1 attempts: webhook http://127.0.0.1:" in line
+        assert "HTTP 503" in line and "/hooks" not in line
+        r = run_cli("status", "--json", *common)
+        assert "1 dose alert deliveries given up (dosereg alerts lists them)" in json.loads(r.stdout)["problems"]
+
 
 def test_listen_refuses_to_start_without_the_smtp_password(tmp_path: Path) -> None:
     cfg = tmp_path / "dosereg.toml"
