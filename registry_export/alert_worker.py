@@ -145,10 +145,14 @@ def _evaluate(ctx: _Context, catalog: FollowedCatalog, rows: list[dict[str, Any]
         if record is None:
             continue
         history = _history(ctx, catalog)
-        if history is not None:
-            history.add(record, ctx.rules)
-        out += alerts_for(record, evaluate(record, ctx.rules), ctx.rules, ctx.cfg.alerts, ctx.levels,
-                          history, received_at)
+        try:
+            if history is not None:
+                history.add(record, ctx.rules)
+            out += alerts_for(record, evaluate(record, ctx.rules), ctx.rules, ctx.cfg.alerts, ctx.levels,
+                              history, received_at)
+        except Exception as exc:  # one study the rules cannot judge must not stop the alerts of the others
+            log.error("alerts: a study could not be evaluated (%s); no alert for it", type(exc).__name__)
+            log.debug("study %s could not be evaluated", uid, exc_info=True)
     return out
 
 
