@@ -4,6 +4,7 @@ is recorded once however often its study changes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -63,6 +64,30 @@ def test_watermark_follows_the_catalog_and_a_replaced_object_is_seen(tmp_path: P
     rows = store.listing()
     assert [(r["alert"]["event_uid"], r["alert"]["value"], r["deliveries"]) for r in rows] == [
         (scan.irradiation_event_uid, scan.ctdivol_mGy, {}), (extra.irradiation_event_uid, 120.0, {})]
+    store.close()
+    reader.close()
+    writer.close()
+
+
+def test_cumulative_dlp_through_the_worker(tmp_path: Path) -> None:
+    settings = AlertsSettings(enabled=True, cumulative_dlp_mgycm=1500.0, cumulative_window_days=30)
+    cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "data")), alerts=settings)
+    writer = open_catalog(cfg)
+    reader = open_catalog(cfg, readonly=True)
+    store = AlertStore(cfg.data_dir)
+    assert run_pass(cfg, store, reader).recorded == 0  # the first watermark
+    first = fresh(8)  # a head CT, DLP 904 mGy.cm: alone below the threshold
+    second = fresh(12)  # another head CT of the same patient, 916 mGy.cm and a timing run (dose too)
+    second = replace(second, patient=replace(second.patient, id=first.patient.id))
+    writer.add_object(first)
+    assert run_pass(cfg, store, reader).recorded == 0
+    writer.add_object(second)
+    assert run_pass(cfg, store, reader).recorded == 1
+    [row] = store.listing()
+    a = row["alert"]
+    assert (a["kind"], a["accession_number"], a["value"], a["threshold"], a["studies"]) == (
+        "cumulative_dlp", second.accession_number, 1820.94, 1500.0, 2)  # 904 + 916 + the timing run's 0.41 x 2.3
+    assert first.patient.id not in json.dumps(row)  # the patient is named by the study, never by ID
     store.close()
     reader.close()
     writer.close()
