@@ -4,7 +4,8 @@
   accession, protocol, value against threshold, each channel's status); ``--deliver`` first runs
   one pass of the worker (what the catalog gained, the due deliveries), for cron or a test.
 * :func:`listener_background` -- what ``dosereg listen`` runs beside the listener: the alert
-  worker when ``[alerts] enabled``; the secrets it needs are checked before the port opens.
+  worker process (:class:`AlertProcess`) when ``[alerts] enabled``; the secrets it needs, its
+  rules and its first watermark are in place before the port opens.
 
 The listing names studies by accession number and protocol (for use inside the hospital).
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from dosereg.conf.alerts import read_secret
 from dosereg.conf.config import Config, ConfigError
 
-__all__ = ["COMMANDS", "add_parsers", "listener_background"]
+__all__ = ["COMMANDS", "AlertProcess", "add_parsers", "listener_background"]
 
 log = logging.getLogger("dosereg")
 
@@ -94,15 +96,100 @@ def cmd_alerts(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+class AlertProcess:
+    """The alert worker as a process beside ``dosereg listen`` (ingest's ``Background``): spawned
+    by :meth:`start`, which waits until it has its rules and first watermark (a ConfigError if it
+    cannot), restarted by a watchdog thread if it dies, stopped by :meth:`stop` after the attempt
+    under way. The listener's process never imports ``registry_export`` for it."""
+
+    def __init__(self, cfg: Config) -> None:
+        import multiprocessing
+
+        self.cfg = cfg
+        self._mp = multiprocessing.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def _spawn(self) -> None:
+        from dosereg.conf.logging import logging_setup
+
+        parent, child = self._mp.Pipe()
+        level, log_file = logging_setup()
+        self._proc = self._mp.Process(target=_alert_main, args=(self.cfg, child, level, log_file),
+                                      name="dosereg-alerts", daemon=False)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(START_TIMEOUT_S):
+            raise ConfigError(f"{self.cfg.path}: the alert worker did not start within {START_TIMEOUT_S:.0f} s")
+        try:
+            kind, message = parent.recv()
+        except EOFError:
+            kind, message = "error", f"the alert worker exited ({self._proc.exitcode}) before it was ready"
+        if kind != "ready":
+            self._proc.join(10)
+            raise ConfigError(f"{self.cfg.path}: [alerts]: {message}")
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+        self._watchdog = threading.Thread(target=self._watch, name="dosereg-alerts-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_EVERY_S):
+            with self._lock:
+                if self._stopping.is_set() or self._proc is None or self._proc.is_alive():
+                    continue
+                log.error("the alert worker exited (%s); restarting it", self._proc.exitcode)
+                try:
+                    self._conn.close()
+                    self._spawn()
+                except Exception as exc:  # tried again at the next look
+                    log.error("the alert worker cannot start: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self._proc is None:
+                return
+            try:
+                self._conn.send("stop")
+            except (OSError, ValueError):
+                pass
+            a = self.cfg.alerts
+            self._proc.join(a.smtp.timeout_s + a.webhook.timeout_s + 10)
+            if self._proc.is_alive():
+                log.warning("the alert worker did not stop in time; terminating it")
+                self._proc.kill()
+                self._proc.join(10)
+            self._conn.close()
+            self._proc = None
+
+
+START_TIMEOUT_S = 120.0  # rules, levels, the first watermark (a large catalog's patient histories come later)
+WATCH_EVERY_S = 5.0
+
+
+def _alert_main(cfg: Config, conn: Any, level: int, log_file: Any) -> None:
+    """The spawned process's entry (imports the rules only there)."""
+    from functools import partial
+
+    from dosereg.ingest import open_catalog
+    from dosereg.registry_export.alert_worker import worker_main
+
+    worker_main(cfg, partial(open_catalog, cfg, readonly=True), conn, level, log_file)
+
+
 def listener_background(cfg: Config) -> list[Any]:
     """The alert worker for ``dosereg listen`` (empty when ``[alerts] enabled`` is false). A secret
     the channels need but cannot read is a ConfigError now, not a failed delivery later."""
     a = cfg.alerts
     if not a.enabled:
         return []
-    from dosereg.ingest import open_catalog
-    from dosereg.registry_export import AlertWorker
-
     try:
         if a.email and a.smtp.username:
             read_secret(a.smtp.password_env, a.smtp.password_file, "alerts.smtp.password")
@@ -115,7 +202,7 @@ def listener_background(cfg: Config) -> list[Any]:
     if not a.email and not a.webhook.url:
         log.warning("[alerts] enabled without [alerts.smtp] or [alerts.webhook]: alerts are recorded only "
                     "(dosereg alerts lists them)")
-    return [AlertWorker(cfg, lambda: open_catalog(cfg, readonly=True))]
+    return [AlertProcess(cfg)]
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {"alerts": cmd_alerts}

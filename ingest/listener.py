@@ -303,13 +303,43 @@ class Listener:
 
 
 class Background(Protocol):
-    """Work the composition root runs beside the listener (the dose alerts): started once the
-    catalog is open, before the port opens; stopped after the listener stopped. It runs in its own thread; the listener's threads
-    never call it."""
+    """Work the composition root runs beside the listener (the dose alerts' worker process):
+    started once the catalog is open, before the port opens; stopped after the listener stopped.
+    The listener's threads never call it."""
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def _abandon(listener: Listener, started: list[Background]) -> None:
+    for task in reversed(started):
+        task.stop()
+    listener.processor.stop(0)
+    listener.catalog.close()
+    listener.lock.release()
+
+
+def _start(cfg: Config, listener: Listener, background: Sequence[Background], started: list[Background]) -> bool:
+    """The background tasks (before the port opens: nothing received escapes them), then the
+    listener; False (with one line on stderr) when the port cannot be had."""
+    try:
+        for task in background:
+            task.start()
+            started.append(task)
+        listener.start()
+    except OSError as exc:
+        _abandon(listener, started)
+        print(
+            f"dosereg listen: cannot listen on {cfg.listener.host}:{cfg.listener.port} "
+            f"(listener.host / listener.port): {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return False
+    except BaseException:  # a background task that cannot start (a ConfigError): nothing left running
+        _abandon(listener, started)
+        raise
+    return True
 
 
 def serve(cfg: Config, background: Sequence[Background] = ()) -> int:
@@ -318,22 +348,7 @@ def serve(cfg: Config, background: Sequence[Background] = ()) -> int:
     listener = Listener(cfg)
     stop = threading.Event()
     started: list[Background] = []
-    try:
-        for task in background:  # before the port opens: nothing received escapes them
-            task.start()
-            started.append(task)
-        listener.start()
-    except OSError as exc:
-        for task in reversed(started):
-            task.stop()
-        listener.processor.stop(0)
-        listener.catalog.close()
-        listener.lock.release()
-        print(
-            f"dosereg listen: cannot listen on {cfg.listener.host}:{cfg.listener.port} "
-            f"(listener.host / listener.port): {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    if not _start(cfg, listener, background, started):
         return 2
 
     line = listener.startup_line()

@@ -26,8 +26,8 @@ Public API:
 * :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
   study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
 * dose alerts (docs/alerts.md): :func:`alerts_for` (record, evaluation, rules, settings, levels,
-  history, received_at) -> :class:`Alert` values; :class:`AlertWorker` (cfg, open_catalog: the
-  thread ``dosereg listen`` runs), :func:`deliver_once` (cfg, catalog) -> :class:`AlertPass`,
+  history, received_at) -> :class:`Alert` values; ``alert_worker.worker_main`` (the process ``dosereg
+  listen`` spawns), :func:`deliver_once` (cfg, catalog) -> :class:`AlertPass`,
   :func:`alert_listing` (cfg, since) -> the recorded alerts with their deliveries,
   :func:`alert_problems` (cfg) -> what ``dosereg status`` reports (deliveries given up)
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
@@ -35,8 +35,8 @@ Public API:
   another export holds the export state
 """
 
-from .alert_worker import AlertWorker, alert_listing, alert_problems, deliver_once
 from .alert_worker import PassResult as AlertPass
+from .alert_worker import alert_listing, alert_problems, deliver_once
 from .alerts import Alert, alerts_for
 from .export import export_batch, export_marks, last_export
 from .patient_history import PatientHistory
@@ -79,5 +79,5 @@ __all__ = [
     "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
-    "Alert", "AlertPass", "AlertWorker", "alert_listing", "alert_problems", "alerts_for", "deliver_once",
+    "Alert", "AlertPass", "alert_listing", "alert_problems", "alerts_for", "deliver_once",
 ]

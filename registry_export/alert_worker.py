@@ -1,12 +1,13 @@
 """The alert worker (docs/alerts.md): follows the catalog, records alerts, delivers them.
 
-:class:`AlertWorker` is what ``dosereg listen`` runs beside the listener (a daemon thread of its
-own, its own SQLite connections, the catalog read-only): every ``poll_interval_s`` it reads the
-catalog objects received since its watermark, evaluates each study they belong to (merged,
-as the catalog holds it), records the alerts with the new watermark in one transaction
-(:class:`.alert_state.AlertStore`), then makes the deliveries that are due. The listener's
-threads never call it, so a slow mail server never slows a C-STORE. :func:`run_pass` is one such
-pass (``dosereg alerts --deliver``).
+:func:`worker_main` is the process ``dosereg listen`` runs beside the listener (spawned by the
+composition root, niced, its own SQLite connections, the catalog read-only): every
+``poll_interval_s`` it reads the catalog objects received since its watermark, evaluates each
+study they belong to (merged, as the catalog holds it), records the alerts with the new
+watermark in one transaction (:class:`.alert_state.AlertStore`), then makes the deliveries that
+are due. It is a process of its own, so neither evaluating nor a slow mail server takes
+anything from the listener's process. :func:`run_pass` is one such pass (``dosereg alerts
+--deliver``: :func:`deliver_once`).
 
 The first pass over a data directory without ``alerts.sqlite`` starts at the catalog's newest
 object: alerts begin with what arrives after they were enabled, never with the archive. An
@@ -15,22 +16,26 @@ meanwhile, the listener was down for days) alerts no more: it would come too lat
 
 A failed delivery is retried with back-off (``retry_backoff_s`` doubling up to ``retry_max_s``)
 until ``max_attempts``; then it is ``failed`` (``dosereg alerts`` lists it, ``dosereg status``
-could too).
+reports it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
 from dosereg.conf.config import Config
+from dosereg.conf.logging import FORMAT as LOG_FORMAT
+from dosereg.conf.logging import LoggingSettings, add_file
 from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels, reference_levels_path
 from dosereg.extract import StudyRecord
 
@@ -40,13 +45,13 @@ from .alerts import Alert, alerts_for
 from .patient_history import PatientHistory
 from .rules import Rules, evaluate, rules_from_config
 
-__all__ = ["AlertWorker", "FollowedCatalog", "PassResult", "alert_listing", "alert_problems", "deliver_once",
+__all__ = ["FollowedCatalog", "follow", "worker_main", "PassResult", "alert_listing", "alert_problems", "deliver_once",
            "run_pass"]
 
 log = logging.getLogger("dosereg.registry_export.alerts")
 
 BATCH = 500  # catalog objects read per step
-WORKER_NICENESS = 10  # the worker thread yields the CPU to the listener's (Linux: per thread)
+WORKER_NICENESS = 10  # the worker process yields the CPU to the listener
 
 
 class FollowedCatalog(Protocol):
@@ -239,70 +244,80 @@ def run_pass(cfg: Config, store: AlertStore, catalog: FollowedCatalog, ctx: _Con
     return result
 
 
-class AlertWorker:
-    """The background thread of ``dosereg listen`` (``start``/``stop``: ingest's ``Background``)."""
-
-    def __init__(self, cfg: Config, open_catalog: Callable[[], FollowedCatalog]) -> None:
-        self.cfg = cfg
-        self._open_catalog = open_catalog
-        self._ctx = _Context.of(cfg)  # a configuration mistake shows at start, not in the thread
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.passes = 0
-
-    def start(self) -> None:
-        """The first watermark now (in the caller's thread, before the listener opens its port),
-        then the thread."""
-        store = AlertStore(self.cfg.data_dir)
-        try:
-            with pass_lock(self.cfg.data_dir) as mine:
-                if mine and store.watermark() is None:
-                    catalog = self._open_catalog()
-                    try:
-                        _new_objects(store, catalog)
-                    finally:
-                        getattr(catalog, "close", lambda: None)()
-        finally:
-            store.close()
-        self._thread = threading.Thread(target=self._run, name="dosereg-alerts", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop after the attempt under way (bounded by the channel's timeout)."""
-        self._stop.set()
-        if self._thread is not None:
-            a = self.cfg.alerts
-            self._thread.join(timeout if timeout is not None else a.smtp.timeout_s + a.webhook.timeout_s + 5)
-
-    def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
-        except (AttributeError, OSError):  # pragma: no cover -- not Linux: the thread keeps the process's priority
-            pass
-        store = AlertStore(self.cfg.data_dir)
-        catalog = self._open_catalog()
-        try:
-            while not self._stop.is_set():
+def _first_watermark(cfg: Config, open_catalog: Callable[[], FollowedCatalog]) -> None:
+    """On a first run (no watermark yet), the catalog's newest object."""
+    store = AlertStore(cfg.data_dir)
+    try:
+        with pass_lock(cfg.data_dir) as mine:
+            if mine and store.watermark() is None:
+                catalog = open_catalog()
                 try:
-                    with pass_lock(self.cfg.data_dir) as mine:
-                        if mine:  # else `dosereg alerts --deliver` is making a pass
-                            run_pass(self.cfg, store, catalog, self._ctx, self._stop.is_set)
-                except Exception:  # the worker must outlive a bad study or a locked database
-                    log.exception("alert pass failed; trying again in %.0f s", self.cfg.alerts.poll_interval_s)
-                self.passes += 1
-                self._stop.wait(self._wait_s(store))
-        finally:
-            store.close()
-            close = getattr(catalog, "close", None)
-            if close is not None:
-                close()
+                    _new_objects(store, catalog)
+                finally:
+                    getattr(catalog, "close", lambda: None)()
+    finally:
+        store.close()
 
-    def _wait_s(self, store: AlertStore) -> float:
-        wait = self.cfg.alerts.poll_interval_s
-        due = store.next_due()
-        if due is not None:
-            wait = min(wait, max(0.05, due - time.time()))
-        return wait
+
+def follow(cfg: Config, open_catalog: Callable[[], FollowedCatalog], wait: Callable[[float], bool],
+           ctx: _Context | None = None) -> None:
+    """Passes until ``wait(seconds)`` (the pause between two passes) returns True: what the alert
+    worker process does. A failing pass is logged and tried again at the next one."""
+    ctx = ctx if ctx is not None else _Context.of(cfg)
+    store = AlertStore(cfg.data_dir)
+    catalog = open_catalog()
+    stop = False
+    try:
+        while not stop:
+            try:
+                with pass_lock(cfg.data_dir) as mine:
+                    if mine:  # else `dosereg alerts --deliver` is making a pass
+                        run_pass(cfg, store, catalog, ctx)
+            except Exception:  # the worker must outlive a locked database or a full disk
+                log.exception("alert pass failed; trying again in %.0f s", cfg.alerts.poll_interval_s)
+            pause = cfg.alerts.poll_interval_s
+            due = store.next_due()
+            if due is not None:
+                pause = min(pause, max(0.05, due - time.time()))
+            stop = wait(pause)
+    finally:
+        store.close()
+        getattr(catalog, "close", lambda: None)()
+
+
+def worker_main(cfg: Config, open_catalog: Callable[[], FollowedCatalog], conn: Connection, log_level: int,
+                log_file: LoggingSettings | None = None) -> None:
+    """The alert worker process (``dosereg listen`` spawns it; docs/alerts.md): a process of its own,
+    so evaluating and sending never take CPU time or memory from the listener's process. Says
+    ``("ready", None)`` on the pipe once the rules, levels and first watermark are in place (or
+    ``("error", message)``), then makes passes until the parent says ``"stop"`` or is gone."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if log_file is not None:  # the listener's [logging] file; the listener alone rotates it
+        try:
+            add_file(log_file, rotate=False)
+        except OSError:  # pragma: no cover
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        ctx = _Context.of(cfg)
+        _first_watermark(cfg, open_catalog)
+    except Exception as exc:  # a configuration mistake: the parent refuses to start
+        conn.send(("error", str(exc)))
+        return
+    conn.send(("ready", None))
+
+    def wait(seconds: float) -> bool:
+        try:
+            return bool(conn.poll(seconds)) and conn.recv() == "stop"
+        except (EOFError, OSError):  # the listener is gone
+            return True
+
+    follow(cfg, open_catalog, wait, ctx)
 
 
 def deliver_once(cfg: Config, catalog: FollowedCatalog) -> PassResult:

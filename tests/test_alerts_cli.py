@@ -78,3 +78,12 @@ addresses = ["physics@hospital.example"]
     r = run_cli("listen", "--port", "1", "--data-dir", str(tmp_path / "data"), "--config", str(cfg), timeout=60)
     assert r.returncode == 2
     assert "alerts.smtp.password_env: the environment variable TEST_ALERTS_NO_SUCH_VARIABLE is not set" in r.stderr
+
+
+def test_listen_stops_when_the_alert_worker_cannot_read_its_levels(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-levels.toml"
+    cfg = tmp_path / "dosereg.toml"
+    cfg.write_text(f'[reference_levels]\nfile = "{missing}"\n[alerts]\nenabled = true\n')
+    r = run_cli("listen", "--port", "1", "--data-dir", str(tmp_path / "data"), "--config", str(cfg), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "configuration error" in r.stderr and f"{missing}: reference levels file not found" in r.stderr

@@ -6,6 +6,8 @@ a real HTTPS receiver in the test."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -199,3 +201,47 @@ def test_restart_between_receipt_and_delivery_loses_nothing_and_repeats_nothing(
         passes_after(data)
     assert accessions(smtp, hook) == (["ACC-D"], ["ACC-D"])
     assert _attempts(data) == {}
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        out |= {int(p) for p in text.split()}
+    return out
+
+
+def _alert_worker_pid(pid: int) -> int | None:
+    """The listener's child that has alerts.sqlite open (the processing process has not)."""
+    for child in _children(pid):
+        try:
+            if any(os.readlink(fd).endswith("alerts.sqlite") for fd in Path(f"/proc/{child}/fd").iterdir()):
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def test_alert_worker_is_a_process_restarted_when_it_dies_and_gone_with_the_listener(tmp_path: Path,
+                                                                                      peers: Any) -> None:
+    pki, smtp, hook = peers
+    cfg = write_config(tmp_path / "dosereg.toml", pki, smtp, hook)
+    data = tmp_path / "data"
+    report, _ = high_dose_report(tmp_path / "in", "e", accession="ACC-E")
+    lst = Listener(data, config=cfg, env=ENV)
+    try:
+        until(lambda: _alert_worker_pid(lst.proc.pid) is not None, message="the alert worker process")
+        first = _alert_worker_pid(lst.proc.pid)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # the listener's watchdog starts another
+        until(lambda: _alert_worker_pid(lst.proc.pid) not in (None, first), timeout=60, message="a new worker")
+        send(lst.port, report)
+        until(lambda: len(smtp.messages) == 1 and len(hook.requests) == 1, message="the alert")
+        passes_after(data)
+        assert accessions(smtp, hook) == (["ACC-E"], ["ACC-E"])
+        children = _children(lst.proc.pid)
+        lst.kill()  # SIGKILL: no clean stop
+        until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), timeout=60,
+              message="the listener's children exit when it is gone")
+    finally:
+        lst.kill()
