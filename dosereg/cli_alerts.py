@@ -179,9 +179,9 @@ def _alert_main(cfg: Config, conn: Any, level: int, log_file: Any) -> None:
     from functools import partial
 
     from dosereg.ingest import open_catalog
-    from dosereg.registry_export.alert_worker import worker_main
+    from dosereg.registry_export import alert_worker_main
 
-    worker_main(cfg, partial(open_catalog, cfg, readonly=True), conn, level, log_file)
+    alert_worker_main(cfg, partial(open_catalog, cfg, readonly=True), conn, level, log_file)
 
 
 def listener_background(cfg: Config) -> list[Any]:

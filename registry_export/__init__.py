@@ -26,7 +26,7 @@ Public API:
 * :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
   study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
 * dose alerts (docs/alerts.md): :func:`alerts_for` (record, evaluation, rules, settings, levels,
-  history, received_at) -> :class:`Alert` values; ``alert_worker.worker_main`` (the process ``dosereg
+  history, received_at) -> :class:`Alert` values; :func:`alert_worker_main` (the process ``dosereg
   listen`` spawns), :func:`deliver_once` (cfg, catalog) -> :class:`AlertPass`,
   :func:`alert_listing` (cfg, since) -> the recorded alerts with their deliveries,
   :func:`alert_problems` (cfg) -> what ``dosereg status`` reports (deliveries given up)
@@ -37,6 +37,7 @@ Public API:
 
 from .alert_worker import PassResult as AlertPass
 from .alert_worker import alert_listing, alert_problems, deliver_once
+from .alert_worker import worker_main as alert_worker_main
 from .alerts import Alert, alerts_for
 from .export import export_batch, export_marks, last_export
 from .patient_history import PatientHistory
@@ -79,5 +80,5 @@ __all__ = [
     "CatalogSource", "StudySource", "VersionedSource", "PatientHistory",
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
-    "Alert", "AlertPass", "alert_listing", "alert_problems", "alerts_for", "deliver_once",
+    "Alert", "AlertPass", "alert_listing", "alert_worker_main", "alert_problems", "alerts_for", "deliver_once",
 ]
