@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .alerts import AlertsSettings, parse_alerts
 from .dose import DoseSettings
 from .logging import LoggingSettings, parse_logging
 from .reference_levels import ReferenceLevelsSettings
@@ -198,6 +199,7 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     dose: DoseSettings = field(default_factory=DoseSettings)
     reference_levels: ReferenceLevelsSettings = field(default_factory=ReferenceLevelsSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)  # [alerts] (conf/alerts.py)
     path: Path = DEFAULT_CONFIG  # the file this configuration was read from
 
     @property
@@ -467,6 +469,8 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
             kwargs[key] = parse_pacs(value, where, listener.ae_title)
         elif key == "logging":
             kwargs[key] = parse_logging(value, base.logging, where)
+        elif key == "alerts":
+            kwargs[key] = parse_alerts(value, base.alerts, where)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, getattr(base, key), key, where)
         elif key == "classification":
@@ -489,7 +493,7 @@ def parse_config(data: dict[str, Any], where: Path, base: Config | None = None) 
         else:
             raise ConfigError(
                 f"{where}: unknown section or key {key!r} "
-                f"(known: {', '.join(sorted([*_SECTIONS, 'classification', 'pacs', 'web']))})"
+                f"(known: {', '.join(sorted([*_SECTIONS, 'alerts', 'classification', 'pacs', 'web']))})"
             )
     merged = {name: kwargs.get(name, getattr(base, name)) for name in Config.__dataclass_fields__ if name != "path"}
     return Config(**merged, path=where)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dosereg import cli_batches, cli_quarantine, cli_reconcile, cli_status, cli_web
+from dosereg import cli_alerts, cli_batches, cli_quarantine, cli_reconcile, cli_status, cli_web
 from dosereg.cli_types import date_text as _date
 from dosereg.cli_types import port as _port
 from dosereg.conf.config import Config, ConfigError, load_config
@@ -71,6 +71,7 @@ EXAMPLES: dict[str, str] = {
     "report": "dosereg report --out /tmp/report",
     "secret": "dosereg secret change --by 'J. Physicist'",
     "secret change": "dosereg secret change --by 'J. Physicist'",
+    "alerts": "dosereg alerts --since 2026-12-01 --json",
 }
 
 
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_reconcile.add_parsers(sub, _common)
     cli_quarantine.add_parsers(sub, _common)
     cli_status.add_parsers(sub, _common)
+    cli_alerts.add_parsers(sub, _common)
     _add_examples(sub)
     return parser
 
@@ -219,7 +221,7 @@ def cmd_listen(cfg: Config, args: argparse.Namespace) -> int:
         overrides["ae_title"] = args.ae_title
     if overrides:
         cfg = replace(cfg, listener=replace(cfg.listener, **overrides))
-    return int(serve(cfg))
+    return int(serve(cfg, cli_alerts.listener_background(cfg)))  # the dose alerts' worker, when enabled
 
 
 def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
@@ -385,6 +387,7 @@ COMMANDS = {
     **cli_reconcile.COMMANDS,
     **cli_quarantine.COMMANDS,
     **cli_status.COMMANDS,
+    **cli_alerts.COMMANDS,
 }
 
 

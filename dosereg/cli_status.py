@@ -41,6 +41,9 @@ def status(cfg: Config, stuck_after_s: float) -> dict[str, Any]:
         report["last_export"] = None
         report["problems"].append(f"export state unreadable: {exc}")
     report["last_send"] = _last_send(cfg, report["problems"])
+    from dosereg.registry_export import alert_problems  # dose alerts whose delivery was given up
+
+    report["problems"] += alert_problems(cfg)
     report["ok"] = not report["problems"]
     return report
 

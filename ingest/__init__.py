@@ -11,6 +11,7 @@ Every file of the data directory written here is owner-only (:mod:`dosereg.conf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dosereg.conf.config import Config
@@ -47,11 +48,13 @@ def object_rows(cfg: Config) -> list[dict[str, Any]]:
         catalog.close()
 
 
-def serve(cfg: Config) -> int:
-    """Run ``dosereg listen`` until SIGINT/SIGTERM (see :mod:`dosereg.ingest.listener`)."""
+def serve(cfg: Config, background: Sequence[Any] = ()) -> int:
+    """Run ``dosereg listen`` until SIGINT/SIGTERM (see :mod:`dosereg.ingest.listener`);
+    ``background``: objects with ``start()`` and ``stop()`` (:class:`~.listener.Background`, the
+    dose alerts' worker) run beside it: started once the catalog is open, stopped after it stopped."""
     from .listener import serve as _serve
 
-    return _serve(cfg)
+    return _serve(cfg, background)
 
 
 __all__ = [

@@ -282,6 +282,21 @@ class Catalog(ExamsMixin):
         return self._dicts("SELECT sop_instance_uid, study_instance_uid, sop_class_uid, sha256, raw_path, "
                            "received_at, seq FROM objects ORDER BY seq")
 
+    def objects_from(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """The usable objects whose ``seq`` (received order) is ``seq`` or later, at most ``limit``,
+        without their records: what a follower of the catalog (the dose alerts) reads since the last
+        object it saw. ``seq``, ``sop_instance_uid``, ``study_instance_uid``, ``sha256``, ``received_at``:
+        an object replaced after the newest one was read may take that one's ``seq`` again, which
+        its SOP Instance UID and receipt time tell apart."""
+        with self._lock:
+            return self._dicts("SELECT seq, sop_instance_uid, study_instance_uid, sha256, received_at FROM objects "
+                               "WHERE seq >= ? ORDER BY seq LIMIT ?", (seq, limit))
+
+    def last_object_seq(self) -> int:
+        """The ``seq`` of the newest object (0 for none)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM objects").fetchone()[0])
+
     def received_rows(self) -> list[dict[str, Any]]:
         """Everything taken into the spool, in received order."""
         return self._dicts("SELECT * FROM received ORDER BY id")

@@ -26,7 +26,8 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -301,21 +302,53 @@ class Listener:
         self.lock.release()
 
 
-def serve(cfg: Config) -> int:
-    """Run the listener until SIGINT/SIGTERM; graceful stop; exit status 0."""
-    listener = Listener(cfg)
-    stop = threading.Event()
+class Background(Protocol):
+    """Work the composition root runs beside the listener (the dose alerts' worker process):
+    started once the catalog is open, before the port opens; stopped after the listener stopped.
+    The listener's threads never call it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _abandon(listener: Listener, started: list[Background]) -> None:
+    for task in reversed(started):
+        task.stop()
+    listener.processor.stop(0)
+    listener.catalog.close()
+    listener.lock.release()
+
+
+def _start(cfg: Config, listener: Listener, background: Sequence[Background], started: list[Background]) -> bool:
+    """The background tasks (before the port opens: nothing received escapes them), then the
+    listener; False (with one line on stderr) when the port cannot be had."""
     try:
+        for task in background:
+            task.start()
+            started.append(task)
         listener.start()
     except OSError as exc:
-        listener.processor.stop(0)
-        listener.catalog.close()
-        listener.lock.release()
+        _abandon(listener, started)
         print(
             f"dosereg listen: cannot listen on {cfg.listener.host}:{cfg.listener.port} "
             f"(listener.host / listener.port): {exc.strerror or exc}",
             file=sys.stderr,
         )
+        return False
+    except BaseException:  # a background task that cannot start (a ConfigError): nothing left running
+        _abandon(listener, started)
+        raise
+    return True
+
+
+def serve(cfg: Config, background: Sequence[Background] = ()) -> int:
+    """Run the listener until SIGINT/SIGTERM; graceful stop; exit status 0. ``background``: started
+    once the catalog is open (before the port opens), stopped (in reverse order) after it stopped."""
+    listener = Listener(cfg)
+    stop = threading.Event()
+    started: list[Background] = []
+    if not _start(cfg, listener, background, started):
         return 2
 
     line = listener.startup_line()
@@ -342,6 +375,8 @@ def serve(cfg: Config) -> int:
             pass
     finally:
         listener.stop()
+        for task in reversed(started):
+            task.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("dosereg listen: stopped")
@@ -350,4 +385,4 @@ def serve(cfg: Config) -> int:
     return 0
 
 
-__all__ = ["Listener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "serve"]
+__all__ = ["Background", "Listener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "serve"]

@@ -28,11 +28,20 @@ Public API:
   (a study's batch history), :func:`flags_since` (billing's pick-up of the flags files' rows)
 * :class:`PatientHistory` (``PatientHistory.of(records, rules, window_days).cumulative(patient_id,
   study_date)``): a patient's cumulative DLP and effective-dose estimate over a window
+* dose alerts (docs/alerts.md): :func:`alerts_for` (record, evaluation, rules, settings, levels,
+  history, received_at) -> :class:`Alert` values; :func:`alert_worker_main` (the process ``dosereg
+  listen`` spawns), :func:`deliver_once` (cfg, catalog) -> :class:`AlertPass`,
+  :func:`alert_listing` (cfg, since) -> the recorded alerts with their deliveries,
+  :func:`alert_problems` (cfg) -> what ``dosereg status`` reports (deliveries given up)
 * :func:`change_secret` (``dosereg secret change``), :func:`recorded_secret`; :class:`SecretChangedError` when the
   configured secret is not the one export state recorded; :class:`ExportBusyError` when
   another export holds the export state
 """
 
+from .alert_worker import PassResult as AlertPass
+from .alert_worker import alert_listing, alert_problems, deliver_once
+from .alert_worker import worker_main as alert_worker_main
+from .alerts import Alert, alerts_for
 from .export import export_batch, export_marks, last_export
 from .patient_history import PatientHistory
 from .report import scanner_label, write_report
@@ -82,4 +91,5 @@ __all__ = [
     "list_batches", "review_batch", "approve", "hold", "release", "reject", "send", "SendResult", "Outcome",
     "BatchNotFoundError", "submission_lookup", "study_batches", "flags_since",
     "SUBMISSION_STATES", "Submissions", "read_submissions", "export_state_stamp", "no_dose_report",
+    "Alert", "AlertPass", "alert_listing", "alert_worker_main", "alert_problems", "alerts_for", "deliver_once",
 ]

@@ -46,6 +46,8 @@ __all__ = [
     "is_timing_run",
     "normalised_dose",
     "notification_value_mGy",
+    "above_notification",
+    "is_compared",
     "ssde_from_diameter",
     "ssde_mGy",
     "standard_phantom",
@@ -373,3 +375,20 @@ def notification_value_mGy(event: Event, age_years: float | None, notification_s
         return category, value
     converted = _convert(value, _REFERENCE_PHANTOM[category], event.phantom or "")
     return category, value if converted is None else converted
+
+
+def is_compared(event: Event, timing_run: bool) -> bool:
+    """Whether the event takes part in dose comparisons with reference levels (docs/dose-review.md):
+    neither a timing run nor a localizer (constant-angle acquisition)."""
+    return not timing_run and event.acquisition_type != "constant_angle"
+
+
+def above_notification(event: Event, age_years: float | None, notification_settings: Any) -> tuple[str, float] | None:
+    """(category, notification value) when the event's stated CTDIvol is above the notification
+    value of its category (:func:`notification_value_mGy`), else None: the one rule the report's
+    "events above the notification values" table and the dose alerts share."""
+    ctdi = event.ctdivol_mGy
+    if not isinstance(ctdi, (int, float)) or isinstance(ctdi, bool):
+        return None
+    category, value = notification_value_mGy(event, age_years, notification_settings)
+    return (category, value) if ctdi > value else None

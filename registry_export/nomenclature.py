@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dosereg.conf.config import ConfigError
 
@@ -22,6 +23,7 @@ __all__ = ["NOMENCLATURE_COLUMNS", "Nomenclature", "NomenclatureEntry", "load_no
 _RPID = re.compile(r"^RPID[1-9][0-9]*$")
 _DIRECTIVE = re.compile(r"^#\s*playbook_schemes\s*:(.*)$", re.IGNORECASE)
 NOMENCLATURE_COLUMNS = ("local_description", "radlex_playbook_id")
+NO_EXAM = "(no study description)"
 
 
 def _norm(text: str) -> str:
@@ -49,6 +51,12 @@ class Nomenclature:
         if not description:
             return None
         return self.entries.get(_norm(description))
+
+    def exam_name(self, description: Any) -> str:
+        """The exam a study is compared as (docs/dose-review.md): its RadLex Playbook ID from the
+        table, else its study description, else ``(no study description)``."""
+        entry = self.lookup(description) if isinstance(description, str) else None
+        return entry.playbook_id if entry is not None else (description or NO_EXAM)
 
 
 def load_nomenclature(path: Path) -> Nomenclature:

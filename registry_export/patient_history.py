@@ -56,23 +56,41 @@ class PatientHistory:
     window_days: int
     _days: dict[str, list[int]] = field(default_factory=dict)
     _doses: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    _uids: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Iterable[StudyRecord], rules: Rules, window_days: int) -> PatientHistory:
         """From every record (those the non-patient rules exclude take no part)."""
-        rows: dict[str, list[tuple[int, float, float]]] = {}
+        rows: dict[str, list[tuple[int, str, float, float]]] = {}
         for record in records:
-            pid = record.patient.id
-            day = _day(record.study_date)
-            if record.error is not None or not pid or day is None or non_patient_reasons(record, rules.non_patient):
-                continue
-            rows.setdefault(pid, []).append((day, *events_dose(record.events or ())))
+            row = _row(record, rules)
+            if row is not None:
+                rows.setdefault(row[0], []).append(row[1:])
         history = cls(window_days)
         for pid, items in rows.items():
             items.sort()
-            history._days[pid] = [d for d, _, _ in items]
-            history._doses[pid] = [(dlp, eff) for _, dlp, eff in items]
+            history._days[pid] = [d for d, _, _, _ in items]
+            history._uids[pid] = [u for _, u, _, _ in items]
+            history._doses[pid] = [(dlp, eff) for _, _, dlp, eff in items]
         return history
+
+    def add(self, record: StudyRecord, rules: Rules) -> None:
+        """Account for one more study, or again for a study that changed (the same Study
+        Instance UID replaces its earlier entry); a record :meth:`of` would skip is skipped."""
+        row = _row(record, rules)
+        if row is None:
+            return
+        pid, day, uid, dlp, eff = row
+        days = self._days.setdefault(pid, [])
+        uids = self._uids.setdefault(pid, [])
+        doses = self._doses.setdefault(pid, [])
+        if uid and uid in uids:
+            i = uids.index(uid)
+            del days[i], uids[i], doses[i]
+        i = bisect.bisect_right(days, day)
+        days.insert(i, day)
+        uids.insert(i, uid)
+        doses.insert(i, (dlp, eff))
 
     def cumulative(self, patient_id: Any, study_date: Any) -> Mapping[str, Any] | None:
         """``{window_days, studies, cumulative_dlp_mGycm, cumulative_effective_dose_mSv}`` of the
@@ -88,3 +106,12 @@ class PatientHistory:
                 "cumulative_dlp_mGycm": round(sum(d for d, _ in doses), 2),
                 "cumulative_effective_dose_mSv": round(sum(e for _, e in doses), 3),
                 "effective_dose_is_estimate": True}
+
+
+def _row(record: StudyRecord, rules: Rules) -> tuple[str, int, str, float, float] | None:
+    """(patient ID, day, Study Instance UID, DLP, effective dose) of a patient study, else None."""
+    pid = record.patient.id
+    day = _day(record.study_date)
+    if record.error is not None or not pid or day is None or non_patient_reasons(record, rules.non_patient):
+        return None
+    return (pid, day, record.study_instance_uid or "", *events_dose(record.events or ()))

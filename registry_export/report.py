@@ -311,13 +311,12 @@ class ReportBuilder:
     def _check_notification(self, ev: Event, age: Any, protocol: str, ident: dict[str, Any]) -> None:
         """List the event when its CTDIvol is above the configured notification value for its
         category (which depends on the patient's ``age``)."""
-        ctdi = ev.ctdivol_mGy
-        if isinstance(ctdi, (int, float)):
-            category, value = dosimetry.notification_value_mGy(ev, age, self.cfg.notification)
-            if ctdi > value:
-                self._detail("above_notification", {
-                    **ident, "protocol": protocol, "category": category.replace("_", " "),
-                    "ctdivol_mGy": ctdi, "notification_value_mGy": round(value, 2)})
+        above = dosimetry.above_notification(ev, age, self.cfg.notification)
+        if above is not None:
+            category, value = above
+            self._detail("above_notification", {
+                **ident, "protocol": protocol, "category": category.replace("_", " "),
+                "ctdivol_mGy": ev.ctdivol_mGy, "notification_value_mGy": round(value, 2)})
 
     def _check_total_dlp(self, s: _Study, ident: dict[str, Any]) -> None:
         """List the study when its stated total DLP and the sum of its events' DLP disagree

@@ -39,7 +39,6 @@ __all__ = ["ExamStats", "LevelCheck", "ReviewBuilder", "ReviewSummary", "TrendPo
 
 ABOVE_ROWS = 200  # studies above a level shown on the page
 HIGH_DOSE_ROWS = 50  # patients in the high-dose table
-_NO_EXAM = "(no study description)"
 _NO_PROTOCOL = "(no protocol name)"
 
 
@@ -170,8 +169,7 @@ class ReviewBuilder:
         """Account for one study given by its parts (either form of the report's input)."""
         if registry_code in ("excluded", "unknown"):
             return
-        entry = self.nomenclature.lookup(description) if isinstance(description, str) else None
-        exam = entry.playbook_id if entry is not None else (description or _NO_EXAM)
+        exam = self.nomenclature.exam_name(description)
         codes = self.codes
         study = self.studies
         per_region: dict[bool, list[float]] = {}
@@ -185,7 +183,7 @@ class ReviewBuilder:
             if dlp_value == dlp_value:
                 whole_dlp += dlp_value
                 whole_eff += eff
-            if timing or ev.acquisition_type == "constant_angle":
+            if not dosimetry.is_compared(ev, timing):
                 continue
             ssde = dosimetry.ssde_mGy(ev, head)
             category = dosimetry.notification_category(ev, age)
