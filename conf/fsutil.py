@@ -121,6 +121,19 @@ def is_private(path: str | os.PathLike[str]) -> bool:
     return os.stat(path).st_mode & 0o077 == 0
 
 
+def sqlite_stamp(path: str | os.PathLike[str]) -> tuple[tuple[int, int] | None, ...]:
+    """What changes whenever an SQLite database in WAL mode changes: (modification time in ns,
+    size) of the database file and of its ``-wal`` file, None for one that does not exist."""
+    stamp: list[tuple[int, int] | None] = []
+    for p in (Path(path), Path(str(path) + "-wal")):
+        try:
+            st = p.stat()
+            stamp.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
 def utc_now() -> str:
     """ISO 8601 UTC timestamp with microseconds (``2026-11-25T19:50:00.123456Z``)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

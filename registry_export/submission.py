@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dosereg.conf.config import Config
+from dosereg.conf.fsutil import sqlite_stamp
 from dosereg.extract import ExamRecord, StudyRecord
 
 from . import batches
@@ -62,15 +62,7 @@ class Submissions:
 def export_state_stamp(cfg: Config) -> tuple[Any, ...]:
     """What changes whenever export state changes (its files' size and modification time): read
     it before :func:`read_submissions`, and a change after that read shows as another stamp."""
-    base = state_path(cfg)
-    stamp: list[Any] = []
-    for p in (base, Path(str(base) + "-wal")):
-        try:
-            st = p.stat()
-            stamp.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            stamp.append(None)
-    return tuple(stamp)
+    return sqlite_stamp(state_path(cfg))
 
 
 def read_submissions(cfg: Config) -> Submissions:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dosereg.conf.config import Config
-from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir
+from dosereg.conf.fsutil import PRIVATE_FILE_MODE, create_private, private_dir, sqlite_stamp
 from dosereg.extract import StudyRecord
 from dosereg.ingest import open_catalog
 from dosereg.registry_export import (
@@ -256,15 +256,7 @@ class StudyIndex:
 
     # -- keeping in step ---------------------------------------------------------------------
     def _catalog_stamp(self, rules_key: str) -> tuple[Any, ...]:
-        stamp: list[Any] = [rules_key]
-        base = self.cfg.data_dir / "catalog.sqlite"
-        for p in (base, Path(str(base) + "-wal")):
-            try:
-                st = p.stat()
-                stamp.append((st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
-                stamp.append(None)
-        return tuple(stamp)
+        return (rules_key, *sqlite_stamp(self.cfg.data_dir / "catalog.sqlite"))
 
     def refresh(self, rules: Rules | None = None) -> int:
         """Bring the index in step with the catalog, the rules and export state; the number of
