@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -157,3 +158,14 @@ def distinct_copies(out: Path, n: int, source: Path = SAMPLE_RDSR) -> list[tuple
         ds.save_as(path, enforce_file_format=True)
         made.append((path, study, sop))
     return made
+
+
+def stop_by_pid(proc: subprocess.Popen[Any], grace_s: float = 20) -> None:
+    """Stop a server the test started: SIGTERM to its process id, SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace_s)

@@ -11,9 +11,7 @@ The dose objects are the project's sample objects (``sample_dicom/``) with the s
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from .conftest import stop_by_pid
 from .synthetic import UID_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,13 +208,7 @@ class Peer:
     destinations: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=20)
+        stop_by_pid(self.proc)
 
     def __enter__(self) -> Peer:
         return self
