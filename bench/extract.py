@@ -2,7 +2,7 @@
 """Benchmark: dose objects per second of ``dosereg extract`` versus a naive pydicom walk.
 
 Issue 3 item 8. Both sides read the same list of files (the nine CT objects of
-``../shared/corpus`` repeated to several hundred, or the project's own ``sample_dicom``
+the vendor corpus beside the project, when a developer has it, repeated to several hundred, or the project's own ``sample_dicom``
 files when the corpus is absent), in the same run, pinned to one CPU core:
 
 * **dosereg extract**: whole runs of the real CLI in a subprocess, one call over all the

@@ -10,8 +10,9 @@ Targets (issue 4): >= 80 % of the bare SCP's throughput, p99 < 50 ms, RSS < 300 
 
     python bench/listen.py [--objects 400] [--source FILE] [--repeat 2]
 
-Synthetic objects are copies of one dose object (default: ../shared/corpus's
-CT-RDSR-Siemens-Multi-1.dcm, else the first of sample_dicom/) with new Study and SOP
+Synthetic objects are copies of one dose object (default: the vendor corpus's
+CT-RDSR-Siemens-Multi-1.dcm where a developer has the corpus beside the project, else the first of
+sample_dicom/) with new Study and SOP
 Instance UIDs, written to a temporary folder only.
 """
 
