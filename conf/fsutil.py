@@ -134,6 +134,18 @@ def sqlite_stamp(path: str | os.PathLike[str]) -> tuple[tuple[int, int] | None, 
     return tuple(stamp)
 
 
+def parse_utc(text: str | None) -> datetime | None:
+    """An ISO 8601 date or date and time (``Z`` or an offset; a naive one taken as UTC) as an
+    aware datetime; None for no text or text that is not one."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
 def utc_now() -> str:
     """ISO 8601 UTC timestamp with microseconds (``2026-11-25T19:50:00.123456Z``)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -29,17 +29,14 @@ log = logging.getLogger("dosereg")
 
 def _since(text: str) -> str:
     """An ISO date or date and time (UTC), as the recorded times are written."""
-    from datetime import datetime
+    from datetime import timezone
 
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or date and time: {text!r}") from None
-    if value.tzinfo is not None:
-        from datetime import timezone
+    from dosereg.conf.fsutil import parse_utc
 
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value.strftime("%Y-%m-%dT%H:%M:%S")
+    value = parse_utc(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not an ISO date or date and time: {text!r}")
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dosereg.conf.config import Config
-from dosereg.conf.fsutil import utc_now, write_private
+from dosereg.conf.fsutil import parse_utc, utc_now, write_private
 
 log = logging.getLogger("dosereg.ingest.health")
 
@@ -67,15 +67,8 @@ class Heartbeat:
 
 
 def _age_s(stamp: Any, now: float) -> float | None:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return round(max(0.0, now - when.timestamp()), 3)
+    when = parse_utc(stamp) if isinstance(stamp, str) else None
+    return None if when is None else round(max(0.0, now - when.timestamp()), 3)
 
 
 def _alive(pid: Any) -> bool:

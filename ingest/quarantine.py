@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dosereg.conf.config import Config
+from dosereg.conf.fsutil import parse_utc
 
 from .catalog import Catalog, catalog_path
 from .pipeline import Pipeline, TransientError, extract_limits
@@ -159,13 +160,7 @@ def _reprocess_one(cfg: Config, catalog: Catalog, pipeline: Pipeline, entry: Qua
 
 
 def _received(entry: QuarantineEntry) -> datetime | None:
-    if not entry.received_at:
-        return None
-    try:
-        when = datetime.fromisoformat(entry.received_at.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return parse_utc(entry.received_at)
 
 
 def purge(cfg: Config, older_than_days: float, now: datetime | None = None) -> list[QuarantineEntry]:

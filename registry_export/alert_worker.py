@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dosereg.conf.config import Config
+from dosereg.conf.fsutil import parse_utc
 from dosereg.conf.logging import FORMAT as LOG_FORMAT
 from dosereg.conf.logging import LoggingSettings, add_file
 from dosereg.conf.reference_levels import ReferenceLevel, load_reference_levels, reference_levels_path
@@ -126,15 +127,8 @@ def _new_objects(store: AlertStore, catalog: FollowedCatalog) -> tuple[list[dict
 def _stale(received_at: str | None, max_age_days: float) -> bool:
     """Whether the object was received more than ``max_age_days`` ago: a backlog (alerts were
     disabled, the listener was down for days) that would alert too late to act on."""
-    if not received_at:
-        return False
-    try:
-        when = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc) - when > timedelta(days=max_age_days)
+    when = parse_utc(received_at)
+    return when is not None and datetime.now(timezone.utc) - when > timedelta(days=max_age_days)
 
 
 def _evaluate(ctx: _Context, catalog: FollowedCatalog, rows: list[dict[str, Any]]) -> list[Alert]:

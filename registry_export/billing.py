@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from dosereg.conf.config import Config
-from dosereg.conf.fsutil import PRIVATE_FILE_MODE, fsync_dir
+from dosereg.conf.fsutil import PRIVATE_FILE_MODE, fsync_dir, parse_utc
 
 from . import batches
 from .placement import crash_point, private_folder
@@ -104,11 +104,10 @@ def parse_since(since: str | None) -> datetime | None:
     """``since`` as an aware UTC datetime (a naive one is taken as UTC); ValueError naming it."""
     if since is None or not since.strip():
         return None
-    try:
-        when = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"since: {since!r} is not an ISO date or datetime (e.g. 2026-12-01T00:00:00Z)") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    when = parse_utc(since)
+    if when is None:
+        raise ValueError(f"since: {since!r} is not an ISO date or datetime (e.g. 2026-12-01T00:00:00Z)")
+    return when
 
 
 def written_rows(db: Any, cutoff: datetime | None) -> list[dict[str, Any]]:
