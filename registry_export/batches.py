@@ -266,13 +266,19 @@ class Standing:
 def reported(db: sqlite3.Connection) -> dict[str, tuple[str, str | None]]:
     """study uid -> (code, acknowledged at) of the latest flags row billing received for it (an
     acknowledged batch's, the study not held there): what billing acted on, to compare with
-    what the rules give today (the report's "changed after submission")."""
+    what the rules give today (the report's "changed after submission").
+
+    An export state of a schema before the lifecycle's (read, not migrated, by a preview) has
+    no receipts: nothing was reported."""
     out: dict[str, tuple[str, str | None]] = {}
-    for uid, code, acked in db.execute(
-            """SELECT m.study_uid, m.billed_code, b.acknowledged_at
-               FROM batch_studies m JOIN batches b ON b.batch_id = m.batch_id
-               WHERE b.state = ? AND m.to_flags AND NOT m.held AND m.billed_code IS NOT NULL
-               ORDER BY b.seq""", (ACKNOWLEDGED,)):
+    try:
+        rows = db.execute("""SELECT m.study_uid, m.billed_code, b.acknowledged_at
+                             FROM batch_studies m JOIN batches b ON b.batch_id = m.batch_id
+                             WHERE b.state = ? AND m.to_flags AND NOT m.held AND m.billed_code IS NOT NULL
+                             ORDER BY b.seq""", (ACKNOWLEDGED,)).fetchall()
+    except sqlite3.OperationalError:  # no such column / table: an earlier schema
+        return out
+    for uid, code, acked in rows:
         out[uid] = (code, acked)
     return out
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,7 +68,6 @@ from .secret import (
 )
 from .source import StudySource, as_source
 from .state import BatchFile, ExportState, StudyLookup, export_lock, state_path
-from .submission import reported_codes
 from .table import studies_table
 from .writer_process import open_writer
 
@@ -235,7 +234,8 @@ def _export_locked(cfg: Config, source: StudySource, state: ExportState, pseudo:
     staging = Staging(out, batch.batch_id)
     keep_staging = False
     try:
-        files = _write_staged(batch, rules, rkey, source, staging, result, state, state.lookup, blocked)
+        files = _write_staged(batch, rules, rkey, source, staging, result, state, state.lookup, blocked,
+                              batches.reported(state.db))
         if files is None:
             return _nothing_new(result, None, state)
         crash_point("after_staging")
@@ -307,7 +307,8 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
             return result
         staging = Staging(out, batch.batch_id)
         try:
-            files = _write_staged(batch, rules, rkey, source, staging, result, None, lookup, blocked)
+            reported = batches.reported(state.db) if state is not None else {}  # read-only: never migrated
+            files = _write_staged(batch, rules, rkey, source, staging, result, None, lookup, blocked, reported)
             if files is None:
                 result.batch_id = None
                 return result
@@ -324,12 +325,12 @@ def _preview(cfg: Config, source: StudySource, out: Path, pseudo: Pseudonymizer)
 
 def _write_staged(batch: _Batch, rules: Rules, rkey: str, source: StudySource, staging: Staging,
                   result: ExportResult, state: ExportState | None,
-                  lookup: Callable[[], StudyLookup], blocked: frozenset[str]) -> list[BatchFile] | None:
+                  lookup: Callable[[], StudyLookup], blocked: frozenset[str],
+                  reported: Mapping[str, tuple[str, str | None]]) -> list[BatchFile] | None:
     """Evaluate every study and write the batch's files under ``staging`` (with ``state``: its
     members recorded in the open transaction); the staged files, or None when nothing is new."""
     cfg = batch.cfg
     header = submission_header(cfg, rules, batch.batch_id, batch.created_at)
-    reported = batches.reported(state.db) if state is not None else reported_codes(cfg)
     writer = open_writer(lambda: BatchWriter(cfg, staging.registry, header, batch.pseudo, reported))
     try:
         scan = Scan(rules, rkey, batch.batch_id, writer, staging.flags, state, blocked)

@@ -92,11 +92,12 @@ def submission_lookup(cfg: Config) -> Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def reported_codes(cfg: Config) -> dict[str, tuple[str, str | None]]:
-    """:func:`.batches.reported` from the export state of ``cfg`` (empty before any export)."""
+    """:func:`.batches.reported` from the export state of ``cfg``, read without migrating it
+    (empty before any export)."""
     path = state_path(cfg)
     if not path.exists():
         return {}
-    state = ExportState(path)
+    state = ExportState(path, readonly=True)
     try:
         return batches.reported(state.db)
     finally:
