@@ -244,16 +244,7 @@ def start_orthanc(folder: Path, listener_ae: str = "DOSEREG", listener_port: int
     }
     cfg_path = folder / "orthanc.json"
     cfg_path.write_text(json.dumps(config, indent=1))
-    log_path = folder / "orthanc.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([exe, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-    peer = Peer(proc, port, "ORTHANC", folder, log_path, {listener_ae: listener_port})
-    try:
-        wait_echo(port, "ORTHANC", proc, log_path)
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    return _launch([exe, str(cfg_path)], port, "ORTHANC", folder, {listener_ae: listener_port})
 
 
 def start_dcmqrscp(folder: Path, listener_ae: str = "DOSEREG", listener_port: int = 11112) -> Peer:
@@ -274,13 +265,19 @@ def start_dcmqrscp(folder: Path, listener_ae: str = "DOSEREG", listener_port: in
     )
     cfg_path = folder / "dcmqrscp.cfg"
     cfg_path.write_text(cfg)
-    log_path = folder / "dcmqrscp.log"
+    return _launch([exe, "-c", str(cfg_path), "--disable-get", str(port)], port, "DCMQRSCP", folder,
+                   {listener_ae: listener_port})
+
+
+def _launch(cmd: list[str], port: int, ae_title: str, folder: Path, destinations: dict[str, int]) -> Peer:
+    """Start a peer, its output in ``<folder>/<ae title>.log``, and wait until it answers C-ECHO
+    (stopped by its process id if it never does)."""
+    log_path = folder / f"{ae_title.lower()}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([exe, "-c", str(cfg_path), "--disable-get", str(port)], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=folder)
-    peer = Peer(proc, port, "DCMQRSCP", folder, log_path, {listener_ae: listener_port})
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    peer = Peer(proc, port, ae_title, folder, log_path, destinations)
     try:
-        wait_echo(port, "DCMQRSCP", proc, log_path)
+        wait_echo(port, ae_title, proc, log_path)
     except BaseException:
         peer.stop()
         raise
